@@ -1,0 +1,5 @@
+"""``python -m aufs``."""
+
+from aufs.cli import entry
+
+entry()

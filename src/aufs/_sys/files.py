@@ -1,0 +1,68 @@
+"""Small, careful file operations: atomic replace, same-filesystem removal."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+
+def write_atomic(path: str, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    tmp = f"{path}~{os.getpid()}"  # "~" is never part of a layer id
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, data)
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+
+
+def rmtree(path: str) -> None:
+    """Remove ``path`` recursively, never following a symlink nor crossing a mount.
+
+    A directory on another filesystem (a mount inside the tree) raises OSError(EBUSY)
+    instead of having its contents deleted.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not os.path.isdir(path) or os.path.islink(path):
+        os.unlink(path)
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _rmtree_fd(fd, st.st_dev, path)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _rmtree_fd(dir_fd: int, dev: int, where: str) -> None:
+    with os.scandir(dir_fd) as it:
+        entries = list(it)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=dir_fd)
+            try:
+                if os.fstat(sub).st_dev != dev:
+                    raise OSError(16, "a filesystem is mounted inside the tree",
+                                  f"{where}/{entry.name}")
+                _rmtree_fd(sub, dev, f"{where}/{entry.name}")
+            finally:
+                os.close(sub)
+            os.rmdir(entry.name, dir_fd=dir_fd)
+        else:
+            os.unlink(entry.name, dir_fd=dir_fd)
+
+
+def ensure_dir(path: str, mode: int = 0o755) -> None:
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, mode)

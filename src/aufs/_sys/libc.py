@@ -1,0 +1,61 @@
+"""The one ctypes binding of libc: every foreign call goes through :func:`check`.
+
+A failing call raises ``OSError(errno, strerror, filename)`` — the exception a
+Python programmer already knows — so callers never look at ``ctypes.get_errno``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+_mount = _libc.mount
+_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+_mount.restype = ctypes.c_int
+
+_umount2 = _libc.umount2
+_umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_umount2.restype = ctypes.c_int
+
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+# The new mount API has one number on every architecture (unified table, Linux 5.2+).
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_FSOPEN = 430
+SYS_FSCONFIG = 431
+SYS_FSMOUNT = 432
+
+
+def _raise(what: str, filename: str | None) -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{what}: {os.strerror(err)}", filename)
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    """mount(2); ``data`` is passed as a NUL-terminated string (or NULL)."""
+    data_b = None if data is None else ctypes.c_char_p(os.fsencode(data))
+    ptr = None if data_b is None else ctypes.cast(data_b, ctypes.c_void_p)
+    fs = None if fstype is None else fstype.encode()
+    while _mount(os.fsencode(source), os.fsencode(target), fs, flags, ptr) != 0:
+        if ctypes.get_errno() != 4:  # EINTR
+            _raise("mount", target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    while _umount2(os.fsencode(target), flags) != 0:
+        if ctypes.get_errno() != 4:
+            _raise("umount", target)
+
+
+def syscall(what: str, number: int, *args: object, filename: str | None = None) -> int:
+    """A raw syscall; returns its (non-negative) result or raises OSError."""
+    while True:
+        result = int(_syscall(ctypes.c_long(number), *args))
+        if result >= 0:
+            return result
+        if ctypes.get_errno() != 4:
+            _raise(what, filename)

@@ -1,0 +1,164 @@
+"""Executes :class:`~aufs.union.base.MountSpec` and unmounts; the only module that mounts."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import subprocess
+import sys
+import time
+
+from aufs._sys import libc
+from aufs.union.base import MountMethod, MountSpec
+
+MS_RDONLY = 0x1
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+
+MNT_DETACH = 0x2
+
+_FSOPEN_CLOEXEC = 0x1
+_FSCONFIG_SET_FLAG = 0
+_FSCONFIG_SET_STRING = 1
+_FSCONFIG_CMD_CREATE = 6
+_FSMOUNT_CLOEXEC = 0x1
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_AT_FDCWD = -100
+
+
+class MountError(OSError):
+    """A mount that failed; ``spec`` is what was asked, ``str()`` says both."""
+
+    def __init__(self, err: int, message: str, spec: MountSpec) -> None:
+        super().__init__(err, message, spec.target)
+        self.spec = spec
+
+    def __str__(self) -> str:
+        return f"{self.strerror} [{self.spec}]"
+
+
+def run(spec: MountSpec) -> None:
+    """Issue one mount as described; raise :class:`MountError` on failure."""
+    try:
+        if spec.method is MountMethod.FSCONFIG:
+            _fsconfig_mount(spec)
+        elif spec.method is MountMethod.HELPER:
+            _helper_mount(spec)
+        elif spec.cwd is not None:
+            _relative_mount(spec)
+        else:
+            libc.mount(spec.source, spec.target, spec.fstype, spec.flags, spec.data or None)
+    except MountError:
+        raise
+    except OSError as exc:
+        raise MountError(exc.errno or 0, exc.strerror or str(exc), spec) from exc
+
+
+def _fs_messages(fd: int) -> str:
+    """The kernel's error log for an fs context (``e overlay: …`` lines)."""
+    lines = []
+    with contextlib.suppress(OSError):
+        while True:
+            msg = os.read(fd, 1024)
+            if not msg:
+                break
+            lines.append(msg.decode(errors="replace").strip())
+    return "; ".join(lines)
+
+
+def _fsconfig_mount(spec: MountSpec) -> None:
+    fsfd = libc.syscall("fsopen", libc.SYS_FSOPEN, spec.fstype.encode(), _FSOPEN_CLOEXEC)
+    try:
+        try:
+            if spec.source:
+                _fsconfig(fsfd, "source", spec.source)
+            for opt in spec.options:
+                key, sep, value = opt.partition("=")
+                _fsconfig(fsfd, key, value if sep else None)
+            libc.syscall("fsconfig create", libc.SYS_FSCONFIG, fsfd, _FSCONFIG_CMD_CREATE,
+                         None, None, 0)
+        except OSError as exc:
+            detail = _fs_messages(fsfd)
+            msg = f"{exc.strerror}" + (f" ({detail})" if detail else "")
+            raise MountError(exc.errno or 0, msg, spec) from exc
+        attrs = 0x1 if spec.flags & MS_RDONLY else 0  # MOUNT_ATTR_RDONLY
+        mfd = libc.syscall("fsmount", libc.SYS_FSMOUNT, fsfd, _FSMOUNT_CLOEXEC, attrs)
+        try:
+            libc.syscall("move_mount", libc.SYS_MOVE_MOUNT, mfd, b"", _AT_FDCWD,
+                         os.fsencode(spec.target), _MOVE_MOUNT_F_EMPTY_PATH,
+                         filename=spec.target)
+        finally:
+            os.close(mfd)
+    finally:
+        os.close(fsfd)
+
+
+def _fsconfig(fsfd: int, key: str, value: str | None) -> None:
+    if value is None:
+        libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, _FSCONFIG_SET_FLAG,
+                     key.encode(), None, 0)
+    else:
+        libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, _FSCONFIG_SET_STRING,
+                     key.encode(), ctypes.c_char_p(os.fsencode(value)), 0)
+
+
+def _relative_mount(spec: MountSpec) -> None:
+    """mount(2) with relative paths, issued from ``spec.cwd`` by a short-lived child.
+
+    A chdir would change the whole process (and its threads); a child keeps it local.
+    """
+    code = (
+        "import sys\nfrom aufs._sys import libc\n"
+        "libc.mount(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, spec.source, spec.target, spec.fstype, str(spec.flags),
+         spec.data],
+        cwd=spec.cwd, capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["mount failed"])[-1]
+        raise MountError(0, last, spec)
+
+
+def _helper_mount(spec: MountSpec) -> None:
+    try:
+        proc = subprocess.run(
+            list(spec.argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, check=False, close_fds=True,
+        )
+    except OSError as exc:
+        raise MountError(exc.errno or 0, f"cannot run {spec.argv[0]}: {exc.strerror}",
+                         spec) from exc
+    if proc.returncode != 0:
+        err = " ".join(
+            line for line in proc.stderr.decode(errors="replace").splitlines()
+            if "unknown argument ignored" not in line
+        ).strip()
+        raise MountError(0, err or f"{spec.argv[0]} exited with {proc.returncode}", spec)
+
+
+def unmount(target: str, *, attempts: int = 50, delay: float = 0.02) -> None:
+    """umount2 with a bounded retry on EBUSY; EINVAL/ENOENT mean "not mounted"."""
+    for attempt in range(attempts):
+        try:
+            libc.umount2(target, 0)
+            return
+        except OSError as exc:
+            if exc.errno in (22, 2):  # EINVAL: not a mount point; ENOENT: gone
+                return
+            if exc.errno != 16 or attempt == attempts - 1:  # EBUSY
+                raise
+            time.sleep(delay)
+
+
+def bind_private(path: str) -> None:
+    """Make ``path`` a private mount of its own (bind it onto itself if needed)."""
+    from aufs._sys import mountinfo
+
+    if not mountinfo.is_mountpoint(path):
+        libc.mount(path, path, None, MS_BIND, None)
+    libc.mount("none", path, None, MS_PRIVATE, None)

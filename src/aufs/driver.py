@@ -1,0 +1,359 @@
+"""The AUFS graph driver: Docker's ``daemon/graphdriver/aufs`` API over a union engine.
+
+The driver validates ids, holds the store lock and calls the store, engine and archive
+modules. It joins no paths (``Layout`` does) and issues no system call of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator, Sequence
+from typing import IO, TYPE_CHECKING
+
+from aufs import options as options_mod
+from aufs._sys import fsinfo, mountinfo
+from aufs._sys import mount as sysmount
+from aufs._sys.files import ensure_dir, rmtree
+from aufs.graphdriver import (
+    DriverError,
+    LayerExistsError,
+    LayerInUseError,
+    LayerNotFoundError,
+    Status,
+)
+from aufs.store import layers, meta, recover, refs
+from aufs.store.layout import Layout, is_valid_id, validate_id
+from aufs.store.lock import StoreLock
+from aufs.union import select
+from aufs.union.base import Branches, UnionEngine
+from aufs.whiteout import WhiteoutFormat, get_format
+
+if TYPE_CHECKING:
+    from aufs.archive import Change
+
+
+def init(root: str | os.PathLike[str], options: Sequence[str] = ()) -> Driver:
+    """Open (creating if needed) the store at ``root`` — the seed's ``Init``."""
+    opts = options_mod.parse(options)
+    layout = Layout.at(os.path.realpath(os.fspath(root)))
+    try:
+        os.makedirs(layout.root, 0o755, exist_ok=True)
+    except OSError as exc:
+        raise DriverError(f"cannot create the store root {layout.root}: {exc.strerror}") from exc
+    if not os.access(layout.root, os.W_OK) or _read_only(layout.root):
+        raise DriverError(f"the store root {layout.root} is read-only")
+    for d in (*layout.top_dirs(), *layout.private_dirs()):
+        ensure_dir(d)
+    magic = fsinfo.fs_magic(layout.root)
+    stored = meta.read(layout.meta_file)
+    if stored is not None:
+        store_format: str | None = stored.whiteouts
+    elif layers.list_ids(layout.layers_dir):
+        store_format = "aufs"  # a Docker aufs store: no metadata, AUFS whiteouts
+    else:
+        store_format = None
+    engine, fmt = select.choose(opts.engine, layout, magic, store_format)
+    lock = StoreLock(layout.lock_file)
+    with lock.hold():
+        if os.geteuid() == 0:
+            sysmount.bind_private(layout.root)
+        recover.finish(layout)
+        new_meta = meta.StoreMeta(whiteouts=fmt, engine=engine.name)
+        if stored is None and store_format is None or stored is not None and stored != new_meta:
+            meta.write(layout.meta_file, new_meta)
+    return Driver(layout, engine, get_format(fmt), fsinfo.fs_name(magic), lock)
+
+
+def _read_only(path: str) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+class Driver:
+    """A layer store. Create it with :func:`aufs.init`."""
+
+    def __init__(self, layout: Layout, engine: UnionEngine, whiteouts: WhiteoutFormat,
+                 backing_fs: str, lock: StoreLock) -> None:
+        self.layout = layout
+        self.engine = engine
+        self.whiteouts = whiteouts
+        self.backing_fs = backing_fs
+        self._lock = lock
+
+    # -- identity -----------------------------------------------------------------------
+    def __str__(self) -> str:
+        return "aufs"
+
+    def __repr__(self) -> str:
+        return f"<aufs.Driver root={self.root!r} engine={self.engine.name}>"
+
+    @property
+    def root(self) -> str:
+        return self.layout.root
+
+    def root_path(self) -> str:
+        return self.layout.root
+
+    # -- lookups ------------------------------------------------------------------------
+    def exists(self, id: str) -> bool:
+        if not is_valid_id(id):
+            return False
+        return os.path.lexists(self.layout.layers(id))
+
+    def parents(self, id: str) -> list[str]:
+        """The layer's ancestors, nearest first (the content of ``layers/<id>``)."""
+        validate_id(id)
+        try:
+            return layers.read_chain(self.layout.layers(id))
+        except FileNotFoundError:
+            raise LayerNotFoundError(f"no such layer: {id}") from None
+
+    def ids(self) -> list[str]:
+        return layers.list_ids(self.layout.layers_dir)
+
+    def mounted(self, id: str) -> bool:
+        """True if the layer's union is mounted at ``mnt/<id>``."""
+        validate_id(id)
+        return _is_mounted(self.layout.mnt(id), self.layout.mnt_dir)
+
+    def refcount(self, id: str) -> int:
+        validate_id(id)
+        return refs.read(self.layout.refs(id))
+
+    def _branches(self, id: str, chain: list[str], label: str = "") -> Branches:
+        lay = self.layout
+        return Branches(target=lay.mnt(id), rw=lay.diff(id),
+                        lowers=tuple(lay.diff(p) for p in chain), work=lay.work(id),
+                        label=label, lower_names=tuple(chain))
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def create(self, id: str, parent: str = "") -> None:
+        validate_id(id)
+        if parent:
+            validate_id(parent)
+        lay = self.layout
+        with self._lock.hold():
+            if os.path.lexists(lay.layers(id)):
+                raise LayerExistsError(f"layer already exists: {id}")
+            chain = [parent, *self.parents(parent)] if parent else []
+            for leftover in (lay.mnt(id), lay.diff(id), lay.work(id), lay.refs(id)):
+                self._discard(leftover)
+            try:
+                os.mkdir(lay.diff(id), 0o755)
+                os.mkdir(lay.mnt(id), 0o755)
+                layers.write_chain(lay.layers(id), chain)  # publishes the layer
+            except BaseException:
+                for path in (lay.layers(id), lay.mnt(id), lay.diff(id)):
+                    with contextlib.suppress(OSError):
+                        self._discard(path)
+                raise
+
+    def _discard(self, path: str) -> None:
+        """Remove a leftover path of a half-created or half-removed layer."""
+        if _is_mounted(path, os.path.dirname(path)):
+            self.engine.unmount(path)
+        rmtree(path)
+
+    def remove(self, id: str) -> None:
+        validate_id(id)
+        lay = self.layout
+        with self._lock.hold():
+            if not os.path.lexists(lay.layers(id)):
+                raise LayerNotFoundError(f"no such layer: {id}")
+            children = self._children(id)
+            if children:
+                raise LayerInUseError(
+                    f"layer {id} is the parent of {len(children)} layer(s): {', '.join(children[:3])}")
+            self._unmount(id)
+            # The rename of layers/<id> is the moment the layer stops existing.
+            os.replace(lay.layers(id), lay.removing(lay.layers(id)))
+            doomed = []
+            for path in (lay.mnt(id), lay.diff(id), lay.work(id)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(path, lay.removing(path))
+                    doomed.append(lay.removing(path))
+            refs.write(lay.refs(id), 0)
+            for path in doomed:
+                rmtree(path)
+            os.unlink(lay.removing(lay.layers(id)))
+
+    def _children(self, id: str) -> list[str]:
+        out = []
+        for other in self.ids():
+            with contextlib.suppress(FileNotFoundError):
+                chain = layers.read_chain(self.layout.layers(other))
+                if chain and chain[0] == id:
+                    out.append(other)
+        return out
+
+    # -- mounting -----------------------------------------------------------------------
+    def get(self, id: str, mount_label: str = "") -> str:
+        validate_id(id)
+        lay = self.layout
+        with self._lock.hold():
+            chain = self.parents(id)
+            ref_path = lay.refs(id)
+            count = refs.read(ref_path)
+            if not chain:
+                refs.write(ref_path, count + 1)
+                return lay.diff(id)
+            target = lay.mnt(id)
+            mounted_now = False
+            if not _is_mounted(target, lay.mnt_dir):
+                count = 0  # the mount table is the truth: a dead holder's count is void
+                ensure_dir(target)
+                self.engine.mount(self._branches(id, chain, mount_label))
+                mounted_now = True
+            try:
+                refs.write(ref_path, count + 1)
+            except BaseException:
+                if mounted_now:
+                    self._engine_unmount(id, target)
+                raise
+            return target
+
+    def put(self, id: str) -> None:
+        validate_id(id)
+        lay = self.layout
+        with self._lock.hold():
+            chain = self.parents(id)
+            ref_path = lay.refs(id)
+            count = refs.read(ref_path)
+            if count > 1 and (not chain or _is_mounted(lay.mnt(id), lay.mnt_dir)):
+                refs.write(ref_path, count - 1)
+                return
+            refs.write(ref_path, 0)
+            if chain:
+                self._unmount(id)
+
+    def _unmount(self, id: str) -> None:
+        target = self.layout.mnt(id)
+        if _is_mounted(target, self.layout.mnt_dir):
+            self._engine_unmount(id, target)
+
+    def _engine_unmount(self, id: str, target: str) -> None:
+        unmount = self.engine.unmount
+        if self.engine.name == "fuse-overlayfs":
+            unmount(target, self.layout.diff(id))  # type: ignore[call-arg]
+        else:
+            unmount(target)
+
+    def status(self) -> Status:
+        dirperm1 = bool(getattr(getattr(self.engine, "caps", None), "dirperm1", False))
+        rows: Status = [
+            ("Root Dir", self.root),
+            ("Backing Filesystem", self.backing_fs),
+            ("Dirs", str(len(self.ids()))),
+            ("Dirperm1 Supported", "true" if dirperm1 else "false"),
+            ("Engine", self.engine.name),
+            ("Whiteout Format", self.whiteouts.name),
+        ]
+        rows.extend(self.engine.describe())
+        return rows
+
+    def cleanup(self) -> None:
+        """Unmount every union of this store and release the root's private mount."""
+        lay = self.layout
+        with self._lock.hold():
+            errors: list[str] = []
+            for entry in reversed(list(mountinfo.mounts_under(lay.mnt_dir))):
+                name = os.path.basename(entry.mountpoint)
+                try:
+                    if os.path.dirname(entry.mountpoint) == lay.mnt_dir and is_valid_id(name):
+                        self._engine_unmount(name, entry.mountpoint)
+                    else:
+                        sysmount.unmount(entry.mountpoint)
+                except OSError as exc:
+                    errors.append(f"{entry.mountpoint}: {exc}")
+            for name in os.listdir(lay.refs_dir):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(lay.refs_dir, name))
+            if errors:
+                raise DriverError("cleanup could not unmount: " + "; ".join(errors))
+            self._release_root()
+
+    def close(self) -> None:
+        """Release the root's private mount if no union stands under it (CLI exit)."""
+        with self._lock.hold():
+            self._release_root()
+
+    def _release_root(self) -> None:
+        root = self.layout.root
+        entries = list(mountinfo.mounts_under(root))
+        if any(e.mountpoint != root for e in entries):
+            return
+        if entries and os.geteuid() == 0:
+            with contextlib.suppress(OSError):
+                sysmount.unmount(root, attempts=5)
+
+    # -- diffs (aufs.archive) -----------------------------------------------------------
+    def _lower_dirs(self, id: str) -> list[str]:
+        return [self.layout.diff(p) for p in self.parents(id)]
+
+    def _naive(self, id: str, parent: str) -> bool:
+        """True when ``parent`` is given and is not the direct parent (the seed's naive path)."""
+        if not parent:
+            return False
+        validate_id(parent)
+        chain = self.parents(id)
+        if not self.exists(parent):
+            raise LayerNotFoundError(f"no such layer: {parent}")
+        return not chain or chain[0] != parent
+
+    def diff(self, id: str, parent: str = "") -> IO[bytes]:
+        from aufs.archive import export
+
+        if self._naive(id, parent):
+            return export.naive_diff(self, id, parent)
+        self.parents(id)
+        return export.export_layer(self.layout.diff(id))
+
+    def changes(self, id: str, parent: str = "") -> list[Change]:
+        from aufs.archive import changes
+
+        if self._naive(id, parent):
+            return changes.naive_changes(self, id, parent)
+        return changes.layer_changes(self._lower_dirs(id), self.layout.diff(id))
+
+    def diff_size(self, id: str, parent: str = "") -> int:
+        from aufs.archive import changes
+
+        if self._naive(id, parent):
+            return changes.naive_diff_size(self, id, parent)
+        self.parents(id)
+        return changes.diff_size(self.layout.diff(id))
+
+    def apply_diff(self, id: str, parent: str, stream: IO[bytes]) -> int:
+        from aufs.archive import apply
+
+        self.parents(id)
+        if parent:
+            validate_id(parent)
+        apply.apply_layer(self, id, stream)
+        return self.diff_size(id, parent)
+
+    def migrate(self, path: str | os.PathLike[str], setup_init: object) -> None:
+        from aufs import migrate
+
+        migrate.migrate(self, os.fspath(path), setup_init)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store lock (for modules that change a layer in place)."""
+        with self._lock.hold():
+            yield
+
+
+def _is_mounted(path: str, parent: str) -> bool:
+    """Is something mounted at ``path``? Unions have their own st_dev; fall back to mountinfo."""
+    try:
+        st = os.lstat(path)
+        pst = os.lstat(parent)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.EIO):  # a dead FUSE daemon's mount
+            return True
+        raise
+    return st.st_dev != pst.st_dev

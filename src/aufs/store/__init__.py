@@ -1,0 +1,1 @@
+"""The store on disk: layout, parent chains, reference counts, metadata, recovery."""

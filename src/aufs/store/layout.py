@@ -1,0 +1,129 @@
+"""Every path of a store, in one place. Nothing else joins store paths.
+
+::
+
+    ROOT/
+    ├── layers/<id>     parent chain, nearest first, one id a line (Docker's format)
+    ├── diff/<id>       the layer's own files (the rw branch of its union)
+    ├── mnt/<id>        where its union is mounted
+    └── .aufs/          ours, invisible to Docker
+        ├── store.json  whiteout format, engine, version
+        ├── lock        flock: one writer of the store at a time
+        ├── refs/<id>   get/put count, shared by every process
+        ├── work/<id>   overlayfs work dir (same filesystem as diff/)
+        ├── l/          short symlinks to diff dirs (overlay, old kernels, long chains)
+        └── staging/    things being built; renamed into place when whole
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from aufs.graphdriver import InvalidLayerIDError
+
+REMOVING_SUFFIX = "-removing"
+_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def validate_id(layer_id: object) -> str:
+    """Return ``layer_id`` if it is a valid layer id, else raise InvalidLayerIDError."""
+    if (
+        not isinstance(layer_id, str)
+        or not _ID_RE.fullmatch(layer_id)
+        or layer_id in (".", "..")
+        or layer_id.endswith(REMOVING_SUFFIX)
+    ):
+        raise InvalidLayerIDError(f"invalid layer id: {layer_id!r}")
+    return layer_id
+
+
+def is_valid_id(layer_id: object) -> bool:
+    try:
+        validate_id(layer_id)
+    except InvalidLayerIDError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    root: str
+
+    @classmethod
+    def at(cls, root: str | os.PathLike[str]) -> Layout:
+        return cls(os.path.abspath(os.fspath(root)))
+
+    # Docker's three directories.
+    @property
+    def layers_dir(self) -> str:
+        return f"{self.root}/layers"
+
+    @property
+    def diff_dir(self) -> str:
+        return f"{self.root}/diff"
+
+    @property
+    def mnt_dir(self) -> str:
+        return f"{self.root}/mnt"
+
+    def layers(self, layer_id: str) -> str:
+        return f"{self.root}/layers/{layer_id}"
+
+    def diff(self, layer_id: str) -> str:
+        return f"{self.root}/diff/{layer_id}"
+
+    def mnt(self, layer_id: str) -> str:
+        return f"{self.root}/mnt/{layer_id}"
+
+    def removing(self, path: str) -> str:
+        return path + REMOVING_SUFFIX
+
+    # Ours.
+    @property
+    def private_dir(self) -> str:
+        return f"{self.root}/.aufs"
+
+    @property
+    def meta_file(self) -> str:
+        return f"{self.root}/.aufs/store.json"
+
+    @property
+    def lock_file(self) -> str:
+        return f"{self.root}/.aufs/lock"
+
+    @property
+    def refs_dir(self) -> str:
+        return f"{self.root}/.aufs/refs"
+
+    def refs(self, layer_id: str) -> str:
+        return f"{self.root}/.aufs/refs/{layer_id}"
+
+    @property
+    def work_dir(self) -> str:
+        return f"{self.root}/.aufs/work"
+
+    def work(self, layer_id: str) -> str:
+        return f"{self.root}/.aufs/work/{layer_id}"
+
+    @property
+    def links_dir(self) -> str:
+        return f"{self.root}/.aufs/l"
+
+    def link(self, short: str) -> str:
+        return f"{self.root}/.aufs/l/{short}"
+
+    @property
+    def staging_dir(self) -> str:
+        return f"{self.root}/.aufs/staging"
+
+    def staging(self, name: str) -> str:
+        return f"{self.root}/.aufs/staging/{name}"
+
+    def top_dirs(self) -> tuple[str, ...]:
+        return (self.mnt_dir, self.diff_dir, self.layers_dir)
+
+    def private_dirs(self) -> tuple[str, ...]:
+        return (self.private_dir, self.refs_dir, self.work_dir, self.links_dir,
+                self.staging_dir)

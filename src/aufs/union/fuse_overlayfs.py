@@ -1,0 +1,170 @@
+"""fuse-overlayfs: works without kernel union support, reads AUFS ``.wh.`` whiteouts.
+
+Its stores keep Docker's AUFS format on disk. While a layer is mounted the daemon
+writes overlay-style whiteouts into the rw branch (0:0 devices, opaque xattrs); they
+are turned into the store's format when the layer is unmounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import time
+from dataclasses import dataclass
+
+from aufs._sys import fsinfo
+from aufs._sys import mount as sysmount
+from aufs._sys.files import ensure_dir, rmtree
+from aufs.graphdriver import IncompatibleFSError, NotSupportedError
+from aufs.store.layout import Layout
+from aufs.union.base import Branches, MountMethod, MountSpec, escape_overlay_path
+from aufs.whiteout import WhiteoutFormat, get_format
+
+BINARY = "fuse-overlayfs"
+INCOMPATIBLE = {fsinfo.MAGIC_AUFS: "aufs"}
+DAEMON_EXIT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class FuseCaps:
+    binary: str
+    fusermount: str | None
+    as_root: bool
+
+
+def fuse_specs(b: Branches, caps: FuseCaps) -> list[MountSpec]:
+    """The daemon invocation for ``b``. Pure."""
+    opts = [
+        "lowerdir=" + ":".join(escape_overlay_path(p) for p in b.lowers),
+        f"upperdir={escape_overlay_path(b.rw)}",
+        f"workdir={escape_overlay_path(b.work)}",
+    ]
+    if b.label:
+        opts.append(f'context="{b.label}"')
+    argv = (caps.binary, "-o", ",".join(opts), b.target)
+    return [MountSpec("fuse.fuse-overlayfs", "fuse-overlayfs", b.target, tuple(opts),
+                      method=MountMethod.HELPER, argv=argv)]
+
+
+class FuseOverlayEngine:
+    name = "fuse-overlayfs"
+    reads = frozenset({"aufs", "overlay"})
+    native = "aufs"
+
+    def __init__(self, layout: Layout, caps: FuseCaps, store_format: WhiteoutFormat) -> None:
+        self.layout = layout
+        self.caps = caps
+        self.format = store_format
+
+    def mount_specs(self, branches: Branches) -> list[MountSpec]:
+        return fuse_specs(branches, self.caps)
+
+    def mount(self, branches: Branches) -> None:
+        ensure_dir(branches.work, 0o700)
+        for spec in fuse_specs(branches, self.caps):
+            sysmount.run(spec)
+
+    def unmount(self, target: str, rw: str | None = None) -> None:
+        pids = daemon_pids(target)
+        if self.caps.as_root or self.caps.fusermount is None:
+            sysmount.unmount(target)
+        else:
+            _fusermount_unmount(self.caps.fusermount, target)
+        wait_for_exit(pids, DAEMON_EXIT_TIMEOUT)
+        if rw is not None:
+            self.format.normalize(rw)
+
+    def describe(self) -> list[tuple[str, str]]:
+        return [("FUSE Helper", self.caps.binary)]
+
+
+def _fusermount_unmount(fusermount: str, target: str) -> None:
+    import subprocess
+
+    proc = subprocess.run([fusermount, "-u", target], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise OSError(16, proc.stderr.strip() or "fusermount -u failed", target)
+
+
+def daemon_pids(target: str) -> list[int]:
+    """Pids of fuse-overlayfs daemons serving ``target`` (last argv word)."""
+    want = os.fsencode(target)
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) >= 2 and os.path.basename(argv[0]) == b"fuse-overlayfs" and (
+            argv[-2] == want or argv[-1] == want
+        ):
+            pids.append(int(name))
+    return pids
+
+
+def wait_for_exit(pids: list[int], timeout: float) -> None:
+    """Wait (pidfd + poll) until every pid has exited, at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            left = max(deadline - time.monotonic(), 0)
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll(left * 1000)
+        finally:
+            os.close(fd)
+
+
+def probe(layout: Layout, magic: int, store_format: WhiteoutFormat) -> FuseOverlayEngine:
+    """Prove fuse-overlayfs mounts here and hides a ``.wh.`` whiteout; else NotSupportedError."""
+    if magic in INCOMPATIBLE:
+        raise IncompatibleFSError(f"fuse-overlayfs cannot use a store on {INCOMPATIBLE[magic]}")
+    binary = shutil.which(BINARY)
+    if binary is None:
+        raise NotSupportedError(f"{BINARY} is not installed (apt-get install fuse-overlayfs)")
+    if not os.path.exists("/dev/fuse"):
+        raise NotSupportedError("/dev/fuse does not exist")
+    caps = FuseCaps(binary=binary, fusermount=shutil.which("fusermount3"),
+                    as_root=os.geteuid() == 0)
+    engine = FuseOverlayEngine(layout, caps, store_format)
+    scratch = layout.staging(f"probe-fuse-{os.getpid()}")
+    rmtree(scratch)
+    os.makedirs(scratch)
+    try:
+        for d in ("lower", "upper", "work", "merged"):
+            os.mkdir(f"{scratch}/{d}")
+        for name in ("kept", ".wh.gone"):
+            with open(f"{scratch}/upper/{name}", "wb"):
+                pass
+        with open(f"{scratch}/lower/gone", "wb"):
+            pass
+        b = Branches(target=f"{scratch}/merged", rw=f"{scratch}/upper",
+                     lowers=(f"{scratch}/lower",), work=f"{scratch}/work")
+        try:
+            engine.mount(b)
+        except OSError as exc:
+            raise NotSupportedError(f"a test fuse-overlayfs mount failed: {exc}") from exc
+        try:
+            visible = set(os.listdir(b.target))
+        finally:
+            engine.unmount(b.target)
+        if visible != {"kept"}:
+            raise NotSupportedError(
+                f"{binary} does not read AUFS whiteouts (saw {sorted(visible)})")
+        return engine
+    finally:
+        with contextlib.suppress(OSError):
+            rmtree(scratch)
+
+
+def default_format() -> WhiteoutFormat:
+    return get_format("aufs")

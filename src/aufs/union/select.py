@@ -1,0 +1,59 @@
+"""``aufs.engine=auto``: try the engines in order by real probes; keep every reason."""
+
+from __future__ import annotations
+
+from aufs.graphdriver import IncompatibleFSError, NotSupportedError
+from aufs.store.layout import Layout
+from aufs.union import aufs as aufs_engine
+from aufs.union import fuse_overlayfs, overlay
+from aufs.union.base import UnionEngine
+from aufs.whiteout import get_format
+
+ORDER = ("aufs", "overlay", "fuse-overlayfs")
+READS = {"aufs": frozenset({"aufs"}), "overlay": frozenset({"overlay"}),
+         "fuse-overlayfs": frozenset({"aufs", "overlay"})}
+NATIVE = {"aufs": "aufs", "overlay": "overlay", "fuse-overlayfs": "aufs"}
+
+
+def probe_one(name: str, layout: Layout, magic: int, store_format: str) -> UnionEngine:
+    if name == "aufs":
+        return aufs_engine.probe(layout, magic)
+    if name == "overlay":
+        return overlay.probe(layout, magic)
+    if name == "fuse-overlayfs":
+        return fuse_overlayfs.probe(layout, magic, get_format(store_format))
+    raise ValueError(f"unknown engine {name!r}")
+
+
+def choose(requested: str, layout: Layout, magic: int,
+           store_format: str | None) -> tuple[UnionEngine, str]:
+    """Return the engine and the whiteout format the store keeps.
+
+    ``store_format`` is None for a new store (the engine's native format is used).
+    """
+    if requested != "auto":
+        if store_format is not None and store_format not in READS[requested]:
+            raise NotSupportedError(
+                f"engine {requested} cannot read this store's {store_format} whiteouts; "
+                f"convert the store first (aufs convert --to {NATIVE[requested]}) "
+                f"or use aufs.engine=auto")
+        fmt = store_format or NATIVE[requested]
+        return probe_one(requested, layout, magic, fmt), fmt
+    reasons: list[str] = []
+    incompatible = True
+    for name in ORDER:
+        if store_format is not None and store_format not in READS[name]:
+            reasons.append(f"{name}: cannot read {store_format} whiteouts")
+            continue
+        fmt = store_format or NATIVE[name]
+        try:
+            return probe_one(name, layout, magic, fmt), fmt
+        except IncompatibleFSError as exc:
+            reasons.append(f"{name}: {exc}")
+        except NotSupportedError as exc:
+            incompatible = False
+            reasons.append(f"{name}: {exc}")
+    msg = "no union engine works here (" + "; ".join(reasons) + ")"
+    if incompatible:
+        raise IncompatibleFSError(msg)
+    raise NotSupportedError(msg)

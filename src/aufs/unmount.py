@@ -1,0 +1,29 @@
+"""``aufs.unmount``: the seed's ``Unmount`` for any union this package mounted."""
+
+from __future__ import annotations
+
+import os
+
+from aufs._sys import mount as sysmount
+from aufs._sys import mountinfo
+from aufs.union import aufs as aufs_engine
+from aufs.union import fuse_overlayfs
+
+
+def unmount(target: str | os.PathLike[str]) -> None:
+    """Flush (``auplink`` for AUFS), then unmount ``target``, retrying on EBUSY.
+
+    A FUSE union's daemon is waited for. Nothing mounted there is not an error.
+    """
+    path = os.path.realpath(os.fspath(target))
+    fstype = next((e.fstype for e in mountinfo.read() if e.mountpoint == path), None)
+    if fstype is None:
+        return
+    if fstype == "aufs":
+        aufs_engine.unmount(path)
+    elif fstype.startswith("fuse"):
+        pids = fuse_overlayfs.daemon_pids(path)
+        sysmount.unmount(path)
+        fuse_overlayfs.wait_for_exit(pids, fuse_overlayfs.DAEMON_EXIT_TIMEOUT)
+    else:
+        sysmount.unmount(path)

@@ -1,0 +1,272 @@
+"""Whiteouts: the only module that knows how a deletion or an opaque directory is written.
+
+Two on-disk formats exist, and every reader understands both (a fuse-overlayfs layer
+that is still mounted holds overlay-style whiteouts inside an AUFS store):
+
+========  =====================================  ====================================
+format    deleted ``name``                       opaque directory
+========  =====================================  ====================================
+aufs      empty file ``.wh.name``                file ``.wh..wh..opq`` inside it
+overlay   char device 0:0 named ``name``         xattr ``trusted.overlay.opaque=y``
+========  =====================================  ====================================
+
+AUFS housekeeping (``.wh..wh.plnk``, ``.wh..wh.aufs``, ``.wh..wh.orph``, anything under
+``.wh..wh.``) is never content. A store picks one :class:`WhiteoutFormat` and passes it
+to tar export, tar apply and change detection; none of them spells ``.wh.`` itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+WH_PREFIX = ".wh."
+WH_META_PREFIX = ".wh..wh."
+WH_OPAQUE = ".wh..wh..opq"
+WH_PLINK = ".wh..wh.plnk"
+WH_BASE = ".wh..wh.aufs"
+WH_ORPH = ".wh..wh.orph"
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+OVERLAY_XATTR_PREFIX = "trusted.overlay."
+
+
+class Kind(enum.Enum):
+    PLAIN = "plain"               # ordinary content
+    WHITEOUT = "whiteout"         # hides ``Entry.target`` of the lower layers
+    OPAQUE = "opaque"             # marker: the directory holding it is opaque (aufs)
+    HOUSEKEEPING = "housekeeping"  # never content, never exported
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    kind: Kind
+    target: str = ""  # for WHITEOUT: the name it deletes
+
+
+_PLAIN = Entry(Kind.PLAIN)
+_OPAQUE = Entry(Kind.OPAQUE)
+_HOUSEKEEPING = Entry(Kind.HOUSEKEEPING)
+
+
+def classify_name(name: str) -> Entry:
+    """Classify by name alone (the AUFS / tar format). Pure."""
+    if not name.startswith(WH_PREFIX):
+        return _PLAIN
+    if name == WH_OPAQUE:
+        return _OPAQUE
+    if name.startswith(WH_META_PREFIX):
+        return _HOUSEKEEPING
+    return Entry(Kind.WHITEOUT, name[len(WH_PREFIX):])
+
+
+def is_overlay_whiteout_mode(mode: int, rdev: int) -> bool:
+    return stat.S_ISCHR(mode) and rdev == 0
+
+
+def classify(name: str, mode: int, rdev: int) -> Entry:
+    """Classify a directory entry in either format, given its lstat mode and rdev."""
+    entry = classify_name(name)
+    if is_overlay_whiteout_mode(mode, rdev):
+        # A 0:0 device named like an AUFS entry is fuse-overlayfs bookkeeping.
+        return Entry(Kind.WHITEOUT, name) if entry is _PLAIN else _HOUSEKEEPING
+    return entry
+
+
+def classify_entry(entry: os.DirEntry[str]) -> Entry:
+    """Classify a scandir entry; stats only character devices."""
+    name = entry.name
+    if name.startswith(WH_PREFIX):
+        if entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False):
+            return classify_name(name)
+    elif not _maybe_device(entry):
+        return _PLAIN
+    st = entry.stat(follow_symlinks=False)
+    return classify(name, st.st_mode, st.st_rdev)
+
+
+def _maybe_device(entry: os.DirEntry[str]) -> bool:
+    return not (
+        entry.is_file(follow_symlinks=False)
+        or entry.is_dir(follow_symlinks=False)
+        or entry.is_symlink()
+    )
+
+
+def has_opaque_xattr(dir_fd_or_path: int | str) -> bool:
+    try:
+        return os.getxattr(dir_fd_or_path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def is_opaque(dir_fd: int, names: Iterator[str] | list[str] | set[str] | None = None) -> bool:
+    """True if the directory open as ``dir_fd`` is opaque, in either format.
+
+    ``names``, if the caller already listed the directory, saves a lookup.
+    """
+    if names is not None:
+        if WH_OPAQUE in names:
+            return True
+    else:
+        try:
+            os.stat(WH_OPAQUE, dir_fd=dir_fd, follow_symlinks=False)
+            return True
+        except FileNotFoundError:
+            pass
+    return has_opaque_xattr(dir_fd)
+
+
+def is_export_xattr(name: str) -> bool:
+    """Extended attributes that belong to content (never overlay's own)."""
+    return not name.startswith(OVERLAY_XATTR_PREFIX)
+
+
+class WhiteoutFormat:
+    """How one store writes whiteouts. Reading is format-agnostic (:func:`classify`)."""
+
+    name: ClassVar[str]
+
+    def make_whiteout(self, dir_fd: int, name: str, mode: int = 0o600) -> None:
+        raise NotImplementedError
+
+    def make_opaque(self, dir_fd: int) -> None:
+        raise NotImplementedError
+
+    def clear_opaque(self, dir_fd: int) -> None:
+        """Remove an opaque marker of either format (no error if none)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(WH_OPAQUE, dir_fd=dir_fd)
+        with contextlib.suppress(OSError):
+            os.removexattr(dir_fd, OVERLAY_OPAQUE_XATTR)
+
+    def whiteout_path_name(self, name: str) -> str:
+        """The directory-entry name a whiteout of ``name`` occupies in this format."""
+        raise NotImplementedError
+
+    def normalize(self, root: str) -> int:
+        """Rewrite whiteouts of the other format under ``root`` into this one.
+
+        Idempotent and crash-safe: the new marker is written before the old one is
+        removed, so a re-run after a kill finishes the job. Returns entries rewritten.
+        """
+        count = 0
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            count = self._normalize_dir(fd, os.fstat(fd).st_dev)
+        finally:
+            os.close(fd)
+        return count
+
+    def _normalize_dir(self, dir_fd: int, dev: int) -> int:
+        raise NotImplementedError
+
+
+class AufsWhiteouts(WhiteoutFormat):
+    """``.wh.<name>`` files and ``.wh..wh..opq`` — Docker's aufs store and every layer tar."""
+
+    name = "aufs"
+
+    def whiteout_path_name(self, name: str) -> str:
+        return WH_PREFIX + name
+
+    def make_whiteout(self, dir_fd: int, name: str, mode: int = 0o600) -> None:
+        fd = os.open(WH_PREFIX + name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode & 0o7777, dir_fd=dir_fd)
+        os.close(fd)
+
+    def make_opaque(self, dir_fd: int) -> None:
+        fd = os.open(WH_OPAQUE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dir_fd)
+        os.close(fd)
+
+    def _normalize_dir(self, dir_fd: int, dev: int) -> int:
+        count = 0
+        if has_opaque_xattr(dir_fd):
+            self.make_opaque(dir_fd)
+            os.removexattr(dir_fd, OVERLAY_OPAQUE_XATTR)
+            count += 1
+        with os.scandir(dir_fd) as it:
+            entries = list(it)
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                              dir_fd=dir_fd)
+                try:
+                    if os.fstat(sub).st_dev == dev:
+                        count += self._normalize_dir(sub, dev)
+                finally:
+                    os.close(sub)
+                continue
+            if not _maybe_device(entry):
+                continue
+            st = entry.stat(follow_symlinks=False)
+            if not is_overlay_whiteout_mode(st.st_mode, st.st_rdev):
+                continue
+            if not entry.name.startswith(WH_PREFIX):
+                self.make_whiteout(dir_fd, entry.name, st.st_mode)
+            os.unlink(entry.name, dir_fd=dir_fd)
+            count += 1
+        return count
+
+
+class OverlayWhiteouts(WhiteoutFormat):
+    """0:0 character devices and ``trusted.overlay.opaque=y`` — kernel overlayfs."""
+
+    name = "overlay"
+
+    def whiteout_path_name(self, name: str) -> str:
+        return name
+
+    def make_whiteout(self, dir_fd: int, name: str, mode: int = 0o600) -> None:
+        os.mknod(name, stat.S_IFCHR | (mode & 0o7777), 0, dir_fd=dir_fd)
+
+    def make_opaque(self, dir_fd: int) -> None:
+        os.setxattr(dir_fd, OVERLAY_OPAQUE_XATTR, b"y")
+
+    def _normalize_dir(self, dir_fd: int, dev: int) -> int:
+        count = 0
+        with os.scandir(dir_fd) as it:
+            entries = list(it)
+        names = {e.name for e in entries}
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name.startswith(WH_META_PREFIX):
+                    continue  # AUFS housekeeping dirs are left to the converter
+                sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                              dir_fd=dir_fd)
+                try:
+                    if os.fstat(sub).st_dev == dev:
+                        count += self._normalize_dir(sub, dev)
+                finally:
+                    os.close(sub)
+                continue
+            kind = classify_name(entry.name)
+            if kind.kind is Kind.OPAQUE:
+                self.make_opaque(dir_fd)
+                os.unlink(entry.name, dir_fd=dir_fd)
+                count += 1
+            elif kind.kind is Kind.WHITEOUT and entry.is_file(follow_symlinks=False):
+                if kind.target not in names:
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                    self.make_whiteout(dir_fd, kind.target, mode)
+                    names.add(kind.target)
+                os.unlink(entry.name, dir_fd=dir_fd)
+                count += 1
+        return count
+
+
+AUFS = AufsWhiteouts()
+OVERLAY = OverlayWhiteouts()
+FORMATS: dict[str, WhiteoutFormat] = {AUFS.name: AUFS, OVERLAY.name: OVERLAY}
+
+
+def get_format(name: str) -> WhiteoutFormat:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown whiteout format {name!r} (known: aufs, overlay)") from None

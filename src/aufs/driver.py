@@ -284,8 +284,10 @@ class Driver:
         if any(e.mountpoint != root for e in entries):
             return
         if entries and os.geteuid() == 0:
+            # Under the store lock nothing can be mounted below meanwhile, so a lazy
+            # detach releases only the bind itself; open fds (our lock's) stay valid.
             with contextlib.suppress(OSError):
-                sysmount.unmount(root, attempts=5)
+                sysmount.detach(root)
 
     # -- diffs (aufs.archive) -----------------------------------------------------------
     def _lower_dirs(self, id: str) -> list[str]:

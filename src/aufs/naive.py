@@ -1,12 +1,16 @@
 """``NaiveDiffDriver``: diff/changes/apply_diff/diff_size for a driver that only mounts.
 
-The seed's ``graphdriver.NaiveDiffDriver``: mount the layer and its parent, compare the
-two trees, export what changed; apply by extracting into the mounted layer.
-Implemented in the tarball issue (#3); the shape is fixed here.
+The seed's ``graphdriver.NaiveDiffDriver``: mount the layer (and its parent), compare
+the two trees (:func:`aufs.archive.changes_dirs`), export what changed
+(:func:`aufs.archive.export_changes`); apply by extracting into the mounted layer.
+Every ``get`` is matched by a ``put``, on errors too; a diff stream keeps the layer
+mounted until it is closed.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -45,13 +49,44 @@ class NaiveDiffDriver:
         self.proto.cleanup()
 
     def diff(self, id: str, parent: str = "") -> IO[bytes]:
-        raise NotImplementedError
+        """Tar of the layer's changes against ``parent`` ("" : the whole tree)."""
+        from aufs.archive.export import naive_diff
+
+        return naive_diff(self.proto, id, parent)
 
     def changes(self, id: str, parent: str = "") -> list[Change]:
-        raise NotImplementedError
+        """Changes against ``parent`` ("" : everything is added)."""
+        from aufs.archive.changes import naive_changes
+
+        return naive_changes(self.proto, id, parent)
 
     def apply_diff(self, id: str, parent: str, stream: IO[bytes]) -> int:
-        raise NotImplementedError
+        """Extract a layer tar into the mounted layer; returns :meth:`diff_size`.
+
+        Needs the directory extractor of :mod:`aufs.archive.apply`
+        (``extract_into_dir(directory, stream)``); without it, NotImplementedError.
+        """
+        extract = _directory_extractor()
+        layer_fs = self.proto.get(id)
+        try:
+            extract(layer_fs, stream)
+        finally:
+            self.proto.put(id)
+        return self.diff_size(id, parent)
 
     def diff_size(self, id: str, parent: str = "") -> int:
-        raise NotImplementedError
+        """Bytes of the regular files that changed against ``parent``."""
+        from aufs.archive.changes import naive_diff_size
+
+        return naive_diff_size(self.proto, id, parent)
+
+
+def _directory_extractor() -> Callable[[str, IO[bytes]], object]:
+    try:
+        apply = importlib.import_module("aufs.archive.apply")
+    except ImportError as exc:
+        raise NotImplementedError("layer extraction (aufs.archive.apply) is missing") from exc
+    extract = getattr(apply, "extract_into_dir", None)
+    if extract is None:
+        raise NotImplementedError("aufs.archive.apply has no extract_into_dir()")
+    return extract  # type: ignore[no-any-return]

@@ -99,6 +99,8 @@ def _maybe_device(entry: os.DirEntry[str]) -> bool:
 
 def has_opaque_xattr(dir_fd_or_path: int | str) -> bool:
     try:
+        if isinstance(dir_fd_or_path, int):  # follow_symlinks cannot go with an fd
+            return os.getxattr(dir_fd_or_path, OVERLAY_OPAQUE_XATTR) == b"y"
         return os.getxattr(dir_fd_or_path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
     except OSError:
         return False

@@ -155,6 +155,11 @@ def unmount(target: str, *, attempts: int = 50, delay: float = 0.02) -> None:
             time.sleep(delay)
 
 
+def detach(target: str) -> None:
+    """Lazy unmount (MNT_DETACH) of ``target``; only for mounts with nothing below them."""
+    libc.umount2(target, MNT_DETACH)
+
+
 def bind_private(path: str) -> None:
     """Make ``path`` a private mount of its own (bind it onto itself if needed)."""
     from aufs._sys import mountinfo

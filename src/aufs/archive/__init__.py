@@ -5,7 +5,19 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["ArchiveError", "BreakoutError", "Change", "ChangeKind"]
+__all__ = [
+    "ArchiveError",
+    "BreakoutError",
+    "Change",
+    "ChangeKind",
+    "changes_dirs",
+    "changes_size",
+    "diff_size",
+    "export_changes",
+    "export_dir",
+    "export_layer",
+    "layer_changes",
+]
 
 
 class ArchiveError(Exception):
@@ -33,3 +45,9 @@ class Change:
 
     def __str__(self) -> str:
         return f"{self.kind.letter} {self.path}"
+
+
+# Tar export and change detection of plain directories (need Change, defined above).
+from aufs.archive.changes import diff_size, layer_changes  # noqa: E402
+from aufs.archive.export import export_changes, export_dir, export_layer  # noqa: E402
+from aufs.archive.treediff import changes_dirs, changes_size  # noqa: E402

@@ -1,0 +1,313 @@
+"""Change detection on a layer's own directory, against its parents' directories.
+
+Docker's ``archive.Changes(layers, rw)`` (used by its aufs driver), reading diff
+directories only, so a layer gives the same answer mounted or not:
+
+- a whiteout in ``rw`` (``.wh.<name>`` file or overlay 0:0 char device): ``DELETE``;
+- a path in ``rw`` that the parents' union shows: ``MODIFY`` — except a directory whose
+  size, mode and mtime equal the parent's (mtimes compared with Docker's ``sameFsTime``
+  tolerance for times truncated to seconds by tar), which is not listed;
+- any other path in ``rw``: ``ADD``;
+- a directory with a child added or deleted is listed as ``MODIFY`` (Docker's rule, so
+  its metadata travels in the layer);
+- AUFS housekeeping (``.wh..wh.*``) is never a change.
+
+Where Docker only asks "does the path exist in some lower directory", we ask what the
+parents' union shows: a path whited out or hidden under an opaque directory in a nearer
+parent does not count as existing below it. An opaque directory in ``rw`` (either
+format) replaces what the parents showed in it: a name it still has is ``MODIFY`` (or
+``ADD`` if new), each name it lacks is a ``DELETE`` — as comparing the two mounted trees
+would say.
+
+Also here: :func:`diff_size` and the naive (mount both trees) variants for a parent
+that is not the direct one.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from aufs.archive import Change, ChangeKind
+from aufs.archive.treediff import changes_dirs, changes_size
+from aufs.whiteout import (
+    OVERLAY_OPAQUE_XATTR,
+    WH_OPAQUE,
+    WH_PREFIX,
+    Kind,
+    classify_entry,
+)
+
+if TYPE_CHECKING:
+    from aufs.graphdriver import ProtoDriver
+
+__all__ = [
+    "changes_dirs",
+    "changes_size",
+    "diff_size",
+    "layer_changes",
+    "naive_changes",
+    "naive_diff_size",
+    "same_fs_time",
+]
+
+_MODIFY = ChangeKind.MODIFY
+_ADD = ChangeKind.ADD
+_DELETE = ChangeKind.DELETE
+_NS = 1_000_000_000
+_S_IFMT = 0o170000
+_S_IFDIR = stat.S_IFDIR
+_S_IFCHR = stat.S_IFCHR
+
+
+def same_fs_time(a_ns: int, b_ns: int) -> bool:
+    """Docker's ``sameFsTime``: equal, or the same second with one side truncated."""
+    return a_ns == b_ns or (a_ns // _NS == b_ns // _NS and (a_ns % _NS == 0 or b_ns % _NS == 0))
+
+
+def _opaque_xattr(path: str) -> bool:
+    # listxattr first: it answers "none" without raising, which getxattr cannot
+    try:
+        if OVERLAY_OPAQUE_XATTR not in os.listxattr(path, follow_symlinks=False):
+            return False
+        return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _opaque(path: str) -> bool:
+    """Is the directory at ``path`` opaque, in either format?"""
+    if _opaque_xattr(path):
+        return True
+    try:
+        os.lstat(path + "/" + WH_OPAQUE)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
+def _exists(path: str) -> bool:
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
+def _lookup(lows: list[str], name: str, want_dirs: bool) -> tuple[os.stat_result | None,
+                                                                  list[str]]:
+    """What the union of ``lows`` (directories, nearest first) shows at ``name``.
+
+    Returns the stat of the visible file (None if there is none) and, if ``want_dirs``
+    and it is a directory, the lower directories that make up its content.
+    One ``lstat`` per lower directory until the name is found; AUFS whiteouts are
+    looked for only in the directories above a hit, where they could hide it.
+    """
+    lstat = os.lstat
+    for i, low in enumerate(lows):
+        path = low + "/" + name
+        try:
+            st = lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        fmt = st.st_mode & _S_IFMT
+        if fmt == _S_IFCHR and st.st_rdev == 0:
+            return None, []  # overlay whiteout
+        for upper in lows[:i]:
+            if _exists(upper + "/" + WH_PREFIX + name):
+                return None, []  # whited out above: nothing below shows through
+        if fmt != _S_IFDIR or not want_dirs:
+            return st, []
+        dirs = [path]
+        rest = lows[i + 1:]
+        if not rest or _opaque(path):
+            return st, dirs
+        for k, low2 in enumerate(rest, 1):
+            path2 = low2 + "/" + name
+            try:
+                st2 = lstat(path2)
+            except (FileNotFoundError, NotADirectoryError):
+                if _exists(low2 + "/" + WH_PREFIX + name):
+                    break
+                continue
+            if st2.st_mode & _S_IFMT != _S_IFDIR:
+                break  # a whiteout or a file: it and what is below are hidden
+            dirs.append(path2)
+            if k == len(rest) or _opaque(path2):
+                break
+        return st, dirs
+    return None, []
+
+
+def _union_names(lows: list[str]) -> set[str]:
+    """Names the union of ``lows`` shows in one directory (whiteouts applied)."""
+    visible: set[str] = set()
+    hidden: set[str] = set()
+    for low in lows:
+        with os.scandir(low) as it:
+            for e in it:
+                entry = classify_entry(e)
+                if entry.kind is Kind.PLAIN:
+                    if e.name not in hidden:
+                        visible.add(e.name)
+                elif entry.kind is Kind.WHITEOUT and entry.target not in visible:
+                    hidden.add(entry.target)
+    return visible
+
+
+def _root_lows(lower_dirs: Sequence[str]) -> list[str]:
+    lows: list[str] = []
+    for i, low in enumerate(lower_dirs):
+        if not os.path.isdir(low):
+            continue
+        lows.append(low.rstrip("/") or "/")
+        if i < len(lower_dirs) - 1 and _opaque(low):
+            break
+    return lows
+
+
+def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
+    """Changes of the layer directory ``rw_dir`` over ``lower_dirs`` (nearest first)."""
+    out: list[tuple[str, ChangeKind]] = []
+    append = out.append
+    lookup = _lookup
+    lstat = os.lstat
+    # frames: (directory in rw, its change path or "", lower dirs it shows, listed?,
+    # hides the lower directories? — it or a parent is opaque)
+    stack: list[tuple[str, str, list[str], bool, bool]] = [
+        (rw_dir.rstrip("/") or "/", "", _root_lows(lower_dirs), True, False)]
+    while stack:
+        rw_path, rel, lows, listed, hides = stack.pop()
+        single = lows[0] if len(lows) == 1 else None
+        with os.scandir(rw_path) as it:
+            entries = list(it)
+        parent_changed = False
+        aufs_opaque = False
+        subdirs: list[tuple[str, str, list[str], bool]] = []
+        for e in entries:
+            name = e.name
+            if name.startswith(WH_PREFIX):
+                if name == WH_OPAQUE:
+                    aufs_opaque = True
+                    continue
+                wh = classify_entry(e)
+                if wh.kind is Kind.WHITEOUT:
+                    append((rel + "/" + wh.target, _DELETE))
+                    parent_changed = True
+                continue  # housekeeping
+            path = rel + "/" + name
+            if e.is_dir(follow_symlinks=False):
+                found, sub_lows = lookup(lows, name, True) if lows else (None, [])
+                kind: ChangeKind | None = _MODIFY
+                if found is None:
+                    kind = _ADD
+                    parent_changed = True
+                elif found.st_mode & _S_IFMT == _S_IFDIR:
+                    st = e.stat(follow_symlinks=False)
+                    if (st.st_size == found.st_size and st.st_mode == found.st_mode
+                            and same_fs_time(st.st_mtime_ns, found.st_mtime_ns)):
+                        kind = None
+                if kind is not None:
+                    append((path, kind))
+                subdirs.append((e.path, path, sub_lows, kind is not None))
+                continue
+            if not e.is_file(follow_symlinks=False) and not e.is_symlink():
+                st = e.stat(follow_symlinks=False)
+                if st.st_mode & _S_IFMT == _S_IFCHR and st.st_rdev == 0:
+                    append((path, _DELETE))  # overlay whiteout
+                    parent_changed = True
+                    continue
+            if single is not None:  # one parent directory: one lstat, inline
+                try:
+                    found = lstat(single + "/" + name)
+                except (FileNotFoundError, NotADirectoryError):
+                    found = None
+                else:
+                    if found.st_mode & _S_IFMT == _S_IFCHR and found.st_rdev == 0:
+                        found = None  # an overlay whiteout
+            else:
+                found = lookup(lows, name, False)[0] if lows else None
+            if found is not None:
+                append((path, _MODIFY))
+            else:
+                append((path, _ADD))
+                parent_changed = True
+        if rel and lows and not hides:
+            hides = aufs_opaque or _opaque_xattr(rw_path)
+        if hides and lows:
+            # Only this layer shows here: what the parents showed and it lacks is gone.
+            present = {e.name for e in entries}
+            for e in entries:
+                if e.name.startswith(WH_PREFIX):
+                    wh = classify_entry(e)
+                    if wh.kind is Kind.WHITEOUT:
+                        present.add(wh.target)
+            for name in _union_names(lows) - present:
+                append((rel + "/" + name, _DELETE))
+                parent_changed = True
+        for frame in subdirs:
+            stack.append((*frame, hides))
+        if parent_changed and not listed:
+            append((rel, _MODIFY))
+    out.sort()
+    return [Change(path, kind) for path, kind in out]
+
+
+def diff_size(directory: str) -> int:
+    """Bytes of the regular files under ``directory``, each hard-linked inode once.
+
+    Whiteouts, opaque markers and AUFS housekeeping count 0, as do directories.
+    """
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [directory]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                if e.name.startswith(WH_PREFIX):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                elif e.is_file(follow_symlinks=False):
+                    st = e.stat(follow_symlinks=False)
+                    if st.st_nlink > 1:
+                        key = (st.st_dev, st.st_ino)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                    total += st.st_size
+    return total
+
+
+def naive_changes(driver: ProtoDriver, id: str, parent: str) -> list[Change]:
+    """Changes of ``id`` against ``parent`` (any layer, or none), from mounted trees."""
+    layer_fs = driver.get(id)
+    try:
+        if not parent:
+            return changes_dirs(layer_fs, None)
+        parent_fs = driver.get(parent)
+        try:
+            return changes_dirs(layer_fs, parent_fs)
+        finally:
+            driver.put(parent)
+    finally:
+        driver.put(id)
+
+
+def naive_diff_size(driver: ProtoDriver, id: str, parent: str) -> int:
+    """Size of what changed in ``id`` against ``parent``, from mounted trees."""
+    layer_fs = driver.get(id)
+    try:
+        if parent:
+            parent_fs = driver.get(parent)
+            try:
+                changes = changes_dirs(layer_fs, parent_fs)
+            finally:
+                driver.put(parent)
+        else:
+            changes = changes_dirs(layer_fs, None)
+        return changes_size(layer_fs, changes)
+    finally:
+        driver.put(id)

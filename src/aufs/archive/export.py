@@ -1,0 +1,285 @@
+"""Layer -> tar stream, in the Docker / OCI layer format whatever the store's whiteouts.
+
+:func:`export_layer` walks ``diff/<id>`` (one directory fd at a time, entries sorted by
+name as Docker's walk does, each directory before its contents) and yields:
+
+- plain files with numeric owner, full mode, mtime (seconds), xattrs (PAX
+  ``SCHILY.xattr.*``; never ``trusted.overlay.*``), symlinks, fifos, devices, and hard
+  links (the first name of an inode stores the data, later names link to it);
+- a whiteout of either format (AUFS ``.wh.<name>`` file, overlay 0:0 char device) as an
+  empty regular member ``.wh.<name>``;
+- an opaque directory of either format as the directory, then ``<dir>/.wh..wh..opq``;
+- nothing of AUFS housekeeping (``.wh..wh.*``) and no member for the layer root.
+
+The walk is a generator, run by the reader of the stream (:mod:`aufs.archive.stream`):
+nothing happens until the caller reads, and memory stays constant whatever the layer size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, TYPE_CHECKING
+
+from aufs.archive import Change, ChangeKind
+from aufs.archive.entries import O_DIR, O_FILE, S_IFMT, S_IFREG, Members, whiteout_name
+from aufs.archive.stream import Member, tar_stream
+from aufs.archive.tarwrite import REGTYPE, simple_header
+from aufs.whiteout import WH_PREFIX, Kind, classify_entry, classify_name
+
+if TYPE_CHECKING:
+    from aufs.graphdriver import ProtoDriver
+
+__all__ = ["export_changes", "export_dir", "export_layer", "naive_diff"]
+
+_O_ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+# kinds of listed entries
+_REG, _DIR, _OTHER, _WH_FILE, _WH_DEV = range(5)
+
+_Item = tuple[bytes, str, int, "os.DirEntry[str]"]
+
+
+def _list_dir(fd: int) -> tuple[list[_Item], bool]:
+    """A directory's exportable entries sorted by member name, and whether it holds an
+    AUFS opaque marker. Stats only character devices and ``.wh.`` names."""
+    items: list[_Item] = []
+    append = items.append
+    opaque = False
+    with os.scandir(fd) as it:
+        for e in it:
+            name = e.name
+            if name.startswith(WH_PREFIX):
+                kind = classify_entry(e).kind
+                if kind is Kind.OPAQUE:
+                    opaque = True
+                elif kind is Kind.WHITEOUT:
+                    append((name.encode("utf-8", "surrogateescape"), name, _WH_FILE, e))
+                continue  # HOUSEKEEPING: never content
+            if e.is_file(follow_symlinks=False):
+                append((name.encode("utf-8", "surrogateescape"), name, _REG, e))
+            elif e.is_dir(follow_symlinks=False):
+                append((name.encode("utf-8", "surrogateescape"), name, _DIR, e))
+            elif e.is_symlink():
+                append((name.encode("utf-8", "surrogateescape"), name, _OTHER, e))
+            else:
+                kind = classify_entry(e).kind
+                if kind is Kind.WHITEOUT:
+                    append((whiteout_name(b"", name), name, _WH_DEV, e))
+                elif kind is Kind.PLAIN:
+                    append((name.encode("utf-8", "surrogateescape"), name, _OTHER, e))
+    items.sort()
+    return items, opaque
+
+
+def _walk_tree(root_fd: int) -> Iterator[Member]:
+    """Members for everything under ``root_fd`` (not the root itself), pre-order.
+
+    ``root_fd`` stays open (its owner closes it). The loop for plain regular files (most
+    of a layer) is written out here, with the functions it calls bound to locals: it is
+    the hot path of every diff.
+    """
+    members = Members()
+    stack: list[tuple[int, bytes, Iterator[_Item]]] = []
+    os_open, os_close, fstat, listxattr = os.open, os.close, os.fstat, os.listxattr
+    try:
+        stack.append((root_fd, b"", iter(_list_dir(root_fd)[0])))
+        while stack:
+            fd, prefix, it = stack[-1]
+            for key, name, kind, entry in it:
+                arcname = prefix + key
+                member: Member | None
+                if kind == _REG:
+                    try:
+                        f = os_open(name, O_FILE, dir_fd=fd)
+                    except OSError:
+                        member = members.regular(fd, name, arcname)  # vanished or replaced
+                    else:
+                        try:
+                            st = fstat(f)
+                            if (st.st_mode & S_IFMT != S_IFREG or st.st_nlink > 1
+                                    or len(arcname) > 100 or listxattr(f)):
+                                member = members.regular_fd(f, st, fd, name, arcname)
+                            else:
+                                size = st.st_size
+                                member = (simple_header(arcname, st.st_mode, st.st_uid,
+                                                        st.st_gid, size, int(st.st_mtime),
+                                                        REGTYPE),
+                                          f, size, st.st_blocks * 512 < size)
+                        except BaseException:
+                            os_close(f)
+                            raise
+                elif kind == _DIR:
+                    opened = members.directory(fd, name, arcname + b"/")
+                    if opened is None:
+                        member = members.other(fd, name, arcname)
+                    else:
+                        dir_member, sub, opaque = opened
+                        try:
+                            sub_items, aufs_opaque = _list_dir(sub)
+                        except BaseException:
+                            os_close(sub)
+                            raise
+                        stack.append((sub, arcname + b"/", iter(sub_items)))
+                        yield dir_member
+                        if opaque or aufs_opaque:
+                            yield members.opaque(arcname + b"/", sub)
+                        break
+                elif kind == _OTHER:
+                    member = members.other(fd, name, arcname)
+                else:
+                    try:
+                        wst = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    mode = wst.st_mode & 0o7777 if kind == _WH_FILE else 0o600
+                    member = members.whiteout(arcname, wst, mode)
+                if member is not None:
+                    yield member
+            else:
+                stack.pop()
+                if fd != root_fd:
+                    os_close(fd)
+    finally:
+        for fd, _, _ in stack:
+            if fd != root_fd:
+                os_close(fd)
+
+
+def _stream(root: str, walk: Callable[[int], Iterator[Member]],
+            on_close: Iterable[Callable[[], None]]) -> IO[bytes]:
+    root_fd = os.open(root, _O_ROOT)
+    # Callbacks run last first: the root is closed before anything else (an unmount).
+    return tar_stream(walk(root_fd), name=root,
+                      on_close=[*on_close, lambda: os.close(root_fd)])
+
+
+def export_layer(diff_dir: str, *, on_close: Iterable[Callable[[], None]] = ()) -> IO[bytes]:
+    """The tar of a layer's own directory (``diff/<id>``), as a readable binary stream.
+
+    Nothing is read until the stream is; ``on_close`` callbacks run when it is closed.
+    """
+    return _stream(diff_dir, _walk_tree, on_close)
+
+
+def export_dir(path: str, *, on_close: Iterable[Callable[[], None]] = ()) -> IO[bytes]:
+    """The tar of a whole directory tree (Docker's ``archive.Tar``), same member format."""
+    return export_layer(path, on_close=on_close)
+
+
+class _ParentDirs:
+    """The open directory of the last change's parent, reached component by component
+    with ``O_NOFOLLOW`` from the root (so a symlink in the tree is never followed)."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self._path = "/"
+        self._fd: int | None = root_fd
+
+    def get(self, path: str) -> int | None:
+        if path != self._path:
+            self.close()
+            self._path = path
+            self._fd = self._open(path)
+        return self._fd
+
+    def _open(self, path: str) -> int | None:
+        fd = self.root_fd
+        for comp in path.strip("/").split("/"):
+            if not comp:
+                continue
+            try:
+                sub = os.open(comp, O_DIR, dir_fd=fd)
+            except (FileNotFoundError, NotADirectoryError):
+                sub = -1
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:  # a symlink now stands where a directory was
+                    raise
+                sub = -1
+            if fd != self.root_fd:
+                os.close(fd)
+            if sub < 0:
+                return None
+            fd = sub
+        return fd
+
+    def close(self) -> None:
+        if self._fd is not None and self._fd != self.root_fd:
+            os.close(self._fd)
+        self._fd = None
+
+
+def _walk_changes(changes: list[Change]) -> Callable[[int], Iterator[Member]]:
+    def walk(root_fd: int) -> Iterator[Member]:
+        members = Members()
+        dirs = _ParentDirs(root_fd)
+        try:
+            for change in changes:
+                parent, _, base = change.path.rpartition("/")
+                prefix = os.fsencode(parent[1:] + "/") if parent else b""
+                dir_fd = dirs.get(parent or "/")
+                if change.kind is ChangeKind.DELETE:
+                    st = os.fstat(dir_fd) if dir_fd is not None else None
+                    yield members.whiteout(whiteout_name(prefix, base), st)
+                    continue
+                if dir_fd is None or classify_name(base).kind is Kind.HOUSEKEEPING:
+                    continue
+                arcname = prefix + os.fsencode(base)
+                try:
+                    st = os.stat(base, dir_fd=dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone since the changes were computed
+                member: Member | None
+                if stat.S_ISDIR(st.st_mode):
+                    opened = members.directory(dir_fd, base, arcname + b"/")
+                    member = None
+                    if opened is not None:
+                        os.close(opened[1])
+                        member = opened[0]
+                elif stat.S_ISREG(st.st_mode):
+                    member = members.regular(dir_fd, base, arcname)
+                else:
+                    member = members.other(dir_fd, base, arcname, st)
+                if member is not None:
+                    yield member
+        finally:
+            dirs.close()
+
+    return walk
+
+
+def export_changes(root: str, changes: Iterable[Change], *,
+                   on_close: Iterable[Callable[[], None]] = ()) -> IO[bytes]:
+    """The tar of ``changes`` read from the tree ``root`` (Docker's ``ExportChanges``).
+
+    Added and modified paths are stored as they are in ``root`` (a directory alone, not
+    its contents); deleted paths become ``.wh.<name>`` members. Sorted by path.
+    """
+    ordered = sorted(changes, key=lambda c: c.path)
+    return _stream(root, _walk_changes(ordered), on_close)
+
+
+def naive_diff(driver: ProtoDriver, id: str, parent: str) -> IO[bytes]:
+    """The diff of ``id`` against ``parent`` (any ancestor, or none), from mounted trees.
+
+    ``id`` stays mounted until the stream is closed; ``parent`` only while comparing.
+    """
+    from aufs.archive.changes import changes_dirs
+
+    layer_fs = driver.get(id)
+    try:
+        if not parent:
+            return export_dir(layer_fs, on_close=[lambda: driver.put(id)])
+        parent_fs = driver.get(parent)
+        try:
+            changes = changes_dirs(layer_fs, parent_fs)
+        finally:
+            driver.put(parent)
+        return export_changes(layer_fs, changes, on_close=[lambda: driver.put(id)])
+    except BaseException:
+        with contextlib.suppress(Exception):
+            driver.put(id)
+        raise

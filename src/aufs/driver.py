@@ -61,7 +61,7 @@ def init(root: str | os.PathLike[str], options: Sequence[str] = ()) -> Driver:
             sysmount.bind_private(layout.root)
         recover.finish(layout)
         new_meta = meta.StoreMeta(whiteouts=fmt, engine=engine.name)
-        if stored is None and store_format is None or stored is not None and stored != new_meta:
+        if (stored is None and store_format is None) or (stored is not None and stored != new_meta):
             meta.write(layout.meta_file, new_meta)
     return Driver(layout, engine, get_format(fmt), fsinfo.fs_name(magic), lock)
 
@@ -163,8 +163,8 @@ class Driver:
                 raise LayerNotFoundError(f"no such layer: {id}")
             children = self._children(id)
             if children:
-                raise LayerInUseError(
-                    f"layer {id} is the parent of {len(children)} layer(s): {', '.join(children[:3])}")
+                names = ", ".join(children[:3])
+                raise LayerInUseError(f"layer {id} is the parent of: {names}")
             self._unmount(id)
             # The rename of layers/<id> is the moment the layer stops existing.
             os.replace(lay.layers(id), lay.removing(lay.layers(id)))

@@ -12,7 +12,9 @@ import os
 _libc = ctypes.CDLL(None, use_errno=True)
 
 _mount = _libc.mount
-_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+_mount.argtypes = [
+    ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p,
+]
 _mount.restype = ctypes.c_int
 
 _umount2 = _libc.umount2

@@ -42,7 +42,8 @@ class MountSpec:
         data = self.data
         if len(data) > 300:
             data = f"{data[:140]}…{data[-140:]} ({len(data)} bytes)"
-        return f"{self.method.value} -t {self.fstype} {self.source} {self.target} -o {data}{flags}{where}"
+        head = f"{self.method.value} -t {self.fstype} {self.source} {self.target}"
+        return f"{head} -o {data}{flags}{where}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import aufs
 from aufs._sys import mountinfo
 from aufs.graphdriver import NotSupportedError
 
-ENGINES = ("overlay", "fuse-overlayfs")
+ENGINES = ("aufs", "overlay", "fuse-overlayfs")  # aufs runs where the kernel has it
 UNION_TYPES = ("overlay", "aufs", "fuse.fuse-overlayfs", "fuse-overlayfs")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING
 
 from aufs import options as options_mod
@@ -137,14 +137,17 @@ class Driver:
             if os.path.lexists(lay.layers(id)):
                 raise LayerExistsError(f"layer already exists: {id}")
             chain = [parent, *self.parents(parent)] if parent else []
-            for leftover in (lay.mnt(id), lay.diff(id), lay.work(id), lay.refs(id)):
-                self._discard(leftover)
+            # An existing diff/<id> is kept, as Docker's MkdirAll does: migration moves
+            # a layer's files there before registering it.
+            made = [p for p in (lay.diff(id), lay.mnt(id)) if not os.path.lexists(p)]
+            self._discard(lay.work(id))
+            refs.write(lay.refs(id), 0)
             try:
-                os.mkdir(lay.diff(id), 0o755)
-                os.mkdir(lay.mnt(id), 0o755)
+                for path in made:
+                    os.mkdir(path, 0o755)
                 layers.write_chain(lay.layers(id), chain)  # publishes the layer
             except BaseException:
-                for path in (lay.layers(id), lay.mnt(id), lay.diff(id)):
+                for path in made:
                     with contextlib.suppress(OSError):
                         self._discard(path)
                 raise
@@ -335,10 +338,25 @@ class Driver:
         apply.apply_layer(self, id, stream)
         return self.diff_size(id, parent)
 
-    def migrate(self, path: str | os.PathLike[str], setup_init: object) -> None:
+    def migrate(self, path: str | os.PathLike[str],
+                setup_init: Callable[[str], object]) -> None:
+        """Move a pre-0.7 Docker graph at ``path`` into this store (the seed's Migrate)."""
         from aufs import migrate
 
-        migrate.migrate(self, os.fspath(path), setup_init)  # type: ignore[arg-type]
+        migrate.migrate(self, os.fspath(path), setup_init)
+
+    @contextlib.contextmanager
+    def root_unbound(self) -> Iterator[None]:
+        """Hold the lock with the root's private bind released, when nothing is mounted
+        below it, so that renames from elsewhere on the filesystem into the store work
+        (a bind mount is a different mount: rename(2) across it fails with EXDEV)."""
+        with self._lock.hold():
+            self._release_root()
+            try:
+                yield
+            finally:
+                if os.geteuid() == 0:
+                    sysmount.bind_private(self.layout.root)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

@@ -141,7 +141,7 @@ class Driver:
             # a layer's files there before registering it.
             made = [p for p in (lay.diff(id), lay.mnt(id)) if not os.path.lexists(p)]
             self._discard(lay.work(id))
-            refs.write(lay.refs(id), 0)
+            refs.clear(lay.refs(id))
             try:
                 for path in made:
                     os.mkdir(path, 0o755)
@@ -176,7 +176,7 @@ class Driver:
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(path, lay.removing(path))
                     doomed.append(lay.removing(path))
-            refs.write(lay.refs(id), 0)
+            refs.clear(lay.refs(id))
             for path in doomed:
                 rmtree(path)
             os.unlink(lay.removing(lay.layers(id)))

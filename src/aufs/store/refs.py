@@ -26,19 +26,23 @@ def read(path: str) -> int:
 
 
 def write(path: str, count: int) -> None:
-    if count <= 0:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
+    """Store ``count``. The file is kept at zero: creating and unlinking it on every
+    get/put would cost a directory update each time (see :func:`clear`)."""
     # One small pwrite is all-or-nothing for our purposes; a torn count is re-read as 0
     # and then corrected against the mount table.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        data = b"%d\n" % count
+        data = b"%d\n" % max(count, 0)
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
+
+
+def clear(path: str) -> None:
+    """Forget the count of a layer that is going away."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def all_counts(refs_dir: str) -> dict[str, int]:

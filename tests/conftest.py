@@ -5,16 +5,19 @@ Capabilities are probed once, by trying them, and become skip reasons.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import aufs
-from aufs._sys import mountinfo
+from aufs._sys import libc, mountinfo
+from aufs._sys import mount as sysmount
 from aufs.graphdriver import NotSupportedError
 
 ENGINES = ("aufs", "overlay", "fuse-overlayfs")  # aufs runs where the kernel has it
@@ -41,8 +44,7 @@ def engine_skip_reason(engine: str) -> str | None:
     except NotSupportedError as exc:
         return f"{engine} not usable here: {exc}"
     finally:
-        for mp in reversed(mounts_below(root)):
-            os.system(f"umount -l {mp!r}")
+        _release(mounts_below(root), fuse_daemons_below(root))
         shutil.rmtree(root, ignore_errors=True)
     return None
 
@@ -53,15 +55,46 @@ def require_engine(engine: str) -> None:
         pytest.skip(reason)
 
 
+def fuse_daemons_below(path: Path | str) -> list[int]:
+    """Pids of fuse-overlayfs daemons whose mount point (last argument) is at or below
+    ``path``. Other test runs may be going on: ``/tmp/x/pytest-5`` is no parent of
+    ``/tmp/x/pytest-58``."""
+    real = os.fsencode(os.path.realpath(os.fspath(path)))
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        target = next((a for a in reversed(argv) if a), b"")
+        if os.path.basename(argv[0]) == b"fuse-overlayfs" and (
+                target == real or target.startswith(real + b"/")):
+            pids.append(int(name))
+    return pids
+
+
+def _release(mounts: list[str], pids: list[int]) -> None:
+    for mp in reversed(mounts):
+        with contextlib.suppress(OSError):
+            libc.umount2(mp, sysmount.MNT_DETACH)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_mounts(tmp_path: Path) -> Iterator[None]:
-    """Fail any test that leaves a mount under its own tmp_path (and clean it up)."""
+    """Fail any test that leaves a mount or a FUSE daemon under its own tmp_path (and
+    clean them up)."""
     yield
     leaked = mounts_below(tmp_path)
-    if leaked:
-        for mp in reversed(leaked):
-            os.system(f"umount -l {mp!r} 2>/dev/null")
-        pytest.fail(f"test leaked mounts: {leaked}")
+    daemons = fuse_daemons_below(tmp_path)
+    if leaked or daemons:
+        _release(leaked, daemons)
+        pytest.fail(f"test leaked mounts: {leaked}, fuse-overlayfs daemons: {daemons}")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -69,7 +102,10 @@ def _no_union_left_after_session(tmp_path_factory: pytest.TempPathFactory) -> It
     base = tmp_path_factory.getbasetemp()
     yield
     leaked = mounts_below(base)
-    assert not leaked, f"mounts left after the test session: {leaked}"
+    daemons = fuse_daemons_below(base)
+    _release(leaked, daemons)
+    assert not leaked and not daemons, (
+        f"left after the test session: mounts {leaked}, fuse-overlayfs daemons {daemons}")
 
 
 @pytest.fixture

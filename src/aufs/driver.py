@@ -7,6 +7,7 @@ modules. It joins no paths (``Layout`` does) and issues no system call of its ow
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -47,23 +48,44 @@ def init(root: str | os.PathLike[str], options: Sequence[str] = ()) -> Driver:
     for d in (*layout.top_dirs(), *layout.private_dirs()):
         ensure_dir(d)
     magic = fsinfo.fs_magic(layout.root)
-    stored = meta.read(layout.meta_file)
-    if stored is not None:
-        store_format: str | None = stored.whiteouts
-    elif layers.list_ids(layout.layers_dir):
-        store_format = "aufs"  # a Docker aufs store: no metadata, AUFS whiteouts
-    else:
-        store_format = None
-    engine, fmt = select.choose(opts.engine, layout, magic, store_format)
     lock = StoreLock(layout.lock_file)
     with lock.hold():
-        if os.geteuid() == 0:
-            sysmount.bind_private(layout.root)
-        recover.finish(layout)
-        new_meta = meta.StoreMeta(whiteouts=fmt, engine=engine.name)
-        if (stored is None and store_format is None) or (stored is not None and stored != new_meta):
-            meta.write(layout.meta_file, new_meta)
+        # Bind first: every mount of ours, the engine probes' included, then lives inside
+        # the bind, where recovery can see it (a later bind would hide it).
+        bound = os.geteuid() == 0 and sysmount.bind_private(layout.root)
+        try:
+            recover.finish(layout)
+            stored = meta.read(layout.meta_file)
+            if stored is not None:
+                store_format: str | None = stored.whiteouts
+            elif layers.list_ids(layout.layers_dir):
+                store_format = "aufs"  # a Docker aufs store: no metadata, AUFS whiteouts
+            else:
+                store_format = None
+            engine, fmt = select.choose(opts.engine, layout, magic, store_format)
+            new_meta = meta.StoreMeta(whiteouts=fmt, engine=engine.name)
+            if (stored is None and store_format is None) or (
+                    stored is not None and stored != new_meta):
+                meta.write(layout.meta_file, new_meta)
+        except BaseException:
+            if bound:
+                _release_bind(layout.root)
+            raise
     return Driver(layout, engine, get_format(fmt), fsinfo.fs_name(magic), lock)
+
+
+def _release_bind(root: str) -> None:
+    """Undo init's bind of ``root`` onto itself, if nothing is mounted below it."""
+    entries = mountinfo.read()
+    if any(e.mountpoint.startswith(root + "/") for e in entries):
+        return
+    # Only the bind that init made is ours to undo: a filesystem mounted at the root
+    # by the user (a loop device, a tmpfs) stays.
+    if os.geteuid() == 0 and mountinfo.self_bind_at(entries, root) is not None:
+        # Under the store lock nothing can be mounted below meanwhile, so a lazy
+        # detach releases only the bind itself; open fds (our lock's) stay valid.
+        with contextlib.suppress(OSError):
+            sysmount.detach(root)
 
 
 def _read_only(path: str) -> bool:
@@ -144,7 +166,8 @@ class Driver:
             refs.clear(lay.refs(id))
             try:
                 for path in made:
-                    os.mkdir(path, 0o755)
+                    os.mkdir(path)
+                    os.chmod(path, 0o755)  # a layer's root is 0755 whatever the umask
                 layers.write_chain(lay.layers(id), chain)  # publishes the layer
             except BaseException:
                 for path in made:
@@ -203,7 +226,12 @@ class Driver:
                 return lay.diff(id)
             target = lay.mnt(id)
             mounted_now = False
-            if not _is_mounted(target, lay.mnt_dir):
+            state = _mount_state(target, lay.mnt_dir)
+            if state is _Mount.DEAD:
+                # The FUSE daemon behind the union died: drop its dead mount, mount anew.
+                self._engine_unmount(id, target)
+                state = _Mount.NONE
+            if state is _Mount.NONE:
                 count = 0  # the mount table is the truth: a dead holder's count is void
                 ensure_dir(target)
                 self.engine.mount(self._branches(id, chain, mount_label))
@@ -223,7 +251,8 @@ class Driver:
             chain = self.parents(id)
             ref_path = lay.refs(id)
             count = refs.read(ref_path)
-            if count > 1 and (not chain or _is_mounted(lay.mnt(id), lay.mnt_dir)):
+            if count > 1 and (not chain
+                              or _mount_state(lay.mnt(id), lay.mnt_dir) is _Mount.LIVE):
                 refs.write(ref_path, count - 1)
                 return
             refs.write(ref_path, 0)
@@ -236,11 +265,7 @@ class Driver:
             self._engine_unmount(id, target)
 
     def _engine_unmount(self, id: str, target: str) -> None:
-        unmount = self.engine.unmount
-        if self.engine.name == "fuse-overlayfs":
-            unmount(target, self.layout.diff(id))  # type: ignore[call-arg]
-        else:
-            unmount(target)
+        self.engine.unmount(target, self.layout.diff(id))
 
     def status(self) -> Status:
         dirperm1 = bool(getattr(getattr(self.engine, "caps", None), "dirperm1", False))
@@ -282,15 +307,7 @@ class Driver:
             self._release_root()
 
     def _release_root(self) -> None:
-        root = self.layout.root
-        entries = list(mountinfo.mounts_under(root))
-        if any(e.mountpoint != root for e in entries):
-            return
-        if entries and os.geteuid() == 0:
-            # Under the store lock nothing can be mounted below meanwhile, so a lazy
-            # detach releases only the bind itself; open fds (our lock's) stay valid.
-            with contextlib.suppress(OSError):
-                sysmount.detach(root)
+        _release_bind(self.layout.root)
 
     # -- diffs (aufs.archive) -----------------------------------------------------------
     def _lower_dirs(self, id: str) -> list[str]:
@@ -306,35 +323,49 @@ class Driver:
             raise LayerNotFoundError(f"no such layer: {parent}")
         return not chain or chain[0] != parent
 
+    @contextlib.contextmanager
+    def _reading(self, *ids: str) -> Iterator[None]:
+        """A layer that another thread or process removes while we read it is unknown."""
+        try:
+            yield
+        except FileNotFoundError as exc:
+            gone = [i for i in ids if i and not self.exists(i)]
+            if not gone:
+                raise
+            raise LayerNotFoundError(f"no such layer: {gone[0]} (removed meanwhile)") from exc
+
     def diff(self, id: str, parent: str = "") -> IO[bytes]:
         from aufs.archive import export
 
-        if self._naive(id, parent):
-            return export.naive_diff(self, id, parent)
-        self.parents(id)
-        return export.export_layer(self.layout.diff(id))
+        with self._reading(id, parent):
+            if self._naive(id, parent):
+                return export.naive_diff(self, id, parent)
+            self.parents(id)
+            return export.export_layer(self.layout.diff(id))
 
     def changes(self, id: str, parent: str = "") -> list[Change]:
         from aufs.archive import changes
 
-        if self._naive(id, parent):
-            return changes.naive_changes(self, id, parent)
-        return changes.layer_changes(self._lower_dirs(id), self.layout.diff(id))
+        with self._reading(id, parent):
+            if self._naive(id, parent):
+                return changes.naive_changes(self, id, parent)
+            return changes.layer_changes(self._lower_dirs(id), self.layout.diff(id))
 
     def diff_size(self, id: str, parent: str = "") -> int:
         from aufs.archive import changes
 
-        if self._naive(id, parent):
-            return changes.naive_diff_size(self, id, parent)
-        self.parents(id)
-        return changes.diff_size(self.layout.diff(id))
+        with self._reading(id, parent):
+            if self._naive(id, parent):
+                return changes.naive_diff_size(self, id, parent)
+            self.parents(id)
+            return changes.diff_size(self.layout.diff(id))
 
     def apply_diff(self, id: str, parent: str, stream: IO[bytes]) -> int:
-        from aufs.archive import apply
-
         self.parents(id)
         if parent:
             validate_id(parent)
+        from aufs.archive import apply
+
         apply.apply_layer(self, id, stream)
         return self.diff_size(id, parent)
 
@@ -365,15 +396,25 @@ class Driver:
             yield
 
 
-def _is_mounted(path: str, parent: str) -> bool:
-    """Is something mounted at ``path``? Unions have their own st_dev; fall back to mountinfo."""
+class _Mount(enum.Enum):
+    NONE = "not mounted"
+    LIVE = "mounted"
+    DEAD = "mounted, its FUSE daemon gone"
+
+
+def _mount_state(path: str, parent: str) -> _Mount:
+    """Is something mounted at ``path`` (a child of ``parent``)? Unions have their own st_dev."""
     try:
         st = os.lstat(path)
         pst = os.lstat(parent)
     except FileNotFoundError:
-        return False
+        return _Mount.NONE
     except OSError as exc:
-        if exc.errno in (errno.ENOTCONN, errno.EIO):  # a dead FUSE daemon's mount
-            return True
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):  # a dead FUSE daemon
+            return _Mount.DEAD
         raise
-    return st.st_dev != pst.st_dev
+    return _Mount.LIVE if st.st_dev != pst.st_dev else _Mount.NONE
+
+
+def _is_mounted(path: str, parent: str) -> bool:
+    return _mount_state(path, parent) is not _Mount.NONE

@@ -61,6 +61,8 @@ def classify_name(name: str) -> Entry:
         return _OPAQUE
     if name.startswith(WH_META_PREFIX):
         return _HOUSEKEEPING
+    # ".wh.", ".wh.." and ".wh..." come out as whiteouts of "", "." and "..": a caller
+    # that acts on the target must refuse those (tar apply raises BreakoutError).
     return Entry(Kind.WHITEOUT, name[len(WH_PREFIX):])
 
 

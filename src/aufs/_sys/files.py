@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 
 
 def write_atomic(path: str, data: bytes, *, fsync: bool = True) -> None:
@@ -33,9 +35,11 @@ def rmtree(path: str) -> None:
         st = os.lstat(path)
     except FileNotFoundError:
         return
-    if not os.path.isdir(path) or os.path.islink(path):
+    if not stat.S_ISDIR(st.st_mode):
         os.unlink(path)
         return
+    if os.lstat(os.path.dirname(os.path.abspath(path))).st_dev != st.st_dev:
+        raise OSError(errno.EBUSY, "a filesystem is mounted there", path)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         _rmtree_fd(fd, st.st_dev, path)
@@ -53,7 +57,7 @@ def _rmtree_fd(dir_fd: int, dev: int, where: str) -> None:
                           dir_fd=dir_fd)
             try:
                 if os.fstat(sub).st_dev != dev:
-                    raise OSError(16, "a filesystem is mounted inside the tree",
+                    raise OSError(errno.EBUSY, "a filesystem is mounted inside the tree",
                                   f"{where}/{entry.name}")
                 _rmtree_fd(sub, dev, f"{where}/{entry.name}")
             finally:

@@ -160,10 +160,15 @@ def detach(target: str) -> None:
     libc.umount2(target, MNT_DETACH)
 
 
-def bind_private(path: str) -> None:
-    """Make ``path`` a private mount of its own (bind it onto itself if needed)."""
+def bind_private(path: str) -> bool:
+    """Make ``path`` a private mount of its own (bind it onto itself if needed).
+
+    Returns True if it made the bind, False if ``path`` already was a mount point.
+    """
     from aufs._sys import mountinfo
 
-    if not mountinfo.is_mountpoint(path):
+    made = not mountinfo.is_mountpoint(path)
+    if made:
         libc.mount(path, path, None, MS_BIND, None)
     libc.mount("none", path, None, MS_PRIVATE, None)
+    return made

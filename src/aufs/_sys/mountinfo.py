@@ -59,12 +59,37 @@ def read() -> list[MountEntry]:
         return parse(f.read())
 
 
-def mounts_under(prefix: str) -> Iterator[MountEntry]:
-    """Mounts at ``prefix`` or below it, deepest last in mount order."""
+def under(entries: list[MountEntry], prefix: str) -> Iterator[MountEntry]:
+    """Those of ``entries`` at ``prefix`` or below it, in mount order. Pure."""
     prefix = prefix.rstrip("/")
-    for entry in read():
+    for entry in entries:
         if entry.mountpoint == prefix or entry.mountpoint.startswith(prefix + "/"):
             yield entry
+
+
+def mounts_under(prefix: str) -> Iterator[MountEntry]:
+    """Mounts at ``prefix`` or below it, deepest last in mount order."""
+    return under(read(), prefix)
+
+
+def self_bind_at(entries: list[MountEntry], path: str) -> MountEntry | None:
+    """The topmost mount at ``path`` if it is ``path`` bound onto itself, else None. Pure.
+
+    A bind of a directory onto itself shows the device of the mount it sits on, and as
+    its root the directory's own path inside that filesystem. A filesystem mounted at
+    ``path`` (a loop device, a tmpfs) or another directory bound there does not.
+    """
+    path = path.rstrip("/") or "/"
+    by_id = {e.mount_id: e for e in entries}
+    top = next((e for e in reversed(entries) if e.mountpoint == path), None)
+    if top is None:
+        return None
+    under = by_id.get(top.parent_id)
+    if under is None or under.major_minor != top.major_minor:
+        return None
+    rel = os.path.relpath(path, under.mountpoint)
+    expected = os.path.normpath(os.path.join(under.root, rel))
+    return top if top.root == expected else None
 
 
 def is_mountpoint(path: str) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+from aufs._sys import mountinfo
+from aufs._sys import mount as sysmount
 from aufs._sys.files import rmtree
 from aufs.store.layout import REMOVING_SUFFIX, Layout
 
@@ -38,10 +40,23 @@ def finish(layout: Layout) -> list[str]:
         elif "~" in name:  # an unfinished atomic write
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+    # A create killed before it published layers/<id> leaves empty diff/<id> and mnt/<id>.
+    # Only empty dirs go (rmdir): a non-empty diff/<id> may be a migration's moved layer.
+    for top in (layout.diff_dir, layout.mnt_dir):
+        for name in _names(top):
+            path = os.path.join(top, name)
+            if not name.endswith(REMOVING_SUFFIX) and not os.path.lexists(layout.layers(name)):
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+                    removed.append(path)
     for name in _names(layout.staging_dir):
         path = layout.staging(name)
         if _owner_alive(name):
             continue
+        # A process killed mid-probe leaves its scratch union mounted in its staging dir.
+        for entry in reversed(list(mountinfo.mounts_under(path))):
+            with contextlib.suppress(OSError):
+                sysmount.unmount(entry.mountpoint)
         with contextlib.suppress(OSError):
             rmtree(path)
             removed.append(path)

@@ -92,7 +92,7 @@ class AufsEngine:
                 unmount(branches.target, self.caps.auplink)
             raise
 
-    def unmount(self, target: str) -> None:
+    def unmount(self, target: str, rw: str | None = None) -> None:
         unmount(target, self.caps.auplink)
 
     def describe(self) -> list[tuple[str, str]]:

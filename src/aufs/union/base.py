@@ -12,11 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from aufs.graphdriver import DriverError
+
 
 class MountMethod(enum.Enum):
     MOUNT = "mount"        # one mount(2), options joined with ","
     FSCONFIG = "fsconfig"  # the new mount API: one fsconfig() per option (no page limit)
     HELPER = "helper"      # run argv (a FUSE daemon) and wait until the target is mounted
+
+
+class ChainTooLongError(DriverError, ValueError):
+    """The layer has more ancestors than the engine can stack."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +78,9 @@ class UnionEngine(Protocol):
     def mount(self, branches: Branches) -> None:
         ...
 
-    def unmount(self, target: str) -> None:
+    def unmount(self, target: str, rw: str | None = None) -> None:
+        """Unmount ``target``; ``rw``, if given, is the layer's rw branch, to be put back
+        into the store's whiteout format once nothing writes to it any more."""
         ...
 
     def describe(self) -> list[tuple[str, str]]:

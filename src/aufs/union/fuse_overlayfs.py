@@ -11,6 +11,7 @@ import contextlib
 import os
 import select
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 
@@ -42,7 +43,9 @@ def fuse_specs(b: Branches, caps: FuseCaps) -> list[MountSpec]:
         f"workdir={escape_overlay_path(b.work)}",
     ]
     if b.label:
-        opts.append(f'context="{b.label}"')
+        # libfuse splits -o on unescaped commas (MCS labels have them: "s0:c1,c2").
+        label = b.label.replace("\\", "\\\\").replace(",", "\\,")
+        opts.append(f'context="{label}"')
     argv = (caps.binary, "-o", ",".join(opts), b.target)
     return [MountSpec("fuse.fuse-overlayfs", "fuse-overlayfs", b.target, tuple(opts),
                       method=MountMethod.HELPER, argv=argv)]
@@ -67,12 +70,17 @@ class FuseOverlayEngine:
             sysmount.run(spec)
 
     def unmount(self, target: str, rw: str | None = None) -> None:
-        pids = daemon_pids(target)
-        if self.caps.as_root or self.caps.fusermount is None:
-            sysmount.unmount(target)
-        else:
-            _fusermount_unmount(self.caps.fusermount, target)
-        wait_for_exit(pids, DAEMON_EXIT_TIMEOUT)
+        daemons = open_pidfds(daemon_pids(target))  # before the unmount: no pid reuse
+        try:
+            if self.caps.as_root or self.caps.fusermount is None:
+                sysmount.unmount(target)
+            else:
+                _fusermount_unmount(self.caps.fusermount, target)
+        except BaseException:
+            for fd in daemons:
+                os.close(fd)
+            raise
+        reap(daemons, DAEMON_EXIT_TIMEOUT)  # the daemon writes no more into rw
         if rw is not None:
             self.format.normalize(rw)
 
@@ -107,21 +115,39 @@ def daemon_pids(target: str) -> list[int]:
     return pids
 
 
-def wait_for_exit(pids: list[int], timeout: float) -> None:
-    """Wait (pidfd + poll) until every pid has exited, at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+def open_pidfds(pids: list[int]) -> list[int]:
+    """pidfds for those of ``pids`` still running: they name the process, not the number."""
+    fds = []
     for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            left = max(deadline - time.monotonic(), 0)
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            poller.poll(left * 1000)
-        finally:
+        with contextlib.suppress(ProcessLookupError):
+            fds.append(os.pidfd_open(pid))
+    return fds
+
+
+def _wait(pidfd: int, seconds: float) -> bool:
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(max(seconds, 0) * 1000))
+
+
+def reap(pidfds: list[int], timeout: float) -> None:
+    """Wait until each process has exited; one still running after ``timeout`` seconds is
+    killed (a daemon is never left behind). Closes the pidfds."""
+    deadline = time.monotonic() + timeout
+    try:
+        for fd in pidfds:
+            if not _wait(fd, deadline - time.monotonic()):
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                _wait(fd, 1.0)
+    finally:
+        for fd in pidfds:
             os.close(fd)
+
+
+def wait_for_exit(pids: list[int], timeout: float) -> None:
+    """Wait (pidfd + poll) until every pid has exited, killing it after ``timeout`` seconds."""
+    reap(open_pidfds(pids), timeout)
 
 
 def probe(layout: Layout, magic: int, store_format: WhiteoutFormat) -> FuseOverlayEngine:

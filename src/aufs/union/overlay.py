@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from aufs._sys import fsinfo
 from aufs._sys import mount as sysmount
 from aufs._sys.files import ensure_dir, rmtree
-from aufs.graphdriver import IncompatibleFSError, NotSupportedError
+from aufs.graphdriver import DriverError, IncompatibleFSError, NotSupportedError
 from aufs.store.layout import Layout
 from aufs.union.base import (
     Branches,
+    ChainTooLongError,
     MountMethod,
     MountSpec,
     escape_overlay_path,
@@ -47,30 +48,54 @@ class OverlayCaps:
     page_size: int = 4096
 
 
+class NeedsShortNamesError(ValueError):
+    """mount(2) options for the chain exceed a page: short link names are needed."""
+
+
 def overlay_specs(b: Branches, caps: OverlayCaps, links_dir: str = "",
                   short_names: Sequence[str] = ()) -> list[MountSpec]:
     """The mount for ``b``. Pure: ``short_names`` are the link names in ``links_dir``
     for ``b.lowers`` (only needed when the options do not fit in a page)."""
     if len(b.lowers) > MAX_LOWERS:
-        raise ValueError(f"overlayfs stacks at most {MAX_LOWERS} lower layers, not {len(b.lowers)}")
-    tail = (*caps.extra_options, *selinux_option(b.label))
+        raise ChainTooLongError(
+            f"overlayfs stacks at most {MAX_LOWERS} lower layers, not {len(b.lowers)}")
     if caps.new_api:
+        # One fsconfig() per option: values are taken whole, so nothing is escaped and
+        # the SELinux context is not quoted (quotes are stripped only from mount(2) data).
+        label = (f"context={b.label}",) if b.label else ()
         opts = (*(f"lowerdir+={p}" for p in b.lowers), f"upperdir={b.rw}",
-                f"workdir={b.work}", *tail)
+                f"workdir={b.work}", *caps.extra_options, *label)
         return [MountSpec("overlay", "overlay", b.target, opts, method=MountMethod.FSCONFIG)]
+    tail = (*caps.extra_options, *selinux_option(b.label))
     lower = ":".join(escape_overlay_path(p) for p in b.lowers)
     opts = (f"lowerdir={lower}", f"upperdir={escape_overlay_path(b.rw)}",
             f"workdir={escape_overlay_path(b.work)}", *tail)
     if joined_length(opts) < caps.page_size:
         return [MountSpec("overlay", "overlay", b.target, opts)]
     if not links_dir or len(short_names) != len(b.lowers):
-        raise ValueError("options exceed a page: short link names are needed")
+        raise NeedsShortNamesError(
+            f"overlay mount options exceed a page ({joined_length(opts)} bytes): "
+            "short link names are needed")
     rel = (f"lowerdir={':'.join(short_names)}",
-           f"upperdir={os.path.relpath(b.rw, links_dir)}",
-           f"workdir={os.path.relpath(b.work, links_dir)}", *tail)
+           f"upperdir={escape_overlay_path(os.path.relpath(b.rw, links_dir))}",
+           f"workdir={escape_overlay_path(os.path.relpath(b.work, links_dir))}", *tail)
     if joined_length(rel) >= caps.page_size:
-        raise ValueError("overlay mount options exceed a page even with short links")
+        raise ChainTooLongError(
+            f"overlay mount options exceed a page even with short links ({joined_length(rel)} "
+            "bytes); this kernel lacks the new mount API that would take them")
     return [MountSpec("overlay", "overlay", b.target, rel, cwd=links_dir)]
+
+
+def needs_short_names(b: Branches, caps: OverlayCaps) -> bool:
+    """True if ``b`` mounts only with short link names (mount(2) and over a page). Pure."""
+    try:
+        overlay_specs(b, caps)
+    except NeedsShortNamesError:
+        return True
+    return False
+
+
+SHORT_NAME_LENGTHS = (6, 10, 32)
 
 
 def short_name(layer_dir: str, length: int = 6) -> str:
@@ -90,36 +115,31 @@ class OverlayEngine:
         return overlay_specs(branches, self.caps, self.layout.links_dir,
                              self._short_names(branches.lowers, create=False))
 
-    def _needs_links(self, branches: Branches) -> bool:
-        if self.caps.new_api:
-            return False
-        try:
-            overlay_specs(branches, self.caps)
-        except ValueError:
-            return True
-        return False
-
     def _short_names(self, lowers: Sequence[str], *, create: bool) -> list[str]:
+        """Names in ``.aufs/l`` of links to ``lowers`` (made if ``create``; the lock is held).
+
+        A name is a hash of the diff path; if another path holds it, a longer one is used.
+        """
         names = []
         for path in lowers:
-            for length in (6, 10, 32):
+            target = os.path.relpath(path, self.layout.links_dir)
+            for length in SHORT_NAME_LENGTHS:
                 name = short_name(path, length)
-                link = self.layout.link(name)
-                target = os.path.relpath(path, self.layout.links_dir)
                 try:
-                    if os.readlink(link) == target:
+                    if os.readlink(self.layout.link(name)) == target:
                         break
-                    continue  # taken by another layer: longer name
                 except FileNotFoundError:
                     if create:
-                        os.symlink(target, link)
+                        os.symlink(target, self.layout.link(name))
                     break
+            else:
+                raise DriverError(f"no free short link name for {path} in {self.layout.links_dir}")
             names.append(name)
         return names
 
     def mount(self, branches: Branches) -> None:
         ensure_dir(branches.work, 0o700)
-        if self._needs_links(branches):
+        if needs_short_names(branches, self.caps):
             ensure_dir(self.layout.links_dir, 0o700)
             names = self._short_names(branches.lowers, create=True)
             specs = overlay_specs(branches, self.caps, self.layout.links_dir, names)
@@ -128,7 +148,7 @@ class OverlayEngine:
         for spec in specs:
             sysmount.run(spec)
 
-    def unmount(self, target: str) -> None:
+    def unmount(self, target: str, rw: str | None = None) -> None:
         sysmount.unmount(target)
 
     def describe(self) -> list[tuple[str, str]]:

@@ -1,0 +1,157 @@
+"""The store on disk, without mounting: every path, the id rules, the layers file format."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aufs.graphdriver import InvalidLayerIDError
+from aufs.store import layers, meta, refs
+from aufs.store.layout import REMOVING_SUFFIX, Layout, is_valid_id, validate_id
+
+# -- ids (API.md: 1 to 128 of [A-Za-z0-9_.-], not "." or "..", not ending in -removing) -----
+
+DOCKER_ID = "f" * 64
+VALID = [
+    "1", "a", "A", "z" * 128, "A-b_c.d", ".x", "..x", "x.", "...", "-", "_", "-init",
+    DOCKER_ID, f"{DOCKER_ID}-init", "x-removingx", "x-Removing", "removing", "-removin",
+]
+INVALID = [
+    "", ".", "..", "a" * 129, "a/b", "/a", "a/", "a b", " a", "a\n", "\n", "a\t", "a\0b",
+    "x-removing", f"{DOCKER_ID}-removing", "-removing", "é", "a:b", "a,b", "a~1", "a*",
+    "a\\b", "$x", "a;b", "a=b", "a+b", "a@b",
+]
+
+
+@pytest.mark.parametrize("layer_id", VALID)
+def test_valid_ids(layer_id: str) -> None:
+    assert validate_id(layer_id) == layer_id
+    assert is_valid_id(layer_id)
+
+
+@pytest.mark.parametrize("layer_id", [*INVALID, None, 1, b"abc", ["a"]])
+def test_invalid_ids(layer_id: object) -> None:
+    with pytest.raises(InvalidLayerIDError, match="invalid layer id"):
+        validate_id(layer_id)
+    assert not is_valid_id(layer_id)
+
+
+def test_invalid_id_error_is_a_value_error() -> None:
+    assert issubclass(InvalidLayerIDError, ValueError)
+
+
+def test_removing_suffix() -> None:
+    assert REMOVING_SUFFIX == "-removing"
+
+
+# -- paths --------------------------------------------------------------------------------------
+
+
+def test_every_path_of_a_store() -> None:
+    lay = Layout.at("/var/lib/aufs")
+    assert (lay.layers_dir, lay.diff_dir, lay.mnt_dir) == (
+        "/var/lib/aufs/layers", "/var/lib/aufs/diff", "/var/lib/aufs/mnt")
+    assert lay.layers("1") == "/var/lib/aufs/layers/1"
+    assert lay.diff("1") == "/var/lib/aufs/diff/1"
+    assert lay.mnt("1") == "/var/lib/aufs/mnt/1"
+    assert lay.removing(lay.diff("1")) == "/var/lib/aufs/diff/1-removing"
+    assert lay.private_dir == "/var/lib/aufs/.aufs"
+    assert lay.meta_file == "/var/lib/aufs/.aufs/store.json"
+    assert lay.lock_file == "/var/lib/aufs/.aufs/lock"
+    assert (lay.refs_dir, lay.refs("1")) == ("/var/lib/aufs/.aufs/refs",
+                                             "/var/lib/aufs/.aufs/refs/1")
+    assert (lay.work_dir, lay.work("1")) == ("/var/lib/aufs/.aufs/work",
+                                             "/var/lib/aufs/.aufs/work/1")
+    assert (lay.links_dir, lay.link("ab12cd")) == ("/var/lib/aufs/.aufs/l",
+                                                   "/var/lib/aufs/.aufs/l/ab12cd")
+    assert (lay.staging_dir, lay.staging("x-1")) == ("/var/lib/aufs/.aufs/staging",
+                                                     "/var/lib/aufs/.aufs/staging/x-1")
+    assert lay.top_dirs() == (lay.mnt_dir, lay.diff_dir, lay.layers_dir)
+    assert set(lay.private_dirs()) == {lay.private_dir, lay.refs_dir, lay.work_dir,
+                                       lay.links_dir, lay.staging_dir}
+
+
+def test_layout_root_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Layout.at("store").root == str(tmp_path / "store")
+    assert Layout.at(Path("/a/b/")).root == "/a/b"
+
+
+def test_private_dirs_stay_out_of_dockers_three() -> None:
+    lay = Layout.at("/s")
+    for private in lay.private_dirs():
+        assert not any(private.startswith(top + "/") for top in lay.top_dirs())
+
+
+# -- layers/<id>: Docker's format, byte for byte --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("chain", "data"),
+    [([], b""), (["p"], b"p\n"), (["p", "gp"], b"p\ngp\n"),
+     ([DOCKER_ID, "e" * 64], f"{DOCKER_ID}\n{'e' * 64}\n".encode())],
+)
+def test_layers_file_format(chain: list[str], data: bytes) -> None:
+    assert layers.format_chain(chain) == data
+    assert layers.parse_chain(data) == chain
+
+
+def test_layers_file_parse_is_lenient_like_docker() -> None:
+    assert layers.parse_chain(b"p\r\ngp") == ["p", "gp"]  # no trailing newline, CRLF
+    assert layers.parse_chain(b"\n\np\n\n") == ["p"]
+
+
+def test_layers_file_written_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "layers" / "c"
+    path.parent.mkdir()
+    layers.write_chain(str(path), ["b", "a"])
+    assert path.read_bytes() == b"b\na\n"
+    assert layers.read_chain(str(path)) == ["b", "a"]
+    assert os.listdir(path.parent) == ["c"]  # no temp file left
+    layers.write_chain(str(path), [])
+    assert path.read_bytes() == b""
+    with pytest.raises(FileNotFoundError):
+        layers.read_chain(str(tmp_path / "layers" / "nope"))
+
+
+def test_list_ids_skips_temp_files_and_removals(tmp_path: Path) -> None:
+    for name in ("b", "a", "c-removing", f"d~{os.getpid()}"):
+        (tmp_path / name).touch()
+    (tmp_path / "subdir").mkdir()
+    assert layers.list_ids(str(tmp_path)) == ["a", "b"]
+    assert layers.list_ids(str(tmp_path / "missing")) == []
+
+
+# -- refs and metadata ---------------------------------------------------------------------------
+
+
+def test_refcount_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "r")
+    assert refs.read(path) == 0
+    refs.write(path, 3)
+    assert refs.read(path) == 3 and Path(path).read_bytes() == b"3\n"
+    refs.write(path, 12)
+    refs.write(path, 1)
+    assert Path(path).read_bytes() == b"1\n"
+    refs.write(path, 0)
+    assert refs.read(path) == 0
+    Path(path).write_bytes(b"garbage")
+    assert refs.read(path) == 0  # unreadable counts are void: the mount table decides
+    refs.clear(path)
+    assert not os.path.exists(path)
+
+
+def test_store_metadata_round_trip(tmp_path: Path) -> None:
+    path = str(tmp_path / "store.json")
+    assert meta.read(path) is None  # no file: a Docker aufs store
+    m = meta.StoreMeta(whiteouts="overlay", engine="overlay")
+    meta.write(path, m)
+    assert meta.read(path) == m
+    Path(path).write_text('{"whiteouts": "zfs"}')
+    with pytest.raises(ValueError, match="whiteout"):
+        meta.read(path)
+    Path(path).write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable"):
+        meta.read(path)

@@ -413,7 +413,16 @@ def _mount_state(path: str, parent: str) -> _Mount:
         if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):  # a dead FUSE daemon
             return _Mount.DEAD
         raise
-    return _Mount.LIVE if st.st_dev != pst.st_dev else _Mount.NONE
+    if st.st_dev == pst.st_dev:
+        return _Mount.NONE
+    try:
+        # lstat may be answered from the kernel's attribute cache; statfs asks the daemon.
+        os.statvfs(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.EIO):
+            return _Mount.DEAD
+        raise
+    return _Mount.LIVE
 
 
 def _is_mounted(path: str, parent: str) -> bool:

@@ -21,7 +21,7 @@ import contextlib
 import enum
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -33,6 +33,9 @@ WH_BASE = ".wh..wh.aufs"
 WH_ORPH = ".wh..wh.orph"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
+
+# normalize()'s hook for AUFS housekeeping: (directory fd, name, path below the root).
+SetAside = Callable[[int, str, str], None]
 
 
 class Kind(enum.Enum):
@@ -152,22 +155,57 @@ class WhiteoutFormat:
         """The directory-entry name a whiteout of ``name`` occupies in this format."""
         raise NotImplementedError
 
-    def normalize(self, root: str) -> int:
+    def normalize(self, root: str, set_aside: SetAside | None = None) -> int:
         """Rewrite whiteouts of the other format under ``root`` into this one.
 
+        Each new marker gets the owner, permissions and times of the one it replaces.
         Idempotent and crash-safe: the new marker is written before the old one is
-        removed, so a re-run after a kill finishes the job. Returns entries rewritten.
+        removed, so a re-run after a kill finishes the job. No symlink is followed
+        (``root`` included) and no mount point crossed. Returns the entries rewritten
+        or set aside.
+
+        AUFS housekeeping (``.wh..wh.*``) is no whiteout: the aufs format keeps it
+        where it is (no union shows it). The overlay format has no such names and
+        kernel overlayfs would show them as files, so there each one found is handed
+        to ``set_aside(dir_fd, name, path_below_root)``, which must take it out of the
+        directory (the converter moves it to the store's attic). Without ``set_aside``
+        housekeeping is left in place.
         """
-        count = 0
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            count = self._normalize_dir(fd, os.fstat(fd).st_dev)
+            return self._normalize_dir(fd, os.fstat(fd).st_dev, "", set_aside)
         finally:
             os.close(fd)
-        return count
 
-    def _normalize_dir(self, dir_fd: int, dev: int) -> int:
+    def _normalize_dir(self, dir_fd: int, dev: int, rel: str,
+                       set_aside: SetAside | None) -> int:
         raise NotImplementedError
+
+    def _normalize_subdir(self, dir_fd: int, name: str, dev: int, rel: str,
+                          set_aside: SetAside | None) -> int:
+        sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      dir_fd=dir_fd)
+        try:
+            if os.fstat(sub).st_dev != dev:
+                return 0  # a mount point: not part of the layer
+            return self._normalize_dir(sub, dev, _join(rel, name), set_aside)
+        finally:
+            os.close(sub)
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def copy_marker_meta(dir_fd: int, name: str, old: os.stat_result) -> None:
+    """Give the marker ``name`` (a file or device just made, never a symlink) the owner,
+    permissions and times of the marker ``old`` it replaces."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        # Only root may give a file away; for anyone else the owner stays theirs.
+        os.chown(name, old.st_uid, old.st_gid, dir_fd=dir_fd, follow_symlinks=False)
+    os.chmod(name, stat.S_IMODE(old.st_mode), dir_fd=dir_fd)
+    os.utime(name, ns=(old.st_atime_ns, old.st_mtime_ns), dir_fd=dir_fd,
+             follow_symlinks=False)
 
 
 class AufsWhiteouts(WhiteoutFormat):
@@ -188,7 +226,8 @@ class AufsWhiteouts(WhiteoutFormat):
                      dir_fd=dir_fd)
         os.close(fd)
 
-    def _normalize_dir(self, dir_fd: int, dev: int) -> int:
+    def _normalize_dir(self, dir_fd: int, dev: int, rel: str,
+                       set_aside: SetAside | None) -> int:
         count = 0
         if has_opaque_xattr(dir_fd):
             self.make_opaque(dir_fd)
@@ -198,13 +237,8 @@ class AufsWhiteouts(WhiteoutFormat):
             entries = list(it)
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
-                              dir_fd=dir_fd)
-                try:
-                    if os.fstat(sub).st_dev == dev:
-                        count += self._normalize_dir(sub, dev)
-                finally:
-                    os.close(sub)
+                if not entry.name.startswith(WH_META_PREFIX):  # housekeeping: not content
+                    count += self._normalize_subdir(dir_fd, entry.name, dev, rel, set_aside)
                 continue
             if not _maybe_device(entry):
                 continue
@@ -213,6 +247,7 @@ class AufsWhiteouts(WhiteoutFormat):
                 continue
             if not entry.name.startswith(WH_PREFIX):
                 self.make_whiteout(dir_fd, entry.name, st.st_mode)
+                copy_marker_meta(dir_fd, WH_PREFIX + entry.name, st)
             os.unlink(entry.name, dir_fd=dir_fd)
             count += 1
         return count
@@ -232,36 +267,47 @@ class OverlayWhiteouts(WhiteoutFormat):
     def make_opaque(self, dir_fd: int) -> None:
         os.setxattr(dir_fd, OVERLAY_OPAQUE_XATTR, b"y")
 
-    def _normalize_dir(self, dir_fd: int, dev: int) -> int:
+    def _normalize_dir(self, dir_fd: int, dev: int, rel: str,
+                       set_aside: SetAside | None) -> int:
         count = 0
         with os.scandir(dir_fd) as it:
             entries = list(it)
         names = {e.name for e in entries}
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                if entry.name.startswith(WH_META_PREFIX):
-                    continue  # AUFS housekeeping dirs are left to the converter
-                sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
-                              dir_fd=dir_fd)
-                try:
-                    if os.fstat(sub).st_dev == dev:
-                        count += self._normalize_dir(sub, dev)
-                finally:
-                    os.close(sub)
-                continue
             kind = classify_name(entry.name)
+            if kind.kind is Kind.HOUSEKEEPING:
+                if set_aside is not None:
+                    set_aside(dir_fd, entry.name, _join(rel, entry.name))
+                    count += 1
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                count += self._normalize_subdir(dir_fd, entry.name, dev, rel, set_aside)
+                continue
             if kind.kind is Kind.OPAQUE:
                 self.make_opaque(dir_fd)
                 os.unlink(entry.name, dir_fd=dir_fd)
                 count += 1
             elif kind.kind is Kind.WHITEOUT and entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
                 if kind.target not in names:
-                    mode = entry.stat(follow_symlinks=False).st_mode
-                    self.make_whiteout(dir_fd, kind.target, mode)
+                    self.make_whiteout(dir_fd, kind.target, st.st_mode)
                     names.add(kind.target)
+                    copy_marker_meta(dir_fd, kind.target, st)
+                elif _is_overlay_whiteout_at(dir_fd, kind.target):
+                    copy_marker_meta(dir_fd, kind.target, st)  # made by a killed run
+                # else a real entry of that name stands here: in overlayfs it already
+                # hides the lower ones, and the marker has nothing left to do.
                 os.unlink(entry.name, dir_fd=dir_fd)
                 count += 1
         return count
+
+
+def _is_overlay_whiteout_at(dir_fd: int, name: str) -> bool:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return is_overlay_whiteout_mode(st.st_mode, st.st_rdev)
 
 
 AUFS = AufsWhiteouts()

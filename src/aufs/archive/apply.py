@@ -54,8 +54,14 @@ __all__ = ["LayerMountedError", "apply_layer", "extract", "extract_into_dir"]
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _BUF = 1 << 20
+_TAR_BUF = 1 << 16
 _XATTR_PAX = "SCHILY.xattr."
 _DIR_CACHE = 64
+_XATTR_REFUSED = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM)
+# Errors that come from the machine, not from the archive: raised as they are.
+_ENVIRONMENT_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS,
+                                 errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EBUSY,
+                                 errno.EINTR))
 # Where AUFS pseudo-link targets (".wh..wh.plnk/<ino>") wait during one extraction:
 # a housekeeping name, so nothing ever exports or lists it.
 _PLNK_TMP = f"{WH_META_PREFIX}apply-plnk"
@@ -79,10 +85,10 @@ def apply_layer(driver: Driver, id: str, stream: IO[bytes]) -> None:
     try:
         os.mkdir(staging, 0o700)
         seed_ino = os.lstat(diff).st_ino
-        clone_tree(diff, staging)
+        seeded = clone_tree(diff, staging)
         root_fd = os.open(staging, _O_ROOT)
         try:
-            extract(root_fd, stream, driver.whiteouts)
+            extract(root_fd, stream, driver.whiteouts, seeded=seeded)
         finally:
             os.close(root_fd)
         with driver.locked():
@@ -182,19 +188,28 @@ def _listxattr(fd: int) -> list[str]:
 
 # -- extraction ---------------------------------------------------------------------------
 
-def extract(root_fd: int, stream: IO[bytes], whiteouts: WhiteoutFormat | None) -> None:
+def extract(root_fd: int, stream: IO[bytes], whiteouts: WhiteoutFormat | None, *,
+            seeded: bool = True) -> None:
     """Extract the (possibly compressed) layer tar ``stream`` below the directory
-    ``root_fd``. ``whiteouts``: the format to write deletions in (None: only remove)."""
+    ``root_fd``. ``whiteouts``: the format to write deletions in (None: only remove).
+    ``seeded``: the directory may hold whiteouts already (False: it was empty)."""
     _, reader = open_decompressed(stream)
     ex = _Extractor(root_fd, whiteouts)
+    ex.stale_whiteouts = seeded and whiteouts is not None and (
+        whiteouts.whiteout_path_name("x") != "x")
     try:
-        tf = _StrictTar.open(fileobj=reader, mode="r|")
+        tf = _StrictTar.open(fileobj=reader, mode="r|", bufsize=_TAR_BUF)
         try:
             while True:
                 member = tf.next()
                 if member is None:
                     break
-                ex.entry(tf, member)
+                try:
+                    ex.entry(tf, member)
+                except OSError as exc:
+                    if exc.errno in _ENVIRONMENT_ERRNOS:
+                        raise
+                    raise ArchiveError(f"tar entry {member.name!r}: {exc}") from exc
         finally:
             tf.close()
         ex.finish()
@@ -282,6 +297,20 @@ def _xattrs(member: tarfile.TarInfo) -> list[tuple[str, bytes]]:
     return out
 
 
+def _set_xattrs(target: int | str, xattrs: list[tuple[str, bytes]]) -> None:
+    """Set xattrs on an fd or a path (not followed). As Docker does, an attribute the
+    filesystem or the kernel refuses (ENOTSUP, EPERM) is skipped."""
+    for key, value in xattrs:
+        try:
+            if isinstance(target, int):
+                os.setxattr(target, key, value)
+            else:
+                os.setxattr(target, key, value, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in _XATTR_REFUSED:
+                raise
+
+
 class _Extractor:
     def __init__(self, root_fd: int, whiteouts: WhiteoutFormat | None) -> None:
         self.root_fd = root_fd
@@ -292,6 +321,9 @@ class _Extractor:
         self.plnk: dict[str, str] = {}          # pseudo-link basename -> its name in _PLNK_TMP
         self.plnk_fd = -1
         self.buf = bytearray(_BUF)
+        # A whiteout format whose marker has its own name (AUFS ``.wh.<name>``): a new
+        # entry must drop the marker of its name, or the layer would both have and hide it.
+        self.stale_whiteouts = False
 
     # -- directories -----------------------------------------------------------------
 
@@ -372,14 +404,17 @@ class _Extractor:
         else:
             self._create(tf, member, name, parent, base)
             self.unpacked.add(name)
+            if self.stale_whiteouts:
+                assert self.whiteouts is not None
+                with contextlib.suppress(FileNotFoundError):
+                    safefs.remove_at(parent, self.whiteouts.whiteout_path_name(base))
 
     def _root(self, member: tarfile.TarInfo) -> None:
         if not member.isdir():
             raise ArchiveError(f"tar entry {member.name!r} names the layer root: not a directory")
         fd = self.root_fd
         os.fchown(fd, member.uid, member.gid)
-        for key, value in _xattrs(member):
-            os.setxattr(fd, key, value)
+        _set_xattrs(fd, _xattrs(member))
         os.fchmod(fd, member.mode & 0o7777)
         self.dir_times.append((".", _times(member)))
 
@@ -387,6 +422,7 @@ class _Extractor:
         self.remove(parent, posixpath.join(head, target), target)
         if self.whiteouts is not None:
             self.whiteouts.make_whiteout(parent, target, mode & 0o777 or 0o600)
+            self.stale_whiteouts = self.whiteouts.whiteout_path_name("x") != "x"
             self.unpacked.add(posixpath.join(head, self.whiteouts.whiteout_path_name(target)))
 
     def _opaque(self, head: str, dir_fd: int) -> None:
@@ -404,8 +440,12 @@ class _Extractor:
                 continue
             if sub not in self.unpacked:
                 self.remove(dir_fd, sub, name)
-            elif is_dir:
-                self._prune(sub, self.dir_fd(sub, create=False))
+            elif is_dir:  # not cached: a deep prune must not pile up open fds
+                fd = safefs.open_dir_at(dir_fd, name)
+                try:
+                    self._prune(sub, fd)
+                finally:
+                    os.close(fd)
 
     def _keep_plnk(self, tf: tarfile.TarFile, member: tarfile.TarInfo, base: str) -> None:
         if self.plnk_fd < 0:
@@ -456,14 +496,26 @@ class _Extractor:
             if member.size:
                 self._copy(tf, member, fd)
             os.fchown(fd, member.uid, member.gid)
-            for key, value in _xattrs(member):
-                os.setxattr(fd, key, value)
+            _set_xattrs(fd, _xattrs(member))
             os.fchmod(fd, member.mode & 0o7777)
             os.utime(fd, ns=_times(member))
         finally:
             os.close(fd)
 
     def _copy(self, tf: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
+        if not member.issparse():  # straight from the stream: no per-member file object
+            assert tf.fileobj is not None
+            read = tf.fileobj.read
+            remaining = member.size
+            while remaining > 0:
+                data = read(min(remaining, _BUF))
+                if not data:
+                    raise ArchiveError(f"truncated tar stream in {member.name!r}")
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                remaining -= len(data)
+            return
         src = tf.extractfile(member)
         assert src is not None
         view = memoryview(self.buf)
@@ -488,9 +540,7 @@ class _Extractor:
         os.chown(base, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
         xattrs = _xattrs(member)
         if xattrs:
-            fd = self.dir_fd(name, create=False)
-            for key, value in xattrs:
-                os.setxattr(fd, key, value)
+            _set_xattrs(self.dir_fd(name, create=False), xattrs)
         os.chmod(base, member.mode & 0o7777, dir_fd=parent)
         self.dir_times.append((name, _times(member)))
 
@@ -498,9 +548,7 @@ class _Extractor:
         os.chown(base, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
         xattrs = _xattrs(member)
         if xattrs:
-            path = safefs.proc_path(parent, base)
-            for key, value in xattrs:
-                os.setxattr(path, key, value, follow_symlinks=False)
+            _set_xattrs(safefs.proc_path(parent, base), xattrs)
         if not symlink:  # just made by us, in a directory only we write: not a symlink
             os.chmod(base, member.mode & 0o7777, dir_fd=parent)
         os.utime(base, ns=_times(member), dir_fd=parent, follow_symlinks=False)
@@ -541,6 +589,8 @@ class _Extractor:
     def finish(self) -> None:
         """Directory times last: creating their contents changed them."""
         for name, times in self.dir_times:
+            if len(self.dirs) >= _DIR_CACHE:
+                self.close_dirs()
             try:
                 fd = self.dir_fd(name, create=False)
             except (FileNotFoundError, ArchiveError):

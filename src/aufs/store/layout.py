@@ -12,7 +12,10 @@
         ├── refs/<id>   get/put count, shared by every process
         ├── work/<id>   overlayfs work dir (same filesystem as diff/)
         ├── l/          short symlinks to diff dirs (overlay, old kernels, long chains)
-        └── staging/    things being built; renamed into place when whole
+        ├── staging/    things being built; renamed into place when whole
+        ├── convert.json  journal of an unfinished ``aufs convert`` (aufs.convert)
+        ├── convert/<id>.json  a layer's directory times while it is being converted
+        └── attic/<id>/ AUFS housekeeping set aside while the store is in overlay format
 """
 
 from __future__ import annotations
@@ -120,6 +123,25 @@ class Layout:
 
     def staging(self, name: str) -> str:
         return f"{self.root}/.aufs/staging/{name}"
+
+    # Format conversion (aufs.convert).
+    @property
+    def convert_journal(self) -> str:
+        return f"{self.root}/.aufs/convert.json"
+
+    @property
+    def convert_dir(self) -> str:
+        return f"{self.root}/.aufs/convert"
+
+    def convert_manifest(self, layer_id: str) -> str:
+        return f"{self.root}/.aufs/convert/{layer_id}.json"
+
+    @property
+    def attic_dir(self) -> str:
+        return f"{self.root}/.aufs/attic"
+
+    def attic(self, layer_id: str) -> str:
+        return f"{self.root}/.aufs/attic/{layer_id}"
 
     def top_dirs(self) -> tuple[str, ...]:
         return (self.mnt_dir, self.diff_dir, self.layers_dir)

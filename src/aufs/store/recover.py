@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 
-from aufs._sys import mountinfo
 from aufs._sys import mount as sysmount
+from aufs._sys import mountinfo
 from aufs._sys.files import rmtree
 from aufs.store.layout import REMOVING_SUFFIX, Layout
 

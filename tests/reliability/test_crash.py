@@ -1,0 +1,62 @@
+"""Crash consistency: SIGKILL a real process at a random moment of each store operation.
+
+After every kill a fresh ``aufs.init`` must open the store, every layer must be whole or
+gone, reference counts must match what the dead process did (its counts void once its
+mounts are gone), the store must still work, and ``cleanup()`` must leave no mount.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_engine
+from tests.reliability import scenarios
+from tests.reliability.conftest import CRASH_TRIALS
+from tests.reliability.crashlib import Report, Scenario, run_trials
+
+pytestmark = pytest.mark.root
+
+
+def _check(report: Report, trials: int) -> None:
+    print(report.summary())
+    assert not report.failures, report.failure_text()
+    assert report.trials == trials
+    # The kills must mostly land inside an operation, or the test proves little.
+    inside = sum(n for phase, n in report.phases.items() if phase.startswith("during"))
+    assert inside >= trials // 2, report.summary()
+
+
+def _run(scenario: Scenario, tmp_path: Path, engine: str, seed: int) -> None:
+    require_engine(engine)
+    report = run_trials(scenario, str(tmp_path / "store"), engine, CRASH_TRIALS, seed)
+    _check(report, CRASH_TRIALS)
+
+
+@pytest.mark.parametrize("engine", ["overlay"])
+def test_kill_during_init(tmp_path: Path, engine: str, seed: int) -> None:
+    _run(scenarios.INIT, tmp_path, engine, seed)
+
+
+@pytest.mark.parametrize("engine", ["overlay"])
+def test_kill_during_create(tmp_path: Path, engine: str, seed: int) -> None:
+    _run(scenarios.CREATE, tmp_path, engine, seed)
+
+
+@pytest.mark.parametrize("engine", ["overlay", "fuse-overlayfs"])
+def test_kill_during_remove(tmp_path: Path, engine: str, seed: int) -> None:
+    _run(scenarios.REMOVE, tmp_path, engine, seed)
+
+
+@pytest.mark.parametrize("engine", ["overlay", "fuse-overlayfs"])
+def test_kill_during_get_put(tmp_path: Path, engine: str, seed: int) -> None:
+    _run(scenarios.GETPUT, tmp_path, engine, seed)
+
+
+@pytest.mark.parametrize("engine", ["overlay"])
+def test_kill_during_apply_diff(tmp_path: Path, engine: str, seed: int) -> None:
+    if not scenarios.has_apply():
+        pytest.skip("aufs.archive.apply does not exist yet (apply_diff is being written)")
+    apply = scenarios.ApplyScenario(str(tmp_path), seed)
+    _run(apply.scenario, tmp_path, engine, seed)

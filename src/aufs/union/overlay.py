@@ -173,10 +173,12 @@ def probe(layout: Layout, magic: int, *, new_api: bool | None = None) -> Overlay
             pass
         b = Branches(target=f"{scratch}/merged", rw=f"{scratch}/upper",
                      lowers=(f"{scratch}/lower",), work=f"{scratch}/work")
-        accepted = tuple(o for o in DIFF_SAFE_OPTIONS if _try_mount(b, (o,)))
-        if not _try_mount(b, accepted):
-            raise NotSupportedError(f"a test overlay mount failed in {scratch}")
-        has_new = _try_new_api(b, accepted) if new_api is None else new_api
+        accepted = DIFF_SAFE_OPTIONS
+        if not _try_mount(b, accepted):  # an older kernel: keep the options it knows
+            accepted = tuple(o for o in DIFF_SAFE_OPTIONS if _try_mount(b, (o,)))
+            if not _try_mount(b, accepted):
+                raise NotSupportedError(f"a test overlay mount failed in {scratch}")
+        has_new = _try_mount(b, accepted, new_api=True) if new_api is None else new_api
         return OverlayEngine(layout, OverlayCaps(new_api=has_new, extra_options=accepted,
                                                  page_size=os.sysconf("SC_PAGESIZE")))
     finally:
@@ -184,18 +186,8 @@ def probe(layout: Layout, magic: int, *, new_api: bool | None = None) -> Overlay
             rmtree(scratch)
 
 
-def _try_mount(b: Branches, extra: tuple[str, ...]) -> bool:
-    spec = overlay_specs(b, OverlayCaps(new_api=False, extra_options=extra))[0]
-    try:
-        sysmount.run(spec)
-    except OSError:
-        return False
-    sysmount.unmount(b.target)
-    return True
-
-
-def _try_new_api(b: Branches, extra: tuple[str, ...]) -> bool:
-    spec = overlay_specs(b, OverlayCaps(new_api=True, extra_options=extra))[0]
+def _try_mount(b: Branches, extra: tuple[str, ...], *, new_api: bool = False) -> bool:
+    spec = overlay_specs(b, OverlayCaps(new_api=new_api, extra_options=extra))[0]
     try:
         sysmount.run(spec)
     except OSError:

@@ -173,7 +173,7 @@ def probe(layout: Layout, magic: int, *, new_api: bool | None = None) -> Overlay
             pass
         b = Branches(target=f"{scratch}/merged", rw=f"{scratch}/upper",
                      lowers=(f"{scratch}/lower",), work=f"{scratch}/work")
-        accepted = DIFF_SAFE_OPTIONS
+        accepted: tuple[str, ...] = DIFF_SAFE_OPTIONS
         if not _try_mount(b, accepted):  # an older kernel: keep the options it knows
             accepted = tuple(o for o in DIFF_SAFE_OPTIONS if _try_mount(b, (o,)))
             if not _try_mount(b, accepted):

@@ -2,6 +2,11 @@
 
     pip install atheris
     python fuzz/apply_fuzz.py -max_total_time=600        # libFuzzer flags pass through
+    python fuzz/apply_fuzz.py --structured -max_total_time=600
+
+Raw mode mutates tar bytes (seeded with real layers and the breakout corpus); structured
+mode turns each input into a tar built from tricky names, types, link targets and PAX
+records (``hostile.structured_tar``), which reaches the extractor's logic far more often.
 
 Each input is applied to a layer ``L`` (child of ``P``) of a store on a private tmpfs
 (so that a decompression bomb ends in ENOSPC, not a full disk). The layer holds
@@ -34,7 +39,7 @@ sys.path.insert(0, str(REPO))
 TMPFS_SIZE = "256m"
 
 
-def child(workdir: str, argv: list[str]) -> None:
+def child(workdir: str, structured: bool, argv: list[str]) -> None:
     """Run libFuzzer in this process (never returns)."""
     import atheris  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
@@ -46,7 +51,8 @@ def child(workdir: str, argv: list[str]) -> None:
     os.chdir(workdir)  # absolute escapes (/proc/self/cwd/victim) aim at the victim
 
     def test_one_input(data: bytes) -> None:
-        harness.apply(data, limit=hostile.is_space_error)
+        tar = hostile.structured_tar(data) if structured else data
+        harness.apply(tar, limit=hostile.is_space_error)
 
     atheris.Setup(argv, test_one_input)
     atheris.Fuzz()
@@ -69,11 +75,15 @@ def parent(argv: list[str]) -> int:
     _run("mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0755", "tmpfs", workdir)
     before = set(os.listdir(crashes))
     start = time.monotonic()
+    structured = "--structured" in argv
     try:
-        fuzz_args = [a for a in argv if a.startswith("-")]
+        fuzz_args = [a for a in argv if a.startswith("-") and a != "--structured"]
         extra = [a for a in argv if not a.startswith("-")]
-        cmd = [sys.executable, __file__, "--child", workdir, *fuzz_args,
-               f"-artifact_prefix={crashes}/", "-print_final_stats=1",
+        if structured and not extra:  # its inputs are choices, not tars: own corpus
+            (HERE / "corpus-structured").mkdir(exist_ok=True)
+            extra = [str(HERE / "corpus-structured")]
+        cmd = [sys.executable, __file__, "--child", workdir, str(int(structured)),
+               *fuzz_args, f"-artifact_prefix={crashes}/", "-print_final_stats=1",
                *(extra or [str(corpus)])]
         print(f"{n} seeds in {corpus}; fuzzing in {workdir}", flush=True)
         proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, check=False)
@@ -95,7 +105,8 @@ def parent(argv: list[str]) -> int:
     found = sorted(set(os.listdir(crashes)) - before)
     stats = dict(re.findall(r"^stat::(\w+):\s*(\d+)", proc.stderr, re.M))
     report = {
-        "what": "fuzz apply_diff (atheris)", "args": argv, "seconds": round(elapsed, 1),
+        "what": f"fuzz apply_diff (atheris, {'structured' if structured else 'raw'} inputs)",
+        "args": argv, "seconds": round(elapsed, 1),
         "seeds": n, "executions": int(stats.get("number_of_executed_units", 0)),
         "exit_code": proc.returncode, "new_crash_files": found, "leaks": leaked,
     }
@@ -107,6 +118,6 @@ def parent(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        child(sys.argv[2], [sys.argv[0], *sys.argv[3:]])
+        child(sys.argv[2], sys.argv[3] == "1", [sys.argv[0], *sys.argv[4:]])
     else:
         sys.exit(parent(sys.argv[1:]))

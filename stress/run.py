@@ -1,6 +1,6 @@
 """Long reliability runs (issue 6), outside CI. As root, from the repository root:
 
-    python -m stress.run crash [--trials 500] [--ops init,create,remove,getput,apply]
+    python -m stress.run crash [--trials 500] [--ops init,create,remove,getput,apply,convert]
                                [--engines overlay,fuse-overlayfs] [--seed N]
     python -m stress.run load  [--seconds 60] [--engines overlay,fuse-overlayfs] [--seed N]
     python -m stress.run all   (both, with the defaults)
@@ -22,10 +22,11 @@ from typing import Any
 
 from stress.report import write_report
 from tests.reliability import crashlib, scenarios
+from tests.reliability.convertcrash import ConvertCrash
 from tests.reliability.loadlib import run_load
 from tests.reliability.loopfs import unmount_all
 
-OPS = ("init", "create", "remove", "getput", "apply")
+OPS = ("init", "create", "remove", "getput", "apply", "convert")
 
 
 def _scenario(op: str, workdir: Path, seed: int) -> crashlib.Scenario | None:
@@ -42,15 +43,20 @@ def crash(trials: int, ops: list[str], engines: list[str], seed: int) -> int:
     lines, data, failed = [], [], 0
     for engine in engines:
         for op in ops:
+            if op == "convert" and engine != engines[0]:
+                continue  # convert runs both engines in one go (overlay <-> aufs format)
             workdir = Path(tempfile.mkdtemp(prefix=f"aufs-stress-{op}-"))
             try:
-                scenario = _scenario(op, workdir, seed)
-                if scenario is None:
-                    lines.append(f"crash {op} [{engine}]: not run (the operation does not "
-                                 "exist yet)")
-                    continue
-                report = crashlib.run_trials(scenario, str(workdir / "store"), engine,
-                                             trials, seed, stop_after_failures=20)
+                if op == "convert" and scenarios.has_convert():
+                    report = ConvertCrash(workdir, seed).run(trials, stop_after_failures=20)
+                else:
+                    scenario = _scenario(op, workdir, seed)
+                    if scenario is None:
+                        lines.append(f"crash {op} [{engine}]: not run (the operation does "
+                                     "not exist yet)")
+                        continue
+                    report = crashlib.run_trials(scenario, str(workdir / "store"), engine,
+                                                 trials, seed, stop_after_failures=20)
             finally:
                 unmount_all(workdir)
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -59,7 +65,7 @@ def crash(trials: int, ops: list[str], engines: list[str], seed: int) -> int:
             if report.failures:
                 failed += 1
                 lines.append(report.failure_text(limit=10))
-            data.append({"op": op, "engine": engine, "trials": report.trials,
+            data.append({"op": op, "engine": report.engine, "trials": report.trials,
                          "failures": len(report.failures), "seconds": round(report.seconds, 1),
                          "phases": dict(report.phases)})
     write_report("crash", {"seed": seed, "runs": data}, lines)

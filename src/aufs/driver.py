@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING
 
+from aufs import convert
 from aufs import options as options_mod
 from aufs._sys import fsinfo, mountinfo
 from aufs._sys import mount as sysmount
@@ -55,6 +56,7 @@ def init(root: str | os.PathLike[str], options: Sequence[str] = ()) -> Driver:
         bound = os.geteuid() == 0 and sysmount.bind_private(layout.root)
         try:
             recover.finish(layout)
+            convert.check_not_pending(layout)  # half-converted whiteouts: no engine reads them
             stored = meta.read(layout.meta_file)
             if stored is not None:
                 store_format: str | None = stored.whiteouts
@@ -146,8 +148,16 @@ class Driver:
     def _branches(self, id: str, chain: list[str], label: str = "") -> Branches:
         lay = self.layout
         return Branches(target=lay.mnt(id), rw=lay.diff(id),
-                        lowers=tuple(lay.diff(p) for p in chain), work=lay.work(id),
+                        lowers=tuple(lay.diff(p) for p in chain), work=self._work(id),
                         label=label, lower_names=tuple(chain))
+
+    def _work(self, id: str) -> str:
+        """The union's work dir, which must be on the rw branch's mount: a layer migrated
+        by symlink (its data elsewhere) gets one beside its data."""
+        rw = self.layout.diff(id)
+        if os.path.islink(rw):
+            return self.layout.work_beside(os.path.realpath(rw))
+        return self.layout.work(id)
 
     # -- lifecycle ----------------------------------------------------------------------
     def create(self, id: str, parent: str = "") -> None:
@@ -265,7 +275,10 @@ class Driver:
             self._engine_unmount(id, target)
 
     def _engine_unmount(self, id: str, target: str) -> None:
-        self.engine.unmount(target, self.layout.diff(id))
+        rw = self.layout.diff(id)
+        if os.path.islink(rw):  # a layer migrated by symlink: its data lives elsewhere
+            rw = os.path.realpath(rw)
+        self.engine.unmount(target, rw)
 
     def status(self) -> Status:
         dirperm1 = bool(getattr(getattr(self.engine, "caps", None), "dirperm1", False))

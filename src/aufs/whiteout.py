@@ -200,7 +200,7 @@ def _join(rel: str, name: str) -> str:
 def copy_marker_meta(dir_fd: int, name: str, old: os.stat_result) -> None:
     """Give the marker ``name`` (a file or device just made, never a symlink) the owner,
     permissions and times of the marker ``old`` it replaces."""
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
+    if os.geteuid() == 0:
         # Only root may give a file away; for anyone else the owner stays theirs.
         os.chown(name, old.st_uid, old.st_gid, dir_fd=dir_fd, follow_symlinks=False)
     os.chmod(name, stat.S_IMODE(old.st_mode), dir_fd=dir_fd)

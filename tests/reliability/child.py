@@ -103,10 +103,11 @@ def run_getput(d: aufs.Driver, rng: random.Random, args: dict[str, Any]) -> None
             held.append(layer_id)
 
 
-def run_convert(d: aufs.Driver, rng: random.Random, args: dict[str, Any]) -> None:
+def run_convert(root: str, args: dict[str, Any]) -> None:
+    """``aufs convert`` works on a closed store: no driver is opened first."""
     convert = importlib.import_module("aufs.convert")
     say("B", "convert", args["to"])
-    convert.convert(d, args["to"])
+    convert.convert(root, args["to"])
     say("E", "convert", args["to"])
     idle()
 
@@ -119,10 +120,13 @@ def main() -> None:
     if cmd["mode"] == "init":
         say("started")
         run_init(cmd["root"], opts, rng, args)
+    if cmd["mode"] == "convert":
+        say("started")
+        run_convert(cmd["root"], args)
     d = aufs.init(cmd["root"], opts)
     say("started")
     runner = {"create": run_create, "remove": run_remove, "apply": run_apply,
-              "getput": run_getput, "convert": run_convert}[cmd["mode"]]
+              "getput": run_getput}[cmd["mode"]]
     runner(d, rng, args)
 
 

@@ -385,3 +385,79 @@ def _populate_layer_only(diff: str) -> None:
 
 def is_space_error(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+# -- structured inputs: tars built from fuzzer bytes ------------------------------------
+
+COMPONENTS = (
+    "a", "b", "keep", "data", "escape", "escape-abs", "escape-file", "plain-old",
+    "lowerfile", "lowerdir", "victim", "hello", "sub", "..", ".", "", ".wh.a", ".wh.keep",
+    ".wh.escape", ".wh.lowerfile", ".wh..wh..opq", ".wh..wh.plnk", ".wh..wh.aufs", ".wh..",
+    ".wh...", ".wh.", "x" * 200, "ü", "a\\b", " ",
+)
+TARGETS = (
+    VICTIM_REL, VICTIM_ABS, VICTIM_REL + "/hello", "/", "/etc/passwd", "..", ".", "", "a",
+    "a/b", "keep", "keep/data", "escape", "escape/hello", "../victim/hello", "lowerfile",
+    "plain-old", "nonexistent", ".wh..wh.plnk/1", "/proc/self/cwd/victim/hello",
+)
+_TYPES = (tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
+          tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.REGTYPE, tarfile.DIRTYPE)
+_MODES = (0o644, 0o755, 0o4755, 0o000, 0o777, 0o1777, 0o600)
+
+
+class _Reader:
+    """Turns fuzzer bytes into choices (zeros once they run out)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.at = 0
+
+    def byte(self) -> int:
+        if self.at >= len(self.data):
+            return 0
+        self.at += 1
+        return self.data[self.at - 1]
+
+    def below(self, n: int) -> int:
+        return self.byte() % n
+
+    def pick(self, options: tuple[str, ...] | tuple[bytes, ...] | tuple[int, ...]) -> object:
+        return options[self.below(len(options))]
+
+    def text(self, options: tuple[str, ...]) -> str:
+        return options[self.below(len(options))]
+
+
+def structured_tar(data: bytes) -> bytes:
+    """A tar whose entries (names, types, links, modes, PAX records) the bytes choose
+    from the tricky parts above: far more of them reach the extractor's logic than of
+    raw byte mutations, which mostly die on the header checksum."""
+    r = _Reader(data)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for _ in range(1 + r.below(10)):
+            name = "/".join(r.text(COMPONENTS) for _ in range(1 + r.below(4)))
+            name = ("", "/", "./")[r.below(3)] + name
+            info = tarfile.TarInfo(name or ".")
+            info.type = _TYPES[r.below(len(_TYPES))]
+            info.mode = _MODES[r.below(len(_MODES))]
+            info.mtime = 1_600_000_000 + r.byte()
+            info.uid, info.gid = r.below(3) * 1000, r.below(3) * 1000
+            if info.type in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                info.linkname = r.text(TARGETS)
+            if info.type == tarfile.CHRTYPE:
+                info.devmajor, info.devminor = r.below(2), r.below(4)
+            extra = r.below(8)
+            if extra == 1:
+                info.pax_headers = {"path": r.text(TARGETS)}
+            elif extra == 2:
+                info.pax_headers = {"SCHILY.xattr.trusted.overlay.opaque": "y"}
+            elif extra == 3:
+                info.pax_headers = {"SCHILY.xattr.user.note": "x" * r.byte()}
+            payload = bytes(r.byte() for _ in range(r.below(16)))
+            if info.type == tarfile.REGTYPE:
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+            else:
+                tar.addfile(info)
+    return _compact(buf.getvalue())

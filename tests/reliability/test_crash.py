@@ -1,4 +1,5 @@
-"""Crash consistency: SIGKILL a real process at a random moment of each store operation.
+"""Crash consistency: SIGKILL a real process at a random moment of each store operation
+(init, create, remove, get/put, apply_diff, convert).
 
 After every kill a fresh ``aufs.init`` must open the store, every layer must be whole or
 gone, reference counts must match what the dead process did (its counts void once its
@@ -60,3 +61,14 @@ def test_kill_during_apply_diff(tmp_path: Path, engine: str, seed: int) -> None:
         pytest.skip("aufs.archive.apply does not exist yet (apply_diff is being written)")
     apply = scenarios.ApplyScenario(str(tmp_path), seed)
     _run(apply.scenario, tmp_path, engine, seed)
+
+
+def test_kill_during_convert(tmp_path: Path, seed: int) -> None:
+    if not scenarios.has_convert():
+        pytest.skip("aufs.convert does not exist yet (convert is being written)")
+    require_engine("overlay")
+    require_engine("fuse-overlayfs")
+    from tests.reliability.convertcrash import ConvertCrash
+
+    report = ConvertCrash(tmp_path, seed).run(CRASH_TRIALS)
+    _check(report, CRASH_TRIALS)

@@ -4,6 +4,7 @@ seeds), each checked for every promise: only ArchiveError/BreakoutError, nothing
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -102,3 +103,16 @@ def test_real_layers_apply(harness: hostile.ApplyHarness) -> None:
             assert outcome.ok, f"{name}: {outcome.error}"
             names = {c.path for c in harness.d.changes("L")}
             assert {"/usr/bin/tool", "/usr/bin/tool-alias", "/lowerfile"} <= names, names
+
+
+STRUCTURED_CASES = 120
+
+
+def test_structured_random_tars(tmp_path: Path, engine: str, seed: int) -> None:
+    """A small seeded fuzz run in CI: tars built from tricky names, types and links
+    (``fuzz/apply_fuzz.py --structured`` does the same, longer, coverage-guided)."""
+    rng = random.Random(f"{seed}/structured")
+    cases = {f"structured-{n}": hostile.structured_tar(rng.randbytes(rng.randrange(16, 256)))
+             for n in range(STRUCTURED_CASES)}
+    wrong = _apply_all(tmp_path, engine, cases, lambda name, o: None)
+    assert not wrong, f"seed {seed}:\n" + "\n".join(wrong[:10])

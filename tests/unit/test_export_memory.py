@@ -11,11 +11,16 @@ from pathlib import Path
 GIB = 1 << 30
 
 CHILD = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     from aufs.archive.export import export_layer
 
     root = sys.argv[1]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def hwm():  # VmHWM: ru_maxrss would carry the parent's peak across execve
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+
+    before = hwm()
     total = 0
     found = []  # the non-zero bytes, in order: a mark split over two reads stays whole
     with export_layer(root) as stream:
@@ -23,7 +28,7 @@ CHILD = textwrap.dedent("""
             total += len(chunk)
             if chunk.count(0) != len(chunk):
                 found.append(chunk.replace(bytes(1), b"").decode("latin-1"))
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = hwm()
     print(json.dumps([total, after, after - before, "".join(found)]))
 """)
 

@@ -1,8 +1,12 @@
 """Path resolution that never follows a symlink, and an atomic directory swap.
 
-Everything here works on directory file descriptors: a path inside a tree is walked one
-component at a time with ``O_NOFOLLOW | O_DIRECTORY`` from the tree's root fd, so a
+Everything here works on directory file descriptors. A path inside a tree is resolved
+from the tree's root fd either by ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)``
+(Linux 5.6+: one call, the kernel refuses any symlink and any way out) or, where the
+kernel lacks it, one component at a time with ``O_NOFOLLOW | O_DIRECTORY``. Either way a
 symlink anywhere on the way raises :class:`SymlinkInPathError` instead of being followed.
+The ``*at`` calls of :mod:`os` (``mkdir``, ``mknod``, ``symlink``, ``link``, ``chown``
+and ``utime`` with ``follow_symlinks=False``) do the rest relative to such fds.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import platform
 import stat
@@ -20,7 +25,10 @@ from aufs._sys import libc
 __all__ = [
     "NotADirectoryInPathError",
     "SymlinkInPathError",
+    "clear_dir",
     "exchange",
+    "has_openat2",
+    "open_beneath",
     "open_dir_at",
     "proc_path",
     "remove_at",
@@ -30,6 +38,15 @@ O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
 _SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "arm64": 276}
+SYS_OPENAT2 = 437  # the same number on every architecture (unified table, Linux 5.6+)
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
 
 
 class SymlinkInPathError(OSError):
@@ -40,14 +57,77 @@ class NotADirectoryInPathError(OSError):
     """A component of a path exists and is neither a directory nor a symlink."""
 
 
-def exchange(a: str, b: str) -> None:
-    """Swap the two paths atomically (renameat2 RENAME_EXCHANGE); both must exist."""
+def exchange(a: str, b: str, *, a_dir_fd: int = AT_FDCWD, b_dir_fd: int = AT_FDCWD) -> None:
+    """Swap the two paths atomically (renameat2 RENAME_EXCHANGE); both must exist.
+    Neither is followed if it is a symlink (rename never follows the last component)."""
     number = _SYS_RENAMEAT2.get(platform.machine())
     if number is None:
         raise OSError(errno.ENOSYS, f"renameat2: unknown syscall number on {platform.machine()}")
-    libc.syscall("renameat2", number, ctypes.c_int(AT_FDCWD), ctypes.c_char_p(os.fsencode(a)),
-                 ctypes.c_int(AT_FDCWD), ctypes.c_char_p(os.fsencode(b)),
+    libc.syscall("renameat2", number, ctypes.c_int(a_dir_fd), ctypes.c_char_p(os.fsencode(a)),
+                 ctypes.c_int(b_dir_fd), ctypes.c_char_p(os.fsencode(b)),
                  ctypes.c_uint(RENAME_EXCHANGE), filename=a)
+
+
+def _openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
+    how = _OpenHow(flags, 0, resolve)
+    while True:
+        try:
+            return libc.syscall("openat2", SYS_OPENAT2, ctypes.c_int(dir_fd),
+                                ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
+                                ctypes.c_size_t(ctypes.sizeof(how)), filename=path)
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:  # a rename raced with RESOLVE_BENEATH: retry
+                raise
+
+
+@functools.cache
+def has_openat2() -> bool:
+    """True if this kernel has openat2(2) with RESOLVE_BENEATH (probed once)."""
+    try:
+        os.close(_openat2(AT_FDCWD, "/", O_DIR, RESOLVE_NO_SYMLINKS))
+    except OSError:
+        return False
+    return True
+
+
+def open_beneath(dir_fd: int, path: str) -> int:
+    """Open the directory ``path`` (relative, clean, no ``..``) below ``dir_fd``, never
+    following a symlink on the way nor at the end.
+
+    Raises :class:`SymlinkInPathError` if a component is a symlink,
+    :class:`NotADirectoryInPathError` if one is something else that is no directory,
+    and FileNotFoundError if one is missing.
+    """
+    if has_openat2():
+        try:
+            return _openat2(dir_fd, path, O_DIR,
+                            RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SymlinkInPathError(errno.ELOOP, "a symlink is in the path",
+                                         path) from None
+            if exc.errno == errno.ENOTDIR:
+                os.close(_walk(dir_fd, path))  # raises, saying which component is wrong
+            if exc.errno == errno.ENOENT:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT),
+                                        path) from None
+            raise
+    return _walk(dir_fd, path)
+
+
+def _walk(dir_fd: int, path: str) -> int:
+    fd = dir_fd
+    try:
+        for name in path.split("/"):
+            sub = open_dir_at(fd, name)
+            if fd != dir_fd:
+                os.close(fd)
+            fd = sub
+    except BaseException:
+        if fd != dir_fd:
+            os.close(fd)
+        raise
+    return os.dup(fd) if fd == dir_fd else fd
 
 
 def open_dir_at(dir_fd: int, name: str, *, create: int | None = None) -> int:

@@ -1,23 +1,34 @@
 """Layer tar compression: detect it from the first bytes, decompress as a stream.
 
 Docker's ``DetectCompression``: the magic numbers of gzip, bzip2, xz and zstd; anything
-else is an uncompressed tar. :func:`open_decompressed` wraps a binary stream in a reader
-that yields the tar bytes with bounded memory. A malformed or truncated compressed
-stream raises :class:`aufs.archive.ArchiveError` from ``read``.
+else is an uncompressed tar. :func:`open_chunks` turns a binary stream into a source of
+tar bytes in chunks of bounded size (a decompression bomb never becomes one big
+allocation); compressed streams are decoded by a background thread (zlib, bz2, lzma and
+libzstd all release the GIL), so decompression runs beside extraction, as ``gzip -d``
+does beside GNU tar. Concatenated members / frames are read as one stream. A malformed
+or truncated compressed stream raises :class:`aufs.archive.ArchiveError` from ``read``.
 """
 
 from __future__ import annotations
 
 import bz2
+import contextlib
 import enum
 import io
 import lzma
+import os
+import queue
+import stat
+import threading
 import zlib
+from collections.abc import Callable, Generator, Iterator
 from typing import IO, Protocol
 
+from aufs._sys import zstd as libzstd
 from aufs.archive import ArchiveError
 
-__all__ = ["MAGIC_LEN", "Compression", "detect", "open_decompressed"]
+__all__ = ["CHUNK", "MAGIC_LEN", "Chunks", "Compression", "detect", "open_chunks",
+           "open_decompressed"]
 
 
 class Compression(enum.Enum):
@@ -35,7 +46,9 @@ _MAGICS: tuple[tuple[bytes, Compression], ...] = (
     (b"\x28\xb5\x2f\xfd", Compression.ZSTD),
 )
 MAGIC_LEN = max(len(m) for m, _ in _MAGICS)
-_CHUNK = 1 << 20
+CHUNK = 1 << 20      # bytes read from the stream at a time, and most a chunk decodes to
+_QUEUE_CHUNKS = 8    # decoded chunks a decoder thread may run ahead
+_ZSTD_PIECE = 256    # input per call of the fallback decoder (bounds its output)
 
 
 def detect(head: bytes) -> Compression:
@@ -46,163 +59,19 @@ def detect(head: bytes) -> Compression:
     return Compression.NONE
 
 
-class _Decompressor(Protocol):
-    def decompress(self, data: bytes, max_length: int = ...) -> bytes: ...
+class Chunks(Protocol):
+    """A source of tar bytes: ``read()`` returns the next chunk, ``b""`` at the end.
 
-    @property
-    def eof(self) -> bool: ...
+    ``skip``, where not None (an uncompressed regular file), passes over ``n`` bytes
+    without reading them and returns their offset in the file ``fd`` (for
+    ``copy_file_range``); ArchiveError if fewer are left."""
 
-    @property
-    def unused_data(self) -> bytes: ...
+    skip: Callable[[int], int] | None
+    fd: int
 
+    def read(self) -> bytes: ...
 
-class _StdlibReader(io.RawIOBase):
-    """Streaming decompression of concatenated members (gzip, bzip2, xz)."""
-
-    def __init__(self, raw: IO[bytes], head: bytes, kind: Compression) -> None:
-        self._raw = raw
-        self._kind = kind
-        self._in = head
-        self._zlib = kind is Compression.GZIP
-        self._dec: _Decompressor = self._new()
-        self._done = False
-
-    def _new(self) -> _Decompressor:
-        if self._kind is Compression.GZIP:
-            return zlib.decompressobj(16 + zlib.MAX_WBITS)
-        if self._kind is Compression.BZIP2:
-            return bz2.BZ2Decompressor()
-        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        n = len(buffer)
-        while not self._done:
-            data = self._next(n)
-            if data:
-                buffer[: len(data)] = data
-                return len(data)
-        return 0
-
-    def _next_member(self) -> None:
-        rest = self._dec.unused_data + self._in
-        self._in = b""
-        while True:
-            rest = rest.lstrip(b"\0")  # padding after the last member
-            if rest:
-                break
-            rest = self._raw.read(_CHUNK)
-            if not rest:
-                self._done = True
-                return
-        self._dec = self._new()
-        self._in = rest
-
-    def _next(self, n: int) -> bytes:
-        if self._dec.eof:
-            self._next_member()
-            if self._done:
-                return b""
-        dec = self._dec
-        needs_input = not self._in and (self._zlib or getattr(dec, "needs_input", True))
-        if needs_input:
-            self._in = self._raw.read(_CHUNK)
-            if not self._in:
-                raise ArchiveError(f"truncated {self._kind.value} stream")
-        try:
-            out = dec.decompress(self._in, n)
-        except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
-            raise ArchiveError(f"malformed {self._kind.value} stream: {exc}") from exc
-        # At the end of a member the rest of the input is in ``unused_data`` (zlib also
-        # leaves it in ``unconsumed_tail``); bz2 and lzma buffer input themselves.
-        tail: bytes = dec.unconsumed_tail if self._zlib else b""  # type: ignore[attr-defined]
-        self._in = b"" if dec.eof else tail
-        return out
-
-
-class _ZstdReader(io.RawIOBase):
-    """Streaming zstd of concatenated frames; a frame cut short raises ArchiveError.
-
-    ``zstandard``'s own ``stream_reader`` returns EOF silently on a truncated frame, so
-    frames are fed to a ``decompressobj`` in small pieces (which also bounds the output
-    one call can produce).
-    """
-
-    def __init__(self, raw: IO[bytes], head: bytes) -> None:
-        import zstandard
-
-        self._zstd = zstandard
-        self._raw = raw
-        self._in = head
-        self._dec = zstandard.ZstdDecompressor().decompressobj()
-        self._fed = bool(head)
-        self._out = b""
-        self._pos = 0
-        self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        while self._pos >= len(self._out):
-            if self._done:
-                return 0
-            self._out, self._pos = self._fill(), 0
-        n = min(len(buffer), len(self._out) - self._pos)
-        buffer[:n] = self._out[self._pos:self._pos + n]
-        self._pos += n
-        return n
-
-    def _fill(self) -> bytes:
-        if self._dec.eof:
-            rest = self._dec.unused_data + self._in
-            self._dec = self._zstd.ZstdDecompressor().decompressobj()
-            self._in = rest
-            self._fed = False
-        if not self._in:
-            self._in = self._raw.read(_CHUNK)
-            if not self._in:
-                self._done = True
-                if self._fed and not self._dec.eof:
-                    raise ArchiveError("truncated zstd stream")
-                return b""
-        piece, self._in = self._in[:_ZSTD_PIECE], self._in[_ZSTD_PIECE:]
-        self._fed = True
-        try:
-            out: bytes = self._dec.decompress(piece)
-        except self._zstd.ZstdError as exc:
-            raise ArchiveError(f"malformed zstd stream: {exc}") from exc
-        return out
-
-
-_ZSTD_PIECE = 8192
-
-
-class _Prefixed(io.RawIOBase):
-    """``head`` (already read from ``raw``) followed by the rest of ``raw``."""
-
-    def __init__(self, raw: IO[bytes], head: bytes) -> None:
-        self._raw = raw
-        self._head = head
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if self._head:
-            if size < 0 or size >= len(self._head):
-                data, self._head = self._head, b""
-                return data
-            data, self._head = self._head[:size], self._head[size:]
-            return data
-        return self._raw.read(size)
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+    def close(self) -> None: ...
 
 
 def _read_head(raw: IO[bytes]) -> bytes:
@@ -215,15 +84,296 @@ def _read_head(raw: IO[bytes]) -> bytes:
     return head
 
 
-def open_decompressed(raw: IO[bytes]) -> tuple[Compression, IO[bytes]]:
-    """Detect the compression of ``raw`` and return it with a reader of the tar bytes."""
+def open_chunks(raw: IO[bytes], *, threaded: bool = True) -> tuple[Compression, Chunks]:
+    """Detect the compression of ``raw`` and return it with a source of its tar bytes.
+
+    ``threaded``: decode compressed streams in a background thread. Close the source
+    when done (it stops that thread)."""
+    source = _FileSource.open(raw)
+    if source is not None:
+        head = source.peek(MAGIC_LEN)
+        kind = detect(head)
+        if kind is Compression.NONE:
+            return kind, source
+        source.close()
     head = _read_head(raw)
     kind = detect(head)
-    reader: io.RawIOBase
     if kind is Compression.NONE:
-        reader = _Prefixed(raw, head)
-    elif kind is Compression.ZSTD:
-        reader = _ZstdReader(raw, head)
-    else:
-        reader = _StdlibReader(raw, head, kind)
-    return kind, io.BufferedReader(reader, _CHUNK)
+        return kind, _Plain(raw, head)
+    decoded = _decoder(kind, lambda: raw.read(CHUNK), head)
+    return kind, (_Prefetched(decoded, kind) if threaded else _Inline(decoded))
+
+
+def _decoder(kind: Compression, read: Callable[[], bytes], head: bytes) -> Iterator[bytes]:
+    if kind is Compression.ZSTD:
+        if libzstd.available():
+            return _zstd_chunks(read, head)
+        return _zstd_fallback(read, head)
+    return _stdlib_chunks(kind, read, head)
+
+
+class _FileSource:
+    """An uncompressed tar in a regular file, read with ``pread`` from the stream's
+    position; on close the stream is left just after what was consumed."""
+
+    def __init__(self, raw: IO[bytes], fd: int, start: int, size: int) -> None:
+        self._raw = raw
+        self.fd = fd
+        self._pos = start
+        self._size = size
+        self.skip: Callable[[int], int] | None = self._skip
+
+    @classmethod
+    def open(cls, raw: IO[bytes]) -> _FileSource | None:
+        try:
+            fd = raw.fileno()
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or not raw.seekable():
+                return None
+            return cls(raw, fd, raw.tell(), st.st_size)
+        except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+            return None
+
+    def peek(self, n: int) -> bytes:
+        return os.pread(self.fd, n, self._pos)
+
+    def read(self) -> bytes:
+        data = os.pread(self.fd, CHUNK, self._pos)
+        self._pos += len(data)
+        return data
+
+    def _skip(self, n: int) -> int:
+        if self._pos + n > self._size:
+            raise ArchiveError(f"truncated tar stream (it ends at byte {self._size} of "
+                               "the file, inside a member's data)")
+        offset = self._pos
+        self._pos += n
+        return offset
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._raw.seek(self._pos)
+
+
+class _Plain:
+    skip: Callable[[int], int] | None = None
+    fd: int = -1
+
+    def __init__(self, raw: IO[bytes], head: bytes) -> None:
+        self._raw = raw
+        self._head = head
+
+    def read(self) -> bytes:
+        if self._head:
+            head, self._head = self._head, b""
+            return head + self._raw.read(CHUNK - len(head))
+        return self._raw.read(CHUNK)
+
+    def close(self) -> None:
+        pass
+
+
+class _Inline:
+    skip: Callable[[int], int] | None = None
+    fd: int = -1
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+
+    def read(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            return b""
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+_END = object()
+
+
+class _Prefetched:
+    """Chunks decoded ahead by a daemon thread, through a small bounded queue."""
+
+    skip: Callable[[int], int] | None = None
+    fd: int = -1
+
+    def __init__(self, chunks: Iterator[bytes], kind: Compression) -> None:
+        self._queue: queue.Queue[object] = queue.Queue(_QUEUE_CHUNKS)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, args=(chunks,), daemon=True,
+                                        name=f"aufs-{kind.value}-decoder")
+        self._thread.start()
+
+    def _run(self, chunks: Iterator[bytes]) -> None:
+        try:
+            for chunk in chunks:
+                if not self._put(chunk):
+                    return
+            self._put(_END)
+        except BaseException as exc:  # handed to the reading thread, which raises it
+            self._put(exc)
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read(self) -> bytes:
+        if self._done:
+            return b""
+        item = self._queue.get()
+        if isinstance(item, bytes):
+            return item
+        self._done = True
+        if isinstance(item, BaseException):
+            raise item
+        return b""
+
+    def close(self) -> None:
+        self._stop.set()
+        self._done = True
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+
+
+# -- decoders ------------------------------------------------------------------------------
+
+class _Stdlib(Protocol):
+    def decompress(self, data: bytes, max_length: int = ...) -> bytes: ...
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+
+_STDLIB_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
+
+
+def _new_stdlib(kind: Compression) -> _Stdlib:
+    if kind is Compression.GZIP:
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if kind is Compression.BZIP2:
+        return bz2.BZ2Decompressor()
+    return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+
+
+def _stdlib_chunks(kind: Compression, read: Callable[[], bytes], data: bytes
+                   ) -> Iterator[bytes]:
+    """gzip, bzip2 or xz members one after the other (NUL padding between them allowed),
+    each piece of output at most CHUNK bytes."""
+    try:
+        while True:
+            while True:  # the start of the next member, past any padding
+                data = data.lstrip(b"\0")
+                if data:
+                    break
+                data = read()
+                if not data:
+                    return
+            data = yield from _stdlib_member(kind, read, data)
+    except _STDLIB_ERRORS as exc:
+        raise ArchiveError(f"malformed {kind.value} stream: {exc}") from exc
+
+
+def _stdlib_member(kind: Compression, read: Callable[[], bytes], feed: bytes
+                   ) -> Generator[bytes, None, bytes]:
+    """One member; returns the input that follows it."""
+    dec = _new_stdlib(kind)
+    is_zlib = kind is Compression.GZIP
+    while True:
+        out = dec.decompress(feed, CHUNK)
+        # zlib keeps input beyond the output limit in ``unconsumed_tail``; bz2 and lzma
+        # buffer it themselves and say ``needs_input`` when they want more.
+        feed = dec.unconsumed_tail if is_zlib else b""  # type: ignore[attr-defined]
+        if out:
+            yield out
+        if dec.eof:
+            return dec.unused_data
+        if is_zlib:
+            if feed or out:
+                continue
+        elif not dec.needs_input:  # type: ignore[attr-defined]
+            continue
+        feed = read()
+        if not feed:
+            raise ArchiveError(f"truncated {kind.value} stream")
+
+
+def _zstd_chunks(read: Callable[[], bytes], head: bytes) -> Iterator[bytes]:
+    try:
+        yield from libzstd.decompress_stream(read, head, CHUNK)
+    except libzstd.ZstdError as exc:
+        raise ArchiveError(str(exc)) from exc
+
+
+def _zstd_fallback(read: Callable[[], bytes], data: bytes) -> Iterator[bytes]:
+    """The ``zstandard`` package, for hosts without libzstd. Its ``decompressobj`` has
+    no output limit, so input goes in small pieces (which bounds the output of one
+    call); its frames end in ``eof``, a frame cut short raises."""
+    import zstandard
+
+    dec = zstandard.ZstdDecompressor().decompressobj()
+    fed = False
+    while True:
+        if not data:
+            data = read()
+            if not data:
+                break
+        if dec.eof:
+            data = dec.unused_data + data
+            dec = zstandard.ZstdDecompressor().decompressobj()
+            fed = False
+        piece, data = data[:_ZSTD_PIECE], data[_ZSTD_PIECE:]
+        fed = True
+        try:
+            out: bytes = dec.decompress(piece)
+        except zstandard.ZstdError as exc:
+            raise ArchiveError(f"malformed zstd stream: {exc}") from exc
+        if out:
+            yield out
+    if fed and not dec.eof:
+        raise ArchiveError("truncated zstd stream")
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file-like view of a chunk source (for callers that want ``read(n)``)."""
+
+    def __init__(self, chunks: Chunks) -> None:
+        self._chunks = chunks
+        self._buf = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        while self._pos >= len(self._buf):
+            self._buf, self._pos = self._chunks.read(), 0
+            if not self._buf:
+                return 0
+        n = min(len(buffer), len(self._buf) - self._pos)
+        buffer[:n] = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._chunks.close()
+        super().close()
+
+
+def open_decompressed(raw: IO[bytes]) -> tuple[Compression, IO[bytes]]:
+    """Detect the compression of ``raw`` and return it with a reader of the tar bytes."""
+    kind, chunks = open_chunks(raw, threaded=False)
+    return kind, io.BufferedReader(_ChunkReader(chunks), CHUNK)

@@ -13,6 +13,7 @@
         ├── work/<id>   overlayfs work dir (same filesystem as diff/)
         ├── l/          short symlinks to diff dirs (overlay, old kernels, long chains)
         ├── staging/    things being built; renamed into place when whole
+        ├── names.json  names given to layers (``aufs import --name``): {name: id}
         ├── convert.json  journal of an unfinished ``aufs convert`` (aufs.convert)
         ├── convert/<id>.json  a layer's directory times while it is being converted
         └── attic/<id>/ AUFS housekeeping set aside while the store is in overlay format
@@ -110,6 +111,13 @@ class Layout:
     def work(self, layer_id: str) -> str:
         return f"{self.root}/.aufs/work/{layer_id}"
 
+    @staticmethod
+    def work_beside(data_dir: str) -> str:
+        """The work dir of a layer migrated by symlink (its data outside the store):
+        overlayfs needs it on the rw branch's mount."""
+        head, tail = os.path.split(data_dir)
+        return f"{head}/.{tail}.aufs-work"
+
     @property
     def links_dir(self) -> str:
         return f"{self.root}/.aufs/l"
@@ -123,6 +131,10 @@ class Layout:
 
     def staging(self, name: str) -> str:
         return f"{self.root}/.aufs/staging/{name}"
+
+    @property
+    def names_file(self) -> str:
+        return f"{self.root}/.aufs/names.json"
 
     # Format conversion (aufs.convert).
     @property

@@ -1,0 +1,453 @@
+"""Layer tar members -> a directory tree, never leaving it (Docker's ``UnpackLayer``).
+
+Every entry is created with ``*at`` calls relative to its parent directory, which is
+reached from the root fd one component at a time with ``O_NOFOLLOW | O_DIRECTORY``
+(:mod:`aufs._sys.safefs`): a symlink on the way — already in the tree or made a moment
+before by the same archive — raises :class:`BreakoutError`; so does a name that leaves
+the tree once cleaned, and a hard link to something outside the tree or missing.
+Symlink *targets* are content and may be anything. An existing entry is replaced by
+unlinking it and creating anew, never by writing into it.
+
+Whiteouts arrive as Docker/OCI ``.wh.`` entries: they remove what they delete within
+this tree and are written in the given :class:`~aufs.whiteout.WhiteoutFormat` (or not
+at all, when the tree is a mounted union that records deletions itself). AUFS hard links
+into ``.wh..wh.plnk`` are resolved as ``UnpackLayer`` does; other ``.wh..wh.*``
+housekeeping is skipped. Directory times are set last.
+
+Regular files may be written by a :class:`~aufs.archive.filewriters.FileWriters` pool;
+the thread running :class:`Unpacker` keeps every ordering that matters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import resource
+import stat
+from collections.abc import Callable
+
+from aufs._sys import safefs
+from aufs.archive import ArchiveError, BreakoutError
+from aufs.archive import tarread as t
+from aufs.archive.filewriters import (
+    FileWriters,
+    Policy,
+    copy_range,
+    create_file,
+    finish_file,
+    map_os_error,
+    set_xattrs,
+    write_views,
+)
+from aufs.whiteout import WH_META_PREFIX, WH_PLINK, WH_PREFIX, Kind, WhiteoutFormat, classify_name
+
+__all__ = ["DIR_FLAG", "ENTRY_FLAG", "Unpacker", "clean_name"]
+
+# ``Unpacker.made`` flags of a path: a directory; an entry of this archive (an opaque
+# directory keeps those).
+DIR_FLAG, ENTRY_FLAG = 1, 2
+_POOL_FILE_MAX = 4 << 20  # larger files are written by the extracting thread itself
+_WRITE_CHUNK = 1 << 20
+# Where AUFS pseudo-link targets (".wh..wh.plnk/<ino>") wait during one extraction:
+# a housekeeping name, so nothing ever exports or lists it.
+_PLNK_TMP = f"{WH_META_PREFIX}apply-plnk"
+_FMT = {t.CHR: stat.S_IFCHR, t.BLK: stat.S_IFBLK, t.FIFO: stat.S_IFIFO}
+
+
+def clean_name(name: str) -> str:
+    """Docker's cleaning of a member name: relative, normalized; "." is the root.
+    A name that leaves the tree raises BreakoutError."""
+    cleaned = posixpath.normpath(name.lstrip("/")) if name else "."
+    if cleaned == ".." or cleaned.startswith("../"):
+        raise BreakoutError(f"tar entry {name!r} would be written outside the layer")
+    return cleaned
+
+
+def _dir_cache_size() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 256
+    return max(8, min(256, soft // 4))
+
+
+class Unpacker:
+    """Extract members below ``root_fd``.
+
+    ``made``: the paths already in the tree with their flags, if the caller knows them
+    (it made the tree, e.g. a clone), else None — then the tree is searched as needed
+    and every file is written by this thread. ``writers``: the pool for regular files
+    (only with a known tree).
+    """
+
+    def __init__(self, root_fd: int, whiteouts: WhiteoutFormat | None, *,
+                 made: dict[str, int] | None, writers: FileWriters | None,
+                 policy: Policy, source_fd: int = -1) -> None:
+        self.root_fd = root_fd
+        self.source_fd = source_fd  # the tar file, if the reader leaves data in it
+        self.whiteouts = whiteouts
+        self.known = made is not None
+        self.made: dict[str, int] = made if made is not None else {}
+        self.pool = writers if made is not None else None
+        self.policy = policy
+        self.dirs: dict[str, int] = {}          # open directories by cleaned path
+        self.cache_size = _dir_cache_size()
+        # (path, (atime, mtime), mode to set at the end or -1)
+        self.dir_meta: list[tuple[str, tuple[int, int], int]] = []
+        self.plnk: dict[str, str] = {}          # pseudo-link basename -> its name in _PLNK_TMP
+        self.plnk_fd = -1
+        # A whiteout format whose marker has its own name (AUFS ``.wh.<name>``): a new
+        # entry must drop the marker of its name, or the layer would both have and hide it.
+        self.marker_named = whiteouts is not None and whiteouts.whiteout_path_name("x") != "x"
+        self.stale_whiteouts = self.marker_named and (made is None or bool(made))
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self, reader: t.TarReader) -> None:
+        while True:
+            m = reader.next()
+            if m is None:
+                break
+            try:
+                self.entry(reader, m)
+            except OSError as exc:
+                mapped = map_os_error(exc, m.name)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+        self.finish()
+
+    def close(self) -> None:
+        """Release every fd (and the pseudo-link directory); the pool must be idle."""
+        self._close_dirs()
+        if self.plnk_fd >= 0:
+            os.close(self.plnk_fd)
+            self.plnk_fd = -1
+            with contextlib.suppress(OSError):
+                safefs.remove_at(self.root_fd, _PLNK_TMP)
+
+    # -- directories -------------------------------------------------------------------
+
+    def _close_dirs(self) -> None:
+        for fd in self.dirs.values():
+            os.close(fd)
+        self.dirs.clear()
+
+    def _barrier(self) -> None:
+        if self.pool is not None:
+            self.pool.barrier()
+
+    def _wait_for(self, name: str) -> None:
+        """Wait for the pool if it is still writing the file ``name``."""
+        pool = self.pool
+        if pool is not None and pool.pending and name in pool.pending:
+            pool.barrier()
+
+    def dir_fd(self, path: str) -> int:
+        """fd of the directory ``path`` (cleaned; "" = root), made if missing, never
+        reached through a symlink."""
+        if not path:
+            return self.root_fd
+        fd = self.dirs.get(path)
+        if fd is not None:
+            return fd
+        head, _, tail = path.rpartition("/")
+        parent = self.dir_fd(head)
+        self._wait_for(path)
+        try:
+            fd = safefs.open_dir_at(parent, tail)
+        except FileNotFoundError:
+            fd = safefs.open_dir_at(parent, tail, create=0o755)
+            self.made[path] = DIR_FLAG
+        except safefs.SymlinkInPathError:
+            raise BreakoutError(f"{path!r} is a symlink: extraction never follows one") from None
+        except safefs.NotADirectoryInPathError:
+            raise ArchiveError(f"{path!r} is not a directory") from None
+        self.dirs[path] = fd
+        return fd
+
+    def lookup_dir(self, path: str) -> int:
+        """A new fd of the existing directory ``path`` (never made, never through a
+        symlink); the caller closes it."""
+        fd = self.dirs.get(path)
+        if fd is not None:
+            return os.dup(fd)
+        if not path or path == ".":
+            return os.dup(self.root_fd)
+        return safefs.open_beneath(self.root_fd, path)
+
+    def remove(self, parent_fd: int, path: str, base: str) -> bool:
+        """Remove ``path`` (``base`` in ``parent_fd``), a whole tree if a directory."""
+        self._barrier()
+        fd = self.dirs.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+            prefix = path + "/"
+            for key in [k for k in self.dirs if k.startswith(prefix)]:
+                os.close(self.dirs.pop(key))
+        self.made.pop(path, None)
+        return safefs.remove_at(parent_fd, base)
+
+    # -- one member --------------------------------------------------------------------
+
+    def entry(self, reader: t.TarReader, m: t.Member) -> None:
+        if len(self.dirs) >= self.cache_size:  # no fd of the cache is in use here
+            self._barrier()
+            self._close_dirs()
+        name = clean_name(m.name)
+        if name == ".":
+            self._root(m)
+            return
+        head, _, base = name.rpartition("/")
+        if WH_PREFIX in name and self._special(reader, m, name, head, base):
+            return
+        parent = self.dir_fd(head)
+        kind = m.kind
+        if kind == t.REG:
+            self._regular(reader, m, name, parent, base)
+        elif kind == t.DIR:
+            self._dir(m, name, parent, base)
+        elif kind == t.LNK:
+            self._hardlink(m, name, parent, base)
+        elif kind == t.SYM:
+            self._symlink(m, name, parent, base)
+        else:
+            self._node(m, name, parent, base)
+        if self.stale_whiteouts:
+            assert self.whiteouts is not None
+            safefs.remove_at(parent, self.whiteouts.whiteout_path_name(base))
+
+    def _special(self, reader: t.TarReader, m: t.Member, name: str, head: str,
+                 base: str) -> bool:
+        """Whiteouts, opaque markers and AUFS housekeeping; False for plain content."""
+        if name.startswith(WH_META_PREFIX):
+            first = name.split("/", 1)[0]
+            if first == WH_PLINK and head and m.kind == t.REG:
+                self._keep_plnk(reader, m, base)
+                return True
+            if classify_name(first).kind is Kind.HOUSEKEEPING:
+                return True
+        if WH_PREFIX in head and any(
+                classify_name(c).kind is not Kind.PLAIN for c in head.split("/")):
+            return True  # inside a whiteout or AUFS housekeeping: never content
+        kind = classify_name(base)
+        if kind.kind is Kind.PLAIN:
+            return False
+        if kind.kind is Kind.HOUSEKEEPING:
+            return True
+        parent = self.dir_fd(head)
+        if kind.kind is Kind.OPAQUE:
+            self._opaque(head, parent)
+        else:
+            self._whiteout(head, parent, kind.target, m.mode)
+        return True
+
+    def _root(self, m: t.Member) -> None:
+        if m.kind != t.DIR:
+            raise ArchiveError(f"tar entry {m.name!r} names the layer root: not a directory")
+        fd = self.root_fd
+        self.policy.chown(fd, m.uid, m.gid)
+        if m.xattrs:
+            set_xattrs(fd, m.xattrs)
+        os.fchmod(fd, m.mode)
+        self.dir_meta.append((".", _times(m), -1))
+
+    def _whiteout(self, head: str, parent: int, target: str, mode: int) -> None:
+        if target in ("", ".", ".."):
+            raise BreakoutError(f"whiteout of {posixpath.join(head, target)!r}: not a name "
+                                "in the layer")
+        path = f"{head}/{target}" if head else target
+        self.remove(parent, path, target)
+        if self.whiteouts is not None:
+            self.whiteouts.make_whiteout(parent, target, mode & 0o777 or 0o600)
+            marker = self.whiteouts.whiteout_path_name(target)
+            self.made[f"{head}/{marker}" if head else marker] = ENTRY_FLAG
+            self.stale_whiteouts = self.marker_named
+
+    def _opaque(self, head: str, dir_fd: int) -> None:
+        self._barrier()
+        self._prune(head, dir_fd)
+        if self.whiteouts is not None:
+            self.whiteouts.make_opaque(dir_fd)
+
+    def _prune(self, path: str, dir_fd: int) -> None:
+        """Remove what is in the directory and was not written by this archive."""
+        with os.scandir(dir_fd) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        for name, is_dir in entries:
+            sub = f"{path}/{name}" if path else name
+            if sub == _PLNK_TMP:
+                continue
+            if not self.made.get(sub, 0) & ENTRY_FLAG:
+                self.remove(dir_fd, sub, name)
+            elif is_dir:  # not cached: a deep prune must not pile up open fds
+                fd = safefs.open_dir_at(dir_fd, name)
+                try:
+                    self._prune(sub, fd)
+                finally:
+                    os.close(fd)
+
+    def _keep_plnk(self, reader: t.TarReader, m: t.Member, base: str) -> None:
+        if self.plnk_fd < 0:
+            self.plnk_fd = safefs.open_dir_at(self.root_fd, _PLNK_TMP, create=0o700)
+        tmp = f"{len(self.plnk)}"
+        self._write_here(reader, m, self.plnk_fd, tmp, None)
+        self.plnk[base] = tmp
+
+    # -- creating entries --------------------------------------------------------------
+
+    def _replace(self, parent: int, name: str, base: str, make: Callable[[], object]) -> None:
+        """Run ``make`` (creates ``base``), replacing whatever is there first."""
+        self._wait_for(name)
+        try:
+            make()
+        except FileExistsError:
+            self.remove(parent, name, base)
+            make()
+
+    def _regular(self, reader: t.TarReader, m: t.Member, name: str, parent: int,
+                 base: str) -> None:
+        pool = self.pool
+        if pool is not None:
+            self._wait_for(name)
+            if self.made.get(name, 0) & DIR_FLAG:
+                self.remove(parent, name, base)
+            self.made[name] = ENTRY_FLAG
+            if m.size <= _POOL_FILE_MAX or reader.direct:
+                views, offset, length = reader.take(m.size)
+                pool.submit(name, parent, base, (views, self.source_fd, offset, length), m)
+                return
+        self._write_here(reader, m, parent, base, name)
+        self.made[name] = ENTRY_FLAG
+
+    def _write_here(self, reader: t.TarReader, m: t.Member, parent: int, base: str,
+                    name: str | None) -> None:
+        """Create and fill a regular file in this thread (``name``: replace what holds
+        it; None: the name is known to be free)."""
+        mode, chmod = self.policy.create_mode(m.mode)
+        try:
+            fd = create_file(parent, base, mode)
+        except FileExistsError:
+            if name is None:
+                raise
+            self.remove(parent, name, base)
+            fd = create_file(parent, base, mode)
+        try:
+            if reader.direct:
+                views, offset, length = reader.take(reader.left)
+                write_views(fd, views)
+                if length:
+                    copy_range(self.source_fd, offset, length, fd)
+            while reader.left:
+                view = reader.chunk(_WRITE_CHUNK)
+                while view:
+                    view = view[os.write(fd, view):]
+            finish_file(fd, m, self.policy, chmod)
+        finally:
+            os.close(fd)
+
+    def _dir(self, m: t.Member, name: str, parent: int, base: str) -> None:
+        policy = self.policy
+        defer = not policy.root and m.mode & 0o700 != 0o700  # we must still write into it
+        mode, chmod = policy.create_mode(m.mode | 0o700 if defer else m.mode)
+        if chmod:
+            mode = 0o700
+        self._wait_for(name)
+        try:
+            os.mkdir(base, mode, dir_fd=parent)
+            chmod = chmod or mode != m.mode
+        except FileExistsError:
+            # An existing directory is merged, its metadata replaced; anything else goes.
+            known_dir = self.known and self.made.get(name, 0) & DIR_FLAG
+            if not known_dir and not stat.S_ISDIR(os.lstat(base, dir_fd=parent).st_mode):
+                self.remove(parent, name, base)
+                os.mkdir(base, mode, dir_fd=parent)
+            chmod = True
+        self.made[name] = DIR_FLAG | ENTRY_FLAG
+        policy.chown(base, m.uid, m.gid, dir_fd=parent)
+        if m.xattrs:
+            set_xattrs(self.dir_fd(name), m.xattrs)
+        if chmod and not defer:  # just made or checked: a directory, not a symlink
+            os.chmod(base, m.mode, dir_fd=parent)
+        self.dir_meta.append((name, _times(m), m.mode if defer else -1))
+
+    def _symlink(self, m: t.Member, name: str, parent: int, base: str) -> None:
+        self._replace(parent, name, base, lambda: os.symlink(m.linkname, base, dir_fd=parent))
+        self.made[name] = ENTRY_FLAG
+        self._meta_at(m, parent, base, chmod=False)
+
+    def _node(self, m: t.Member, name: str, parent: int, base: str) -> None:
+        fmt = _FMT[m.kind]
+        dev = os.makedev(m.devmajor, m.devminor) if fmt != stat.S_IFIFO else 0
+        self._replace(parent, name, base,
+                      lambda: os.mknod(base, fmt | 0o600, dev, dir_fd=parent))
+        self.made[name] = ENTRY_FLAG
+        self._meta_at(m, parent, base, chmod=True)
+
+    def _meta_at(self, m: t.Member, parent: int, base: str, *, chmod: bool) -> None:
+        self.policy.chown(base, m.uid, m.gid, dir_fd=parent)
+        if m.xattrs:
+            set_xattrs(safefs.proc_path(parent, base), m.xattrs)
+        if chmod:  # just made by us, in a directory only we write: not a symlink
+            os.chmod(base, m.mode, dir_fd=parent)
+        os.utime(base, ns=_times(m), dir_fd=parent, follow_symlinks=False)
+
+    def _hardlink(self, m: t.Member, name: str, parent: int, base: str) -> None:
+        target = clean_name(m.linkname)
+        if target.split("/", 1)[0] == WH_PLINK:
+            tmp = self.plnk.get(posixpath.basename(target))
+            if tmp is None:
+                raise ArchiveError(f"hard link {m.name!r} to unknown AUFS pseudo-link "
+                                   f"{m.linkname!r}")
+            src_fd, src_base, owned = self.plnk_fd, tmp, False
+        else:
+            if target == ".":
+                raise BreakoutError(f"hard link {m.name!r} to the layer root")
+            if target == name or target.startswith(name + "/"):
+                raise ArchiveError(f"hard link {m.name!r} to itself or below it")
+            self._wait_for(target)
+            head, _, src_base = target.rpartition("/")
+            try:
+                src_fd, owned = self.lookup_dir(head), True
+            except FileNotFoundError:
+                raise BreakoutError(f"hard link {m.name!r} to missing "
+                                    f"{m.linkname!r}") from None
+            except (safefs.SymlinkInPathError, safefs.NotADirectoryInPathError) as exc:
+                raise BreakoutError(f"hard link {m.name!r} to {m.linkname!r}: "
+                                    f"{exc.strerror} ({exc.filename!r})") from None
+        try:
+            self._replace(parent, name, base, lambda: os.link(
+                src_base, base, src_dir_fd=src_fd, dst_dir_fd=parent, follow_symlinks=False))
+        except FileNotFoundError:
+            raise BreakoutError(f"hard link {m.name!r} to missing "
+                                f"{m.linkname!r}") from None
+        except PermissionError:
+            raise BreakoutError(f"hard link {m.name!r} to {m.linkname!r}, "
+                                "which is not a file") from None
+        finally:
+            if owned:
+                os.close(src_fd)
+        self.made[name] = ENTRY_FLAG
+
+    # -- the end -----------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Wait for the pool; then directory modes and times: creating their contents
+        changed the times."""
+        self._barrier()
+        for name, times, mode in self.dir_meta:
+            try:
+                fd = self.lookup_dir(name)
+            except (FileNotFoundError, safefs.SymlinkInPathError,
+                    safefs.NotADirectoryInPathError):
+                continue  # replaced or removed later in the archive
+            try:
+                if mode >= 0:
+                    os.fchmod(fd, mode)
+                os.utime(fd, ns=times)
+            finally:
+                os.close(fd)
+
+
+def _times(m: t.Member) -> tuple[int, int]:
+    return (m.atime_ns if m.atime_ns is not None else m.mtime_ns), m.mtime_ns

@@ -1,0 +1,249 @@
+"""``aufs convert --to overlay|aufs``: rewrite a store's whiteouts in place.
+
+A store keeps one whiteout format (``.aufs/store.json``): ``aufs`` (``.wh.`` files; what
+Docker's aufs driver left behind, read by fuse-overlayfs) or ``overlay`` (0:0 character
+devices and ``trusted.overlay.opaque``; what kernel overlayfs needs). Converting rewrites
+every layer's markers with :meth:`WhiteoutFormat.normalize` — the migration Docker never
+shipped, which made users re-pull every image when they left aufs.
+
+What a layer looks like afterwards: each marker keeps the owner, mode and times of the
+one it replaces, and every directory whose entries changed gets its times back, so
+``changes`` and ``diff`` of every layer are the same before and after. AUFS housekeeping
+(``.wh..wh.plnk`` pseudo-links, ``.wh..wh.aufs``, ``.wh..wh.orph``, anything under
+``.wh..wh.``) would be ordinary visible files in an overlay union: converting to overlay
+moves each such entry into ``.aufs/attic/<id>/<its path>``, and converting back to aufs
+puts it back (unless the layer has since got something of that name, or lost the
+directory: then the attic copy is dropped). Nothing of it is ever content. The other
+engine's private attributes (``user.fuseoverlayfs.*``, ``trusted.overlay.*``) go too.
+
+Crash safety — kill -9 at any point, run the same command again, and it finishes:
+
+1. Under the store lock, with no layer mounted or held, ``.aufs/convert.json`` (the
+   journal: target format, layers done) is written before any layer is touched.
+2. Layer by layer (:mod:`aufs.layer_format`): the times of the directories about to
+   change are saved in ``.aufs/convert/<id>.json`` first; then markers are rewritten
+   (each new one is made before the old one is removed: :meth:`~WhiteoutFormat.normalize`
+   is idempotent) and housekeeping moved (one rename each; across filesystems a copy
+   published by rename, then the original removed); then the times are put back, the
+   layer is added to the journal, and its time file goes.
+3. When all layers are done ``store.json`` flips to the new format, and then the
+   journal goes.
+
+While a journal exists :func:`aufs.init` refuses the store (:class:`ConversionPendingError`,
+telling to run ``aufs convert --to X``): its layers are in two formats and no engine
+reads that correctly. Running ``convert`` again finishes the job; running it with the
+other target converts every layer to that one instead (also a way to undo).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+
+from aufs._sys import mountinfo
+from aufs._sys.files import ensure_dir, rmtree, write_atomic
+from aufs.graphdriver import DriverError, LayerInUseError
+from aufs.layer_format import LayerRewrite, normalize_layer
+from aufs.store import layers, meta, refs
+from aufs.store.layout import Layout
+from aufs.store.lock import StoreLock
+from aufs.whiteout import AUFS, get_format
+
+__all__ = ["ConversionPendingError", "ConvertReport", "check_not_pending", "convert",
+           "pending"]
+
+JOURNAL_VERSION = 1
+
+
+class ConversionPendingError(DriverError):
+    """The store's whiteouts are half converted; ``aufs convert`` must finish first."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertReport:
+    root: str
+    source: str        # the store's whiteout format before
+    target: str        # and after
+    layers: int        # layers in the store
+    converted: int     # layers rewritten by this run (a resumed run skips finished ones)
+    resumed: bool      # an interrupted conversion was found and finished
+    rewritten: int     # whiteouts and opaque markers rewritten
+    set_aside: int     # housekeeping entries moved into the attic (to overlay)
+    restored: int      # housekeeping entries moved back from the attic (to aufs)
+
+    def __str__(self) -> str:
+        how = "finished converting" if self.resumed else "converted"
+        text = (f"{how} {self.root} from {self.source} to {self.target} whiteouts: "
+                f"{self.converted} of {self.layers} layers, {self.rewritten} markers rewritten")
+        if self.set_aside:
+            text += f", {self.set_aside} AUFS housekeeping entries set aside"
+        if self.restored:
+            text += f", {self.restored} AUFS housekeeping entries restored"
+        return text
+
+
+@dataclass(slots=True)
+class _Journal:
+    target: str
+    source: str
+    done: list[str] = field(default_factory=list)
+
+
+# -- the journal -----------------------------------------------------------------------
+
+
+def _read_journal(layout: Layout) -> _Journal | None:
+    try:
+        with open(layout.convert_journal, encoding="utf-8") as f:
+            raw = json.load(f)
+        journal = _Journal(target=str(raw["to"]), source=str(raw["from"]),
+                           done=[str(i) for i in raw["done"]])
+        get_format(journal.target)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DriverError(f"{layout.convert_journal}: unreadable conversion journal: {exc}; "
+                          f"run aufs convert --to overlay or --to aufs to redo the "
+                          f"conversion") from exc
+    return journal
+
+
+def _write_journal(layout: Layout, journal: _Journal) -> None:
+    body = {"version": JOURNAL_VERSION, "to": journal.target, "from": journal.source,
+            "done": journal.done}
+    write_atomic(layout.convert_journal, (json.dumps(body) + "\n").encode())
+
+
+def pending(layout: Layout) -> str | None:
+    """The target format of an unfinished conversion of the store, or None."""
+    try:
+        journal = _read_journal(layout)
+    except DriverError:
+        return "overlay or aufs"
+    return None if journal is None else journal.target
+
+
+def check_not_pending(layout: Layout) -> None:
+    """Raise :class:`ConversionPendingError` if a conversion of the store is unfinished."""
+    target = pending(layout)
+    if target is not None:
+        to = target if target in ("aufs", "overlay") else "overlay"
+        raise ConversionPendingError(
+            f"{layout.root}: a conversion of the store's whiteouts to {target} was "
+            f"interrupted; finish it with: aufs --root {layout.root} convert --to {to}")
+
+
+# -- the whole store -------------------------------------------------------------------
+
+
+def convert(root: str | os.PathLike[str], to: str) -> ConvertReport:
+    """Rewrite the whiteouts of every layer of the store at ``root`` into format ``to``
+    (``"overlay"`` or ``"aufs"``); finish an interrupted conversion. See the module doc.
+
+    Raises ValueError for an unknown format, LayerInUseError while a layer is mounted or
+    held, DriverError if ``root`` is no store.
+    """
+    fmt = get_format(to)
+    layout = Layout.at(os.path.realpath(os.fspath(root)))
+    if not os.path.isdir(layout.layers_dir):
+        raise DriverError(f"{layout.root} is not a layer store (it has no layers/ directory)")
+    ensure_dir(layout.private_dir)  # a Docker aufs store has none yet
+    with StoreLock(layout.lock_file).hold():
+        _check_idle(layout)
+        stored = meta.read(layout.meta_file)
+        source = stored.whiteouts if stored is not None else AUFS.name
+        try:
+            journal = _read_journal(layout)
+        except DriverError:
+            journal = None  # unreadable: start over (every step is idempotent)
+        resumed = journal is not None and journal.target == fmt.name
+        if journal is None or journal.target != fmt.name:
+            journal = _Journal(target=fmt.name, source=source)
+            _write_journal(layout, journal)  # from here on, init refuses the store
+        ids = layers.list_ids(layout.layers_dir)
+        done = set(journal.done)
+        counts = LayerRewrite()
+        converted = 0
+        for layer_id in ids:
+            if layer_id in done:
+                continue
+            path = _layer_dir(layout, layer_id)
+            if path is not None:
+                counts.add(normalize_layer(layout, layer_id, path, fmt))
+            journal.done.append(layer_id)
+            _write_journal(layout, journal)
+            converted += 1
+        engine = stored.engine if stored is not None and stored.whiteouts == fmt.name else ""
+        meta.write(layout.meta_file, meta.StoreMeta(whiteouts=fmt.name, engine=engine))
+        _tidy(layout)
+        os.unlink(layout.convert_journal)
+    return ConvertReport(root=layout.root, source=journal.source, target=fmt.name,
+                         layers=len(ids), converted=converted, resumed=resumed,
+                         rewritten=counts.rewritten, set_aside=counts.set_aside,
+                         restored=counts.restored)
+
+
+def _check_idle(layout: Layout) -> None:
+    """Refuse while anything uses a layer: a union mounted, a reference held (a layer
+    without parents is used in place), an extraction under way."""
+    below = (layout.mnt_dir + "/", layout.diff_dir + "/")
+    mounted = [e.mountpoint for e in mountinfo.mounts_under(layout.root)
+               if e.mountpoint.startswith(below)]
+    if mounted:
+        names = ", ".join(os.path.basename(m) for m in mounted[:5])
+        raise LayerInUseError(f"cannot convert while layers are mounted ({names}); "
+                              f"unmount them (aufs umount ID) or run aufs cleanup")
+    held = sorted(i for i, n in refs.all_counts(layout.refs_dir).items() if n > 0)
+    if held:
+        raise LayerInUseError(f"cannot convert while layers are in use ({', '.join(held[:5])} "
+                              f"hold references); put them (aufs umount ID) or run "
+                              f"aufs cleanup")
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(layout.staging_dir):
+            pid = name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                raise LayerInUseError(f"cannot convert while process {pid} is writing a "
+                                      f"layer ({layout.staging(name)})")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _layer_dir(layout: Layout, layer_id: str) -> str | None:
+    """The layer's directory; a migrated layer's ``diff/<id>`` may be a symlink to it."""
+    path = layout.diff(layer_id)
+    if os.path.islink(path):
+        path = os.path.realpath(path)
+    return path if os.path.isdir(path) else None
+
+
+def _tidy(layout: Layout) -> None:
+    """Drop what killed runs and removed layers left: temporary journal and time files,
+    attics of layers gone, empty dirs."""
+    # write_atomic's temporary files; their writers held the lock we hold now.
+    temps = tuple(os.path.basename(p) + "~" for p in (layout.convert_journal, layout.meta_file))
+    for top, prefixes in ((layout.private_dir, temps), (layout.convert_dir, ("",))):
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(top):
+                if name.startswith(prefixes) and "~" in name:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(top, name))
+    # The attic and time file of a layer removed since its conversion are garbage.
+    for top, suffix in ((layout.attic_dir, ""), (layout.convert_dir, ".json")):
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(top):
+                layer_id = name.removesuffix(suffix)
+                if not os.path.lexists(layout.layers(layer_id)):
+                    rmtree(os.path.join(top, name))
+    for empty in (layout.convert_dir, layout.attic_dir):
+        with contextlib.suppress(OSError):
+            os.rmdir(empty)

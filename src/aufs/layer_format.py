@@ -1,0 +1,348 @@
+"""One layer's whiteouts rewritten into a store format, in place, safe to kill anywhere.
+
+Used by ``aufs convert`` (:mod:`aufs.convert`, which journals the store as a whole) and by
+the pre-0.7 migration (:mod:`aufs.migrate`, whose AUFS layers may move into an overlay
+store). Per layer:
+
+1. the times of the directories about to change are saved in ``.aufs/convert/<id>.json``
+   (kept from an earlier, killed attempt if there is one: those are the original times);
+2. :meth:`WhiteoutFormat.normalize` rewrites the markers (the new one made before the old
+   one goes, with its owner, mode and times); to overlay, AUFS housekeeping is moved into
+   ``.aufs/attic/<id>/<its path>`` (kernel overlayfs would show it), to aufs it comes
+   back from there (dropped if the layer lost its directory or has since got an entry
+   of that name); the other engine's private xattrs go (never content, never exported);
+3. the saved times are put back and the time file goes.
+
+Every step is idempotent: running it again after a kill finishes the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from aufs._sys.files import ensure_dir, rmtree, write_atomic
+from aufs.graphdriver import DriverError
+from aufs.store.layout import Layout
+from aufs.whiteout import (
+    AUFS,
+    OVERLAY,
+    OVERLAY_XATTR_PREFIX,
+    WH_PREFIX,
+    Kind,
+    WhiteoutFormat,
+    classify_name,
+    has_opaque_xattr,
+    is_overlay_whiteout_mode,
+)
+
+__all__ = ["LayerRewrite", "normalize_layer"]
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FUSE_XATTR_PREFIX = "user.fuseoverlayfs."  # fuse-overlayfs's own attributes
+_PARTIAL = "~partial"  # a copy being made (cross-filesystem moves); "~" is never an id
+
+
+@dataclass(slots=True)
+class LayerRewrite:
+    """What rewriting layers did (added up over layers by :mod:`aufs.convert`)."""
+
+    rewritten: int = 0  # whiteouts and opaque markers rewritten
+    set_aside: int = 0  # housekeeping entries moved into the attic
+    restored: int = 0   # housekeeping entries moved back from the attic
+
+    def add(self, other: LayerRewrite) -> None:
+        self.rewritten += other.rewritten
+        self.set_aside += other.set_aside
+        self.restored += other.restored
+
+
+def normalize_layer(layout: Layout, layer_id: str, path: str,
+                    fmt: WhiteoutFormat) -> LayerRewrite:
+    """Rewrite the layer directory ``path`` (the data of ``layer_id``) into ``fmt``,
+    keeping directory times and the attic; idempotent, and safe to kill at any point.
+    The caller holds the store lock."""
+    manifest = layout.convert_manifest(layer_id)
+    saved = _read_times(manifest)
+    attic = layout.attic(layer_id)
+    times = {**_dirs_to_touch(path, attic if fmt is AUFS else None), **saved}
+    if times != saved:
+        ensure_dir(layout.convert_dir)
+        write_atomic(manifest, (json.dumps(times) + "\n").encode())
+    counts = LayerRewrite()
+    if fmt is OVERLAY:
+        mover = _AtticMover(path, attic)
+        counts.rewritten = fmt.normalize(path, set_aside=mover) - mover.count
+        counts.set_aside = mover.count
+        _drop_xattrs_below(path, _FUSE_XATTR_PREFIX)
+    else:
+        counts.rewritten = fmt.normalize(path)
+        _drop_xattrs_below(path, OVERLAY_XATTR_PREFIX)  # after normalize read opaque ones
+        counts.restored = _restore_attic(attic, path)
+    _restore_times(path, times)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(manifest)
+    return counts
+
+
+def _walk_dirs(path: str) -> Iterator[tuple[int, str, list[os.DirEntry[str]]]]:
+    """Each directory of the layer at ``path``: an open fd, its path below the layer ("" for
+    the root) and its entries. No symlink is followed, no mount crossed, and no directory
+    whose name is a marker or housekeeping (``.wh.*``) entered."""
+    root_fd = os.open(path, _O_DIR)
+    dev = os.fstat(root_fd).st_dev
+    stack = [(root_fd, "")]
+    try:
+        while stack:
+            fd, rel = stack.pop()
+            try:
+                with os.scandir(fd) as it:
+                    entries = list(it)
+                yield fd, rel, entries
+                for e in entries:
+                    if e.name.startswith(WH_PREFIX) or not e.is_dir(follow_symlinks=False):
+                        continue
+                    sub = os.open(e.name, _O_DIR, dir_fd=fd)
+                    if os.fstat(sub).st_dev != dev:
+                        os.close(sub)
+                        continue
+                    stack.append((sub, f"{rel}/{e.name}" if rel else e.name))
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+
+
+def _drop_xattrs_below(path: str, prefix: str) -> None:
+    """Remove the other engine's private attributes (never content, never exported) from
+    every file and directory of the layer: kernel overlayfs would show fuse-overlayfs's
+    ``user.fuseoverlayfs.*``, fuse-overlayfs kernel overlayfs's ``trusted.overlay.*``."""
+    for fd, _, entries in _walk_dirs(path):
+        _drop_xattrs(fd, prefix)
+        for e in entries:
+            if e.is_file(follow_symlinks=False):
+                _drop_xattrs(f"/proc/self/fd/{fd}/{e.name}", prefix)
+
+
+def _drop_xattrs(target: int | str, prefix: str) -> None:
+    """From an open directory or a (not followed) path."""
+    try:
+        if isinstance(target, int):
+            names = os.listxattr(target)
+        else:
+            names = os.listxattr(target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.ENOENT):
+            return
+        raise
+    for name in names:
+        if name.startswith(prefix):
+            if isinstance(target, int):
+                os.removexattr(target, name)
+            else:
+                os.removexattr(target, name, follow_symlinks=False)
+
+
+def _read_times(manifest: str) -> dict[str, list[int]]:
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise DriverError(f"{manifest}: unreadable: {exc}") from exc
+    return {str(k): [int(v[0]), int(v[1])] for k, v in raw.items()}
+
+
+def _dirs_to_touch(path: str, attic: str | None) -> dict[str, list[int]]:
+    """(atime, mtime) of every directory of the layer whose entries a conversion may
+    change: it holds a marker of either format or housekeeping, is overlay-opaque, or
+    gets housekeeping back from ``attic``. Keys are paths below the layer ("" = root)."""
+    out: dict[str, list[int]] = {}
+    for fd, rel, entries in _walk_dirs(path):
+        touched = has_opaque_xattr(fd)
+        for e in entries:
+            if touched:
+                break
+            if e.name.startswith(WH_PREFIX):
+                touched = True
+            elif not (e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False)
+                      or e.is_symlink()):
+                st = e.stat(follow_symlinks=False)
+                touched = is_overlay_whiteout_mode(st.st_mode, st.st_rdev)
+        if touched:
+            st = os.fstat(fd)
+            out[rel] = [st.st_atime_ns, st.st_mtime_ns]
+    if attic is not None:
+        for rel, _ in _attic_entries(attic):
+            parent = rel.rpartition("/")[0]
+            parent_fd = None if parent in out else _open_rel(path, parent)
+            if parent_fd is not None:
+                try:
+                    st = os.fstat(parent_fd)
+                    out[parent] = [st.st_atime_ns, st.st_mtime_ns]
+                finally:
+                    os.close(parent_fd)
+    return out
+
+
+def _restore_times(path: str, times: dict[str, list[int]]) -> None:
+    for rel, (atime, mtime) in times.items():
+        fd = _open_rel(path, rel)
+        if fd is None:
+            continue  # gone (a directory the layer no longer has)
+        try:
+            if os.fstat(fd).st_mtime_ns != mtime:  # untouched dirs keep their ctime
+                os.utime(fd, ns=(atime, mtime))
+        finally:
+            os.close(fd)
+
+
+def _open_rel(path: str, rel: str) -> int | None:
+    """The directory ``rel`` below ``path``, one component at a time, no symlink followed;
+    None if it is not there (or not a directory)."""
+    fd = os.open(path, _O_DIR)
+    for comp in rel.split("/") if rel else ():
+        try:
+            sub = os.open(comp, _O_DIR, dir_fd=fd)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return None
+            raise
+        os.close(fd)
+        fd = sub
+    return fd
+
+
+# -- the attic of AUFS housekeeping ------------------------------------------------------
+
+
+class _AtticMover:
+    """``normalize``'s ``set_aside`` hook: moves a housekeeping entry of the layer at
+    ``layer`` to the same path below ``attic``."""
+
+    def __init__(self, layer: str, attic: str) -> None:
+        self.layer = layer
+        self.attic = attic
+        self.count = 0
+
+    def __call__(self, dir_fd: int, name: str, rel: str) -> None:
+        dst = f"{self.attic}/{rel}"
+        os.makedirs(os.path.dirname(dst), 0o700, exist_ok=True)
+        if os.path.lexists(dst):
+            if os.stat(dir_fd).st_dev == os.lstat(os.path.dirname(dst)).st_dev:
+                raise DriverError(f"cannot set {self.layer}/{rel} aside: {dst} exists")
+            _remove(f"{self.layer}/{rel}")  # a killed run published the copy already
+        else:
+            _move(dir_fd, name, f"{self.layer}/{rel}", dst)
+        self.count += 1
+
+
+def _attic_entries(attic: str) -> list[tuple[str, str]]:
+    """(path below the layer, path in the attic) of each housekeeping entry set aside."""
+    out: list[tuple[str, str]] = []
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        where = f"{attic}/{rel}" if rel else attic
+        try:
+            entries = list(os.scandir(where))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for e in entries:
+            sub = f"{rel}/{e.name}" if rel else e.name
+            if _PARTIAL in e.name:
+                rmtree(e.path)  # an unfinished copy
+            elif classify_name(e.name).kind is Kind.HOUSEKEEPING:
+                out.append((sub, e.path))
+            elif e.is_dir(follow_symlinks=False):
+                stack.append(sub)
+    return out
+
+
+def _restore_attic(attic: str, layer: str) -> int:
+    """Move the housekeeping set aside from ``layer`` back; returns entries restored."""
+    restored = 0
+    for rel, src in _attic_entries(attic):
+        parent, _, name = rel.rpartition("/")
+        fd = _open_rel(layer, parent)
+        if fd is None:  # the directory went while the store was in overlay format
+            _remove(src)
+            continue
+        try:
+            taken = _lexists_at(fd, name)
+            if not taken:
+                _move_in(src, fd, name, f"{layer}/{rel}")
+                restored += 1
+            _remove(src)  # restored, or the layer has since got an entry of that name
+        finally:
+            os.close(fd)
+    if os.path.isdir(attic):
+        _remove_empty_dirs(attic)
+    return restored
+
+
+def _remove_empty_dirs(top: str) -> None:
+    for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)
+
+
+def _lexists_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _move(src_dir_fd: int, name: str, src_path: str, dst: str) -> None:
+    """Move the entry ``name`` of ``src_dir_fd`` (known as ``src_path``) to ``dst``: a
+    rename, or across filesystems a copy published by rename and then the removal."""
+    try:
+        os.rename(name, dst, src_dir_fd=src_dir_fd)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    partial = dst + _PARTIAL
+    _remove(partial)
+    _copy(src_path, partial)
+    os.rename(partial, dst)
+    _remove(src_path)
+
+
+def _move_in(src: str, dst_dir_fd: int, name: str, dst_path: str) -> None:
+    """Move ``src`` (in the attic) to the entry ``name`` of ``dst_dir_fd`` (known as
+    ``dst_path``); across filesystems the copy is made under a housekeeping name, which
+    no union shows, and renamed into place."""
+    try:
+        os.rename(src, name, dst_dir_fd=dst_dir_fd)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    partial_name = f"{name}{_PARTIAL}"  # ".wh..wh.plnk~partial": still housekeeping
+    partial = f"{os.path.dirname(dst_path)}/{partial_name}"
+    _remove(partial)
+    _copy(src, partial)
+    os.rename(partial_name, name, src_dir_fd=dst_dir_fd, dst_dir_fd=dst_dir_fd)
+
+
+def _copy(src: str, dst: str) -> None:
+    if stat.S_ISDIR(os.lstat(src).st_mode):
+        shutil.copytree(src, dst, symlinks=True)
+    else:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _remove(path: str) -> None:
+    rmtree(path)  # a file or a tree, never across a mount, no error if absent

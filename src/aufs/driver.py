@@ -338,11 +338,14 @@ class Driver:
 
     @contextlib.contextmanager
     def _reading(self, *ids: str) -> Iterator[None]:
-        """A layer that another thread or process removes while we read it is unknown."""
+        """A layer that another thread or process removes while we read it is unknown
+        (also when a new layer of the same id has been created meanwhile)."""
+        before = {i: _inode(self.layout.diff(i)) for i in ids if i and is_valid_id(i)}
         try:
             yield
         except FileNotFoundError as exc:
-            gone = [i for i in ids if i and not self.exists(i)]
+            gone = [i for i, ino in before.items()
+                    if not self.exists(i) or _inode(self.layout.diff(i)) != ino]
             if not gone:
                 raise
             raise LayerNotFoundError(f"no such layer: {gone[0]} (removed meanwhile)") from exc
@@ -440,3 +443,10 @@ def _mount_state(path: str, parent: str) -> _Mount:
 
 def _is_mounted(path: str, parent: str) -> bool:
     return _mount_state(path, parent) is not _Mount.NONE
+
+
+def _inode(path: str) -> int:
+    try:
+        return os.lstat(path).st_ino
+    except FileNotFoundError:
+        return 0

@@ -382,7 +382,9 @@ class Driver:
             validate_id(parent)
         from aufs.archive import apply
 
-        apply.apply_layer(self, id, stream)
+        size = apply.apply_layer(self, id, stream)  # counted as it went, if it could
+        if size is not None and not self._naive(id, parent):
+            return size
         return self.diff_size(id, parent)
 
     def migrate(self, path: str | os.PathLike[str],

@@ -57,6 +57,7 @@ class _Child:
             stderr=subprocess.PIPE, close_fds=True,
         )
         self.lines: list[str] = []
+        self.times: list[float] = []  # when each line arrived (monotonic)
         self.started = threading.Event()
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
@@ -66,6 +67,7 @@ class _Child:
         assert out is not None
         for raw in out:
             line = raw.decode(errors="replace").rstrip("\n")
+            self.times.append(time.monotonic())
             self.lines.append(line)
             if line == "started":
                 self.started.set()
@@ -106,6 +108,17 @@ class KillRecord:
     events: list[tuple[str, str, str]]  # ("B"|"E", op, id)
     returncode: int
     stderr: str
+    times: list[float] = field(default_factory=list)  # when each event was seen
+
+    def duration(self, op: str) -> float | None:
+        """Seconds from the start to the end of the first completed ``op``, if any."""
+        began = None
+        for (be, o, _), t in zip(self.events, self.times, strict=True):
+            if o == op and be == "B":
+                began = t
+            elif o == op and be == "E" and began is not None:
+                return t - began
+        return None
 
     @property
     def completed(self) -> list[tuple[str, str]]:
@@ -146,12 +159,13 @@ class Crasher:
                 rc = child.kill()
                 raise RuntimeError(f"child died by itself (rc={rc}): {child.stderr()}")
             rc = child.kill()
-            events = []
-            for line in child.lines:
+            events, times = [], []
+            for line, seen in zip(child.lines, child.times, strict=True):
                 parts = line.split(" ")
                 if len(parts) == 3 and parts[0] in ("B", "E"):
                     events.append((parts[0], parts[1], parts[2]))
-            return KillRecord(delay, events, rc, child.stderr())
+                    times.append(seen)
+            return KillRecord(delay, events, rc, child.stderr(), times)
         finally:
             child.close()
 

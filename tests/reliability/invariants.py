@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from aufs._sys import mountinfo
 from aufs.store.layers import read_chain
 from aufs.store.layout import REMOVING_SUFFIX, Layout
+from aufs.whiteout import WH_PREFIX
 
 
 def _names(path: str) -> set[str]:
@@ -200,10 +201,14 @@ def _kind(mode: int) -> str:
 
 def without_dir_times(snap: dict[str, Node]) -> dict[str, Node]:
     """The snapshot with the mtimes of directories (they move whenever an entry changes)
-    and of overlay whiteouts (made at apply time, not from the tar) zeroed."""
+    and of whiteout markers of either format (made at apply time, not from the tar)
+    zeroed."""
+    def timeless(rel: str, n: Node) -> bool:
+        return (n.kind == "dir" or (n.kind == "chr" and n.content == "0:0")
+                or os.path.basename(rel).startswith(WH_PREFIX))
+
     return {rel: (Node(n.kind, n.mode, n.uid, n.gid, 0, n.size, n.content, n.xattrs,
-                       n.link_group)
-                  if n.kind == "dir" or (n.kind == "chr" and n.content == "0:0") else n)
+                       n.link_group) if timeless(rel, n) else n)
             for rel, n in snap.items()}
 
 

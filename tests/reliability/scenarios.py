@@ -205,6 +205,9 @@ class ApplyScenario:
         return {"id": layer_id, "parent": "P", "tar": self.after_path}
 
     def verify(self, d: aufs.Driver, rec: KillRecord, args: dict[str, Any]) -> list[str]:
+        seen = rec.duration("apply")
+        if seen is not None:  # the child's apply finished first: aim the kills earlier
+            self.scenario.max_delay = min(self.scenario.max_delay, 0.9 * seen)
         layer_id = args["id"]
         before = self.snapshots.pop(layer_id)
         if not d.exists(layer_id):

@@ -8,6 +8,7 @@ import io
 import lzma
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -102,3 +103,75 @@ def test_corrupt_raises(kind: Compression) -> None:
     _, reader = open_decompressed(io.BytesIO(bytes(packed)))
     with pytest.raises(ArchiveError):
         reader.read()
+
+
+@pytest.fixture(params=["libzstd", "zstandard"])
+def zstd_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both zstd decoders: the system's libzstd (ctypes) and the zstandard package."""
+    from aufs._sys import zstd as libzstd
+
+    if request.param == "libzstd":
+        if not libzstd.available():
+            pytest.skip("no libzstd on this host")
+    else:
+        monkeypatch.setattr(libzstd, "available", lambda: False)
+    return str(request.param)
+
+
+def _zstd_read(data: bytes, threaded: bool = False) -> bytes:
+    from aufs.archive.compression import open_chunks
+
+    kind, chunks = open_chunks(io.BytesIO(data), threaded=threaded)
+    assert kind is Compression.ZSTD
+    out = bytearray()
+    try:
+        while chunk := chunks.read():
+            assert len(chunk) <= 1 << 20  # bounded output, however well it compresses
+            out += chunk
+    finally:
+        chunks.close()
+    return bytes(out)
+
+
+def test_zstd_backends(zstd_backend: str) -> None:
+    packed = COMPRESSORS[Compression.ZSTD](DATA)
+    assert _zstd_read(packed) == DATA
+    assert _zstd_read(packed + COMPRESSORS[Compression.ZSTD](b"two"), threaded=True) == (
+        DATA + b"two")
+    padded = packed + bytes(10240 - len(packed) % 10240)  # bsdtar pads its output
+    assert _zstd_read(padded) == DATA
+    bomb = zstandard.ZstdCompressor().compress(bytes(64 << 20))  # 64 MiB from a few KiB
+    assert len(_zstd_read(bomb)) == 64 << 20
+    for cut in (5, len(packed) // 2, len(packed) - 1):
+        with pytest.raises(ArchiveError):
+            _zstd_read(packed[:cut])
+    with pytest.raises(ArchiveError):
+        _zstd_read(packed + b"\x01garbage")
+
+
+@pytest.mark.parametrize("kind", [k for k in Compression if k is not Compression.NONE])
+def test_decoder_thread_hands_errors_over(kind: Compression) -> None:
+    from aufs.archive.compression import open_chunks
+
+    packed = COMPRESSORS[kind](DATA)[:-7]
+    _, chunks = open_chunks(io.BytesIO(packed), threaded=True)
+    try:
+        with pytest.raises(ArchiveError):
+            while chunks.read():
+                pass
+    finally:
+        chunks.close()
+
+
+def test_plain_regular_file_is_read_in_place(tmp_path: Path) -> None:
+    from aufs.archive.compression import open_chunks
+
+    path = tmp_path / "plain"
+    path.write_bytes(b"x" * 3000)
+    with open(path, "rb") as f:
+        f.seek(1000)
+        kind, chunks = open_chunks(f)
+        assert kind is Compression.NONE and chunks.skip is not None
+        assert chunks.read() == b"x" * 2000
+        chunks.close()
+        assert f.tell() == 3000

@@ -164,8 +164,9 @@ def _raise_not_dir(dir_fd: int, name: str) -> NoReturn:
 
 
 def remove_at(dir_fd: int, name: str) -> bool:
-    """Remove ``name`` in ``dir_fd`` (recursively if a directory, never following a symlink
-    nor crossing a mount). Returns False if it did not exist."""
+    """Remove ``name`` in ``dir_fd`` (a whole tree if a directory, never following a
+    symlink nor crossing a mount; no recursion, however deep the tree). Returns False
+    if it did not exist."""
     try:
         os.unlink(name, dir_fd=dir_fd)
         return True
@@ -176,22 +177,58 @@ def remove_at(dir_fd: int, name: str) -> bool:
     except PermissionError:  # EPERM: unlink of a directory on some filesystems
         if not stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode):
             raise
-    sub = os.open(name, O_DIR, dir_fd=dir_fd)
-    try:
-        if os.fstat(sub).st_dev != os.fstat(dir_fd).st_dev:
-            raise OSError(errno.EBUSY, "a filesystem is mounted there", name)
-        clear_dir(sub)
-    finally:
-        os.close(sub)
-    os.rmdir(name, dir_fd=dir_fd)
+    _remove_tree(dir_fd, name)
     return True
+
+
+def _open_same_fs(dir_fd: int, name: str, dev: int) -> int:
+    fd = os.open(name, O_DIR, dir_fd=dir_fd)
+    if os.fstat(fd).st_dev != dev:
+        os.close(fd)
+        raise OSError(errno.EBUSY, "a filesystem is mounted there", name)
+    return fd
+
+
+def _names(fd: int) -> list[str]:
+    with os.scandir(fd) as it:
+        return [e.name for e in it]
+
+
+def _remove_tree(dir_fd: int, name: str) -> None:
+    """Remove the directory ``name`` and everything below it, depth first, with a stack
+    of open directories instead of recursion."""
+    dev = os.fstat(dir_fd).st_dev
+    top = _open_same_fs(dir_fd, name, dev)
+    stack: list[tuple[int, list[str], int, str]] = [(top, _names(top), dir_fd, name)]
+    try:
+        while stack:
+            fd, names, parent, own = stack[-1]
+            if not names:
+                stack.pop()
+                os.close(fd)
+                os.rmdir(own, dir_fd=parent)
+                continue
+            child = names.pop()
+            try:
+                os.unlink(child, dir_fd=fd)
+                continue
+            except FileNotFoundError:
+                continue
+            except IsADirectoryError:
+                pass
+            except PermissionError:
+                if not stat.S_ISDIR(os.lstat(child, dir_fd=fd).st_mode):
+                    raise
+            sub = _open_same_fs(fd, child, dev)
+            stack.append((sub, _names(sub), fd, child))
+    finally:
+        for fd, _, _, _ in stack:
+            os.close(fd)
 
 
 def clear_dir(dir_fd: int) -> None:
     """Remove everything inside the directory open as ``dir_fd``."""
-    with os.scandir(dir_fd) as it:
-        names = [e.name for e in it]
-    for name in names:
+    for name in _names(dir_fd):
         remove_at(dir_fd, name)
 
 

@@ -77,10 +77,13 @@ def decompress_stream(read: Callable[[], bytes], first: bytes, chunk: int
         pending = 0  # ZSTD_decompressStream's last answer: 0 once a frame is complete
         data = first
         while True:
+            if not pending:  # between frames: NUL padding (bsdtar pads its output) is skipped
+                data = data.lstrip(b"\0")
             if not data:
                 data = read()
                 if not data:
                     break
+                continue
             src = ctypes.c_char_p(data)  # keeps ``data`` alive for the call
             ib.src, ib.size, ib.pos = ctypes.cast(src, ctypes.c_void_p), len(data), 0
             while True:
@@ -91,9 +94,9 @@ def decompress_stream(read: Callable[[], bytes], first: bytes, chunk: int
                     raise ZstdError(f"malformed zstd stream: {name}")
                 if ob.pos:
                     yield ctypes.string_at(out, ob.pos)
-                if ib.pos >= ib.size and ob.pos < ob.size:
-                    break  # input used up and nothing more buffered
-            data = b""
+                if not pending or (ib.pos >= ib.size and ob.pos < ob.size):
+                    break  # a frame ended (all flushed), or input used up, none buffered
+            data = data[ib.pos:]
         if pending != 0:
             raise ZstdError("truncated zstd stream")
     finally:

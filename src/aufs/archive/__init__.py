@@ -16,6 +16,7 @@ __all__ = [
     "export_changes",
     "export_dir",
     "export_layer",
+    "extract_into_dir",
     "layer_changes",
 ]
 
@@ -48,6 +49,7 @@ class Change:
 
 
 # Tar export and change detection of plain directories (need Change, defined above).
+from aufs.archive.apply import extract_into_dir  # noqa: E402
 from aufs.archive.changes import diff_size, layer_changes  # noqa: E402
 from aufs.archive.export import export_changes, export_dir, export_layer  # noqa: E402
 from aufs.archive.treediff import changes_dirs, changes_size  # noqa: E402

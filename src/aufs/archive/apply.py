@@ -14,9 +14,10 @@ recovery (``aufs.init``). A layer whose union is mounted is refused
 (whose target is a mounted union, where atomicity is not to be had).
 
 Speed: the tar stream is parsed by :mod:`aufs.archive.tarread` (decompressed by a thread
-of its own, :mod:`aufs.archive.compression`) and regular files are written by a small
-pool of threads (:mod:`aufs.archive.filewriters`), the rules of safety and order staying
-with one thread (:mod:`aufs.archive.unpack`).
+of its own, :mod:`aufs.archive.compression`; data of a tar *file* moved by
+``copy_file_range``), entries made by :mod:`aufs.archive.unpack` with few system calls
+each (:mod:`aufs.archive.writefile`). The README's design section has the numbers, and
+why regular files are not written by a pool of threads.
 """
 
 from __future__ import annotations
@@ -29,23 +30,19 @@ import threading
 from typing import IO, TYPE_CHECKING
 
 from aufs._sys import safefs
-from aufs.archive import ArchiveError
 from aufs.archive.compression import open_chunks
-from aufs.archive.filewriters import FileWriters, Policy
 from aufs.archive.tarread import TarReader
 from aufs.archive.unpack import DIR_FLAG, Unpacker
+from aufs.archive.writefile import Policy
 from aufs.graphdriver import DriverError, LayerInUseError
 
 if TYPE_CHECKING:
     from aufs.driver import Driver
     from aufs.whiteout import WhiteoutFormat
 
-__all__ = ["WRITER_THREADS", "LayerMountedError", "apply_layer", "clone_tree", "extract",
-           "extract_into_dir"]
+__all__ = ["LayerMountedError", "apply_layer", "clone_tree", "extract", "extract_into_dir"]
 
 _O_ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# Threads writing regular files beside the parsing one.
-WRITER_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 class LayerMountedError(LayerInUseError):
@@ -54,8 +51,11 @@ class LayerMountedError(LayerInUseError):
 
 # -- the driver entry point ---------------------------------------------------------------
 
-def apply_layer(driver: Driver, id: str, stream: IO[bytes]) -> None:
-    """Extract the layer tar ``stream`` into ``diff/<id>``: all of it, or nothing."""
+def apply_layer(driver: Driver, id: str, stream: IO[bytes]) -> int | None:
+    """Extract the layer tar ``stream`` into ``diff/<id>``: all of it, or nothing.
+
+    Returns the layer's diff size (as :func:`aufs.archive.diff_size` counts it) when
+    the extraction could keep count (an empty layer, nothing removed), else None."""
     layout = driver.layout
     _refuse_mounted(driver, id)
     diff = layout.diff(id)
@@ -71,7 +71,7 @@ def apply_layer(driver: Driver, id: str, stream: IO[bytes]) -> None:
         made = clone_tree(diff, staging)
         root_fd = os.open(staging, _O_ROOT)
         try:
-            extract(root_fd, stream, driver.whiteouts, made=made)
+            size = extract(root_fd, stream, driver.whiteouts, made=made)
         finally:
             os.close(root_fd)
         with driver.locked():
@@ -79,6 +79,7 @@ def apply_layer(driver: Driver, id: str, stream: IO[bytes]) -> None:
             if os.lstat(diff).st_ino != seed_ino:
                 raise LayerInUseError(f"layer {id} was changed by another apply meanwhile")
             safefs.exchange(staging, diff)
+        return size
     finally:
         # The old tree once swapped, else the unfinished one; recovery removes it after
         # a crash. A failed removal must not hide the outcome.
@@ -117,33 +118,23 @@ def extract_into_dir(directory: str, stream: IO[bytes],
 
 
 def extract(root_fd: int, stream: IO[bytes], whiteouts: WhiteoutFormat | None, *,
-            made: dict[str, int] | None = None, threads: int | None = None) -> None:
+            made: dict[str, int] | None = None) -> int | None:
     """Extract the (possibly compressed) layer tar ``stream`` below the directory
     ``root_fd``. ``whiteouts``: the format to write deletions in (None: only remove).
 
-    ``made``: every path below ``root_fd`` with its flags (as :func:`clone_tree` returns
-    them; ``{}`` for an empty directory), if the caller knows them: regular files are
-    then written by ``threads`` threads (default :data:`WRITER_THREADS`). None: the tree
-    is unknown (a live directory), everything is done by this thread.
+    ``made``: every path below ``root_fd`` with its flags, as :func:`clone_tree` returns
+    them (``{}`` for an empty directory), if the caller knows them (it saves lookups);
+    None: the tree is unknown (a live directory).
+
+    Returns the diff size of the tree if it started empty and nothing was removed (else
+    None: count it with a walk).
     """
-    policy = Policy()
-    pool = None
-    if made is not None:
-        count = WRITER_THREADS if threads is None else threads
-        pool = FileWriters(count, policy) if count > 0 else None
     _, chunks = open_chunks(stream)
-    unpacker = Unpacker(root_fd, whiteouts, made=made, writers=pool, policy=policy,
+    unpacker = Unpacker(root_fd, whiteouts, made=made, policy=Policy(),
                         source_fd=chunks.fd)
     try:
-        try:
-            unpacker.run(TarReader(chunks.read, chunks.skip))
-        finally:
-            if pool is not None:
-                pool.close()  # before any fd closes: the threads use the cached ones
-    except (UnicodeError, ValueError) as exc:
-        if isinstance(exc, ArchiveError):
-            raise
-        raise ArchiveError(f"malformed tar stream: {exc}") from exc
+        unpacker.run(TarReader(chunks.read, chunks.skip))
+        return unpacker.size
     finally:
         unpacker.close()
         chunks.close()

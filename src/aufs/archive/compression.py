@@ -47,6 +47,7 @@ _MAGICS: tuple[tuple[bytes, Compression], ...] = (
 )
 MAGIC_LEN = max(len(m) for m, _ in _MAGICS)
 CHUNK = 1 << 20      # bytes read from the stream at a time, and most a chunk decodes to
+_AHEAD = 32 << 20    # how far ahead of the reader a tar file is read by the kernel
 _QUEUE_CHUNKS = 8    # decoded chunks a decoder thread may run ahead
 _ZSTD_PIECE = 256    # input per call of the fallback decoder (bounds its output)
 
@@ -121,6 +122,7 @@ class _FileSource:
         self.fd = fd
         self._pos = start
         self._size = size
+        self._advised = start
         self.skip: Callable[[int], int] | None = self._skip
 
     @classmethod
@@ -137,7 +139,17 @@ class _FileSource:
     def peek(self, n: int) -> bytes:
         return os.pread(self.fd, n, self._pos)
 
+    def _advise(self) -> None:
+        """Ask the kernel to read ahead of us (the file may be cold): extraction then
+        overlaps the disk instead of waiting for it."""
+        if self._pos + _AHEAD // 2 > self._advised < self._size:
+            start = max(self._advised, self._pos)
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self.fd, start, _AHEAD, os.POSIX_FADV_WILLNEED)
+            self._advised = start + _AHEAD
+
     def read(self) -> bytes:
+        self._advise()
         data = os.pread(self.fd, CHUNK, self._pos)
         self._pos += len(data)
         return data
@@ -148,6 +160,7 @@ class _FileSource:
                                "the file, inside a member's data)")
         offset = self._pos
         self._pos += n
+        self._advise()
         return offset
 
     def close(self) -> None:
@@ -327,22 +340,25 @@ def _zstd_fallback(read: Callable[[], bytes], data: bytes) -> Iterator[bytes]:
     dec = zstandard.ZstdDecompressor().decompressobj()
     fed = False
     while True:
+        if dec.eof:
+            data = dec.unused_data + data  # the next frame, or NUL padding (bsdtar)
+            dec = zstandard.ZstdDecompressor().decompressobj()
+            fed = False
+        if not fed:
+            data = data.lstrip(b"\0")
         if not data:
             data = read()
             if not data:
                 break
-        if dec.eof:
-            data = dec.unused_data + data
-            dec = zstandard.ZstdDecompressor().decompressobj()
-            fed = False
+            continue
         piece, data = data[:_ZSTD_PIECE], data[_ZSTD_PIECE:]
         fed = True
         try:
             out: bytes = dec.decompress(piece)
         except zstandard.ZstdError as exc:
             raise ArchiveError(f"malformed zstd stream: {exc}") from exc
-        if out:
-            yield out
+        for i in range(0, len(out), CHUNK):  # one call makes at most ~8 MiB (256 B in)
+            yield out[i:i + CHUNK]
     if fed and not dec.eof:
         raise ArchiveError("truncated zstd stream")
 

@@ -20,30 +20,38 @@ that a compressed stream is checked to its end.
 
 from __future__ import annotations
 
-import base64
-import urllib.parse
-import zlib
+import struct
 from collections.abc import Callable
 
 from aufs.archive import ArchiveError
+from aufs.archive import tarheader as h
 
 __all__ = ["BLK", "CHR", "DIR", "FIFO", "LNK", "REG", "SYM", "Member", "TarReader"]
 
 BLOCK = 512
+# name, mode, uid, gid, size, mtime, chksum, type, linkname, magic, version, uname, gname,
+# devmajor, devminor, prefix
+_HEADER = struct.Struct("100s8s8s8s12s12s8sB100s6s2s32s32s8s8s155s")
 _ZERO = bytes(BLOCK)
 _MAX_META = 16 << 20  # PAX or GNU long-name data held in memory
 _DIRECT_MIN = 128 << 10  # data left in a file source rather than read (TarReader.take)
 
 # Member kinds.
-REG, LNK, SYM, CHR, BLK, DIR, FIFO = range(7)
+REG = 0
+LNK = 1
+SYM = 2
+CHR = 3
+BLK = 4
+DIR = 5
+FIFO = 6
 _KINDS = {ord("0"): REG, 0: REG, ord("7"): REG, ord("1"): LNK, ord("2"): SYM,
           ord("3"): CHR, ord("4"): BLK, ord("5"): DIR, ord("6"): FIFO, ord("D"): DIR}
 _T_PAX, _T_GLOBAL, _T_LONGNAME, _T_LONGLINK = ord("x"), ord("g"), ord("L"), ord("K")
 _T_AREG, _T_DUMPDIR = 0, ord("D")
+_META_TYPES = {_T_PAX: "PAX header", _T_GLOBAL: "PAX global header",
+               _T_LONGNAME: "GNU long name", _T_LONGLINK: "GNU long link name"}
 _REFUSED = {ord("S"): "a GNU sparse file", ord("M"): "a multi-volume continuation",
             ord("N"): "an old GNU long-name record", ord("V"): "a volume label"}
-_XATTR = "SCHILY.xattr."
-_LA_XATTR = "LIBARCHIVE.xattr."
 
 
 class Member:
@@ -74,74 +82,6 @@ class Member:
         return f"<Member {self.name!r} kind={self.kind} size={self.size}>"
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def _cstr(field: bytes) -> bytes:
-    end = field.find(0)
-    return field if end < 0 else field[:end]
-
-
-def _number(field: bytes, what: str, offset: int) -> int:
-    """An octal (NUL/space padded) or GNU base-256 header number."""
-    try:  # the usual shape: digits (maybe space-padded), then one NUL or space
-        return int(field[:-1], 8)
-    except ValueError:
-        pass
-    if field and field[0] & 0x80:
-        value = int.from_bytes(field, "big", signed=field[0] == 0xFF)
-        return value if field[0] == 0xFF else value - (0x80 << (8 * (len(field) - 1)))
-    text = _cstr(field).strip()
-    if not text:
-        return 0
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise ArchiveError(f"bad {what} field {field!r} in the tar header at byte "
-                           f"{offset}") from None
-
-
-def _pax_time(value: bytes, key: str) -> int:
-    """A PAX time ("1234.5678", maybe negative) in nanoseconds."""
-    text = value.strip()
-    negative = text.startswith(b"-")
-    if negative:
-        text = text[1:]
-    sec, _, frac = text.partition(b".")
-    if not sec.isdigit() or (frac and not frac.isdigit()):
-        raise ArchiveError(f"bad PAX {key} {value!r}")
-    ns = int(sec) * 1_000_000_000 + int((frac + b"000000000")[:9])
-    return -ns if negative else ns
-
-
-def _pax_int(value: bytes, key: str) -> int:
-    if not value.isdigit():
-        raise ArchiveError(f"bad PAX {key} {value!r}")
-    return int(value)
-
-
-def parse_pax(data: bytes) -> dict[str, bytes]:
-    """PAX extended header records ("<len> <key>=<value>\\n") as a dict (pure)."""
-    out: dict[str, bytes] = {}
-    pos, end = 0, len(data)
-    while pos < end:
-        if data[pos] == 0:  # NUL padding after the last record
-            break
-        space = data.find(b" ", pos, pos + 24)
-        if space < 0 or not data[pos:space].isdigit():
-            raise ArchiveError(f"malformed PAX record at {pos}: {data[pos:pos + 30]!r}")
-        stop = pos + int(data[pos:space])
-        if stop <= space + 1 or stop > end or data[stop - 1] != 0x0A:
-            raise ArchiveError(f"malformed PAX record at {pos}: bad length")
-        key, eq, value = data[space + 1:stop - 1].partition(b"=")
-        if not eq:
-            raise ArchiveError(f"malformed PAX record at {pos}: no '='")
-        out[_decode(key)] = value
-        pos = stop
-    return out
-
-
 class TarReader:
     """Read members from ``read``, a function returning the next chunk of the tar stream
     (``b""`` at its end)."""
@@ -157,7 +97,7 @@ class TarReader:
         self._base = 0          # stream offset of _buf[0]
         self._left = 0          # bytes of the current member's data not yet consumed
         self._pad = 0           # padding after it
-        self._globals: dict[str, bytes] = {}
+        self._globals: dict[bytes, bytes] = {}
         self.done = False
 
     # -- the byte source --------------------------------------------------------------
@@ -246,7 +186,12 @@ class TarReader:
         """
         if n > self._left:
             raise ValueError("read past the member's data")
-        avail = len(self._buf) - self._pos
+        pos = self._pos
+        avail = len(self._buf) - pos
+        if n <= avail:  # all in the buffer: the usual case
+            self._pos = pos + n
+            self._left -= n
+            return [memoryview(self._buf)[pos:pos + n]], -1, 0
         rest = n - avail
         if self._source_skip is None or rest < _DIRECT_MIN:
             return self.views(n), -1, 0
@@ -294,122 +239,173 @@ class TarReader:
         """The next member (its data unread), or None at the end of the archive."""
         if self.done:
             return None
-        self._finish_member()
-        pax: dict[str, bytes] | None = None
+        buf, pos = self._buf, self._pos
+        rest = self._left + self._pad
+        if rest:
+            self._left = self._pad = 0
+            if pos + rest <= len(buf):
+                pos += rest
+            else:
+                self._pos = pos
+                self._skip(rest)
+                buf, pos = self._buf, self._pos
+        pax: dict[bytes, bytes] | None = None
         longname: bytes | None = None
         longlink: bytes | None = None
         first = True
         while True:
-            offset = self.offset
-            block = self._take(BLOCK)
-            if block is None:
-                if first and offset == 0:
-                    self._end()
-                    return None  # an empty stream: an empty archive
-                raise ArchiveError(f"truncated tar stream (it ends at byte {offset}, "
-                                   "where a header or the end-of-archive block belongs)")
+            # A header; in the buffer almost always (the slow path reads on).
+            offset = self._base + pos
+            if pos + BLOCK <= len(buf):
+                block = buf[pos:pos + BLOCK]
+                pos += BLOCK
+            else:
+                self._pos = pos
+                maybe = self._take(BLOCK)
+                buf, pos = self._buf, self._pos
+                if maybe is None:
+                    if first and offset == 0:
+                        self._end()
+                        return None  # an empty stream: an empty archive
+                    raise ArchiveError(f"truncated tar stream (it ends at byte {offset}, "
+                                       "where a header or the end-of-archive block belongs)")
+                block = maybe
             if block == _ZERO:
-                if not first:
-                    raise ArchiveError(f"end-of-archive block at byte {offset} right "
-                                       "after an extended header")
-                second = self._take(BLOCK)
-                if second is not None and second != _ZERO:
-                    raise ArchiveError(f"a lone zero block at byte {offset} inside the "
-                                       "archive")
-                self._end()
+                self._pos = pos
+                self._zero_block(offset, first)
                 return None
             first = False
-            _check_sum(block, offset)
+            h.check_sum(block, offset)
             type_ = block[156]
-            size = _number(block[124:136], "size", offset)
+            f_size = block[124:136]
+            try:
+                if f_size[11] not in (0, 32):
+                    raise ValueError
+                size = int(f_size[:11], 8)
+            except ValueError:
+                size = h.number(f_size, "size", offset)
             if size < 0:
                 raise ArchiveError(f"negative size in the tar header at byte {offset}")
-            if type_ in (_T_PAX, _T_GLOBAL):
-                records = parse_pax(self._data(size, "PAX header"))
-                if type_ == _T_GLOBAL:
-                    for key, value in records.items():
+            if type_ in _META_TYPES:
+                padded = size + (-size % BLOCK)
+                if size <= _MAX_META and pos + padded <= len(buf):
+                    data = buf[pos:pos + size]
+                    pos += padded
+                else:
+                    self._pos = pos
+                    data = self._data(size, _META_TYPES[type_])
+                    buf, pos = self._buf, self._pos
+                if type_ == _T_PAX:
+                    records = h.parse_pax(data)
+                    pax = records if pax is None else {**pax, **records}
+                elif type_ == _T_GLOBAL:
+                    for key, value in h.parse_pax(data).items():
                         if value:
                             self._globals[key] = value
                         else:
                             self._globals.pop(key, None)
+                elif type_ == _T_LONGNAME:
+                    longname = h.cstr(data)
                 else:
-                    pax = records if pax is None else {**pax, **records}
+                    longlink = h.cstr(data)
                 continue
-            if type_ == _T_LONGNAME:
-                longname = _cstr(self._data(size, "GNU long name"))
-                continue
-            if type_ == _T_LONGLINK:
-                longlink = _cstr(self._data(size, "GNU long link name"))
-                continue
+            self._pos = pos
             return self._member(block, type_, size, offset, pax, longname, longlink)
 
+    def _zero_block(self, offset: int, first: bool) -> None:
+        """A zero block: the end of the archive if a second one (or the end of the stream)
+        follows."""
+        if not first:
+            raise ArchiveError(f"end-of-archive block at byte {offset} right after an "
+                               "extended header")
+        second = self._take(BLOCK)
+        if second is not None and second != _ZERO:
+            raise ArchiveError(f"a lone zero block at byte {offset} inside the archive")
+        self._end()
+
     def _member(self, block: bytes, type_: int, size: int, offset: int,
-                pax: dict[str, bytes] | None, longname: bytes | None,
+                pax: dict[bytes, bytes] | None, longname: bytes | None,
                 longlink: bytes | None) -> Member:
         kind = _KINDS.get(type_)
         if kind is None:
             what = _REFUSED.get(type_, f"an entry of unknown type {chr(type_)!r}")
             raise ArchiveError(f"tar header at byte {offset}: {what} is not supported")
-        magic = block[257:263]
+        (raw_name, f_mode, f_uid, f_gid, _, f_mtime, _, _, raw_link, magic, _, _, _,
+         f_major, f_minor, prefix) = _HEADER.unpack_from(block)
         if longname is not None:
             raw_name = longname
         else:
-            raw_name = _cstr(block[0:100])
-            if magic == b"ustar\x00":
-                prefix = _cstr(block[345:500])
-                if prefix:
-                    raw_name = prefix + b"/" + raw_name
-        raw_link = longlink if longlink is not None else _cstr(block[157:257])
-        mode = _number(block[100:108], "mode", offset) & 0o7777
-        uid = _number(block[108:116], "uid", offset)
-        gid = _number(block[116:124], "gid", offset)
-        mtime_ns = _number(block[136:148], "mtime", offset) * 1_000_000_000
+            end = raw_name.find(0)
+            if end >= 0:
+                raw_name = raw_name[:end]
+            if magic == b"ustar\x00" and prefix[0]:
+                raw_name = h.cstr(prefix) + b"/" + raw_name
+        if longlink is not None:
+            raw_link = longlink
+        elif raw_link[0]:
+            end = raw_link.find(0)
+            if end >= 0:
+                raw_link = raw_link[:end]
+        else:
+            raw_link = b""
+        try:
+            if not (f_mode[7] in (0, 32) and f_uid[7] in (0, 32) and f_gid[7] in (0, 32)
+                    and f_mtime[11] in (0, 32)):
+                raise ValueError
+            mode = int(f_mode[:7], 8) & 0o7777
+            uid = int(f_uid[:7], 8)
+            gid = int(f_gid[:7], 8)
+            mtime_ns = int(f_mtime[:11], 8) * 1_000_000_000
+        except ValueError:
+            mode = h.number(f_mode, "mode", offset) & 0o7777
+            uid = h.number(f_uid, "uid", offset)
+            gid = h.number(f_gid, "gid", offset)
+            mtime_ns = h.number(f_mtime, "mtime", offset) * 1_000_000_000
         atime_ns: int | None = None
         devmajor = devminor = 0
         if kind in (CHR, BLK):
-            devmajor = _number(block[329:337], "devmajor", offset)
-            devminor = _number(block[337:345], "devminor", offset)
+            devmajor = h.number(f_major, "devmajor", offset)
+            devminor = h.number(f_minor, "devminor", offset)
         xattrs: list[tuple[str, bytes]] | None = None
         if self._globals:
             pax = {**self._globals, **pax} if pax else dict(self._globals)
         if pax:
-            name_v = pax.get("path")
-            if name_v is not None:
-                raw_name = name_v
-            link_v = pax.get("linkpath")
-            if link_v is not None:
-                raw_link = link_v
+            extras = False
             for key, value in pax.items():
-                if key == "size":
-                    size = _pax_int(value, key)
-                elif key == "uid":
-                    uid = _pax_int(value, key)
-                elif key == "gid":
-                    gid = _pax_int(value, key)
-                elif key == "mtime":
-                    mtime_ns = _pax_time(value, key)
-                elif key == "atime":
-                    atime_ns = _pax_time(value, key)
-                elif key == "SCHILY.devmajor":
-                    devmajor = _pax_int(value, key)
-                elif key == "SCHILY.devminor":
-                    devminor = _pax_int(value, key)
-                elif key.startswith(_XATTR):
-                    xattrs = xattrs or []
-                    xattrs.append((key[len(_XATTR):], value))
-                elif key.startswith("GNU.sparse."):
-                    raise ArchiveError(f"tar header at byte {offset}: a GNU sparse file "
-                                       "is not supported")
-            if any(k.startswith(_LA_XATTR) for k in pax):
-                xattrs = _libarchive_xattrs(pax, xattrs or [])
-        name = _decode(raw_name)
+                if key == b"mtime":
+                    mtime_ns = h.pax_time(value, "mtime")
+                elif key == b"atime":
+                    atime_ns = h.pax_time(value, "atime")
+                elif key == b"path":
+                    raw_name = value
+                elif key == b"linkpath":
+                    raw_link = value
+                elif key == b"size":
+                    size = h.pax_int(value, "size")
+                elif key == b"uid":
+                    uid = h.pax_int(value, "uid")
+                elif key == b"gid":
+                    gid = h.pax_int(value, "gid")
+                elif key == b"SCHILY.devmajor":
+                    if kind in (CHR, BLK):
+                        devmajor = h.pax_int(value, "devmajor")
+                elif key == b"SCHILY.devminor":
+                    if kind in (CHR, BLK):
+                        devminor = h.pax_int(value, "devminor")
+                elif key not in h.PAX_PLAIN:
+                    extras = True
+            if extras:
+                xattrs = h.pax_extras(pax, offset)
+        if uid < 0 or gid < 0:
+            raise ArchiveError(f"negative owner in the tar header at byte {offset}")
+        name = h.decode(raw_name)
         if type_ == _T_AREG and name.endswith("/"):
             kind = DIR  # old tars mark directories by a trailing slash only
         if kind == REG or type_ == _T_DUMPDIR:
             self._left, self._pad = size, -size % BLOCK
         # Header-only types carry no data (as Go's archive/tar reads them).
         return Member(name, kind, mode, uid, gid, size if kind == REG else 0, mtime_ns,
-                      atime_ns, _decode(raw_link), devmajor, devminor, xattrs, offset)
+                      atime_ns, h.decode(raw_link), devmajor, devminor, xattrs, offset)
 
     def _end(self) -> None:
         """The end-of-archive block was read: drain the rest (a compressed stream is
@@ -419,47 +415,3 @@ class TarReader:
         self._buf, self._pos = b"", 0
         while self._read():
             pass
-
-
-_ADLER_MOD = 65521
-
-
-def _check_sum(block: bytes, offset: int) -> None:
-    """The header checksum: the sum of the header's bytes, its own field as spaces.
-
-    Adler-32's low half is that sum (plus one) modulo 65521, computed in C; a 512-byte
-    sum is below 2 * 65521, so the true sum is one of two values. (``sum(block)`` costs
-    more than the rest of a header's parsing.) Old tars summed signed chars."""
-    field = block[148:156]
-    try:
-        stored = int(_cstr(field).strip() or b"-1", 8)
-    except ValueError:
-        stored = -1
-    low = ((zlib.adler32(block) & 0xFFFF) - 1) % _ADLER_MOD - sum(field) + 256
-    if stored == low or stored == low + _ADLER_MOD:
-        return
-    unsigned = sum(block) - sum(field) + 256
-    signed = unsigned - 256 * sum(1 for b in block if b & 0x80)
-    signed += 256 * sum(1 for b in field if b & 0x80)
-    if stored != signed:
-        raise ArchiveError(f"bad tar header checksum at byte {offset} (not a tar stream, "
-                           "or a corrupt one)")
-
-
-def _libarchive_xattrs(pax: dict[str, bytes], xattrs: list[tuple[str, bytes]]
-                       ) -> list[tuple[str, bytes]]:
-    """bsdtar's ``LIBARCHIVE.xattr.<urlencoded name>=<base64 value>``, for names that
-    have no ``SCHILY.xattr`` record."""
-    have = {name for name, _ in xattrs}
-    for key, value in pax.items():
-        if not key.startswith(_LA_XATTR):
-            continue
-        name = urllib.parse.unquote(key[len(_LA_XATTR):], errors="surrogateescape")
-        if name in have:
-            continue
-        try:
-            xattrs.append((name, base64.b64decode(value + b"=" * (-len(value) % 4),
-                                                  validate=True)))
-        except ValueError:
-            raise ArchiveError(f"bad PAX {key} value") from None
-    return xattrs

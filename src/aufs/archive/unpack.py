@@ -14,8 +14,7 @@ at all, when the tree is a mounted union that records deletions itself). AUFS ha
 into ``.wh..wh.plnk`` are resolved as ``UnpackLayer`` does; other ``.wh..wh.*``
 housekeeping is skipped. Directory times are set last.
 
-Regular files may be written by a :class:`~aufs.archive.filewriters.FileWriters` pool;
-the thread running :class:`Unpacker` keeps every ordering that matters.
+Regular files are written by :mod:`aufs.archive.writefile`.
 """
 
 from __future__ import annotations
@@ -30,25 +29,35 @@ from collections.abc import Callable
 from aufs._sys import safefs
 from aufs.archive import ArchiveError, BreakoutError
 from aufs.archive import tarread as t
-from aufs.archive.filewriters import (
-    FileWriters,
+from aufs.archive.writefile import (
+    O_NEW,
     Policy,
     copy_range,
-    create_file,
-    finish_file,
     map_os_error,
     set_xattrs,
     write_views,
 )
-from aufs.whiteout import WH_META_PREFIX, WH_PLINK, WH_PREFIX, Kind, WhiteoutFormat, classify_name
+from aufs.whiteout import (
+    WH_META_PREFIX,
+    WH_OPAQUE,
+    WH_PLINK,
+    WH_PREFIX,
+    Kind,
+    WhiteoutFormat,
+    classify_name,
+    is_overlay_whiteout_mode,
+)
 
 __all__ = ["DIR_FLAG", "ENTRY_FLAG", "Unpacker", "clean_name"]
 
 # ``Unpacker.made`` flags of a path: a directory; an entry of this archive (an opaque
 # directory keeps those).
 DIR_FLAG, ENTRY_FLAG = 1, 2
-_POOL_FILE_MAX = 4 << 20  # larger files are written by the extracting thread itself
 _WRITE_CHUNK = 1 << 20
+# Names no tool could create through a path (PATH_MAX), and depths that would overflow
+# the recursion of tree walks elsewhere: refused.
+_PATH_MAX = 4096
+_MAX_DEPTH = 512
 # Where AUFS pseudo-link targets (".wh..wh.plnk/<ino>") wait during one extraction:
 # a housekeeping name, so nothing ever exports or lists it.
 _PLNK_TMP = f"{WH_META_PREFIX}apply-plnk"
@@ -58,6 +67,11 @@ _FMT = {t.CHR: stat.S_IFCHR, t.BLK: stat.S_IFBLK, t.FIFO: stat.S_IFIFO}
 def clean_name(name: str) -> str:
     """Docker's cleaning of a member name: relative, normalized; "." is the root.
     A name that leaves the tree raises BreakoutError."""
+    if name.endswith("/"):
+        name = name.rstrip("/")
+    # Already clean (the usual case): no component can be "", "." or "..".
+    if name and name[0] not in "./" and "//" not in name and "/." not in name:
+        return name
     cleaned = posixpath.normpath(name.lstrip("/")) if name else "."
     if cleaned == ".." or cleaned.startswith("../"):
         raise BreakoutError(f"tar entry {name!r} would be written outside the layer")
@@ -75,20 +89,19 @@ class Unpacker:
     """Extract members below ``root_fd``.
 
     ``made``: the paths already in the tree with their flags, if the caller knows them
-    (it made the tree, e.g. a clone), else None — then the tree is searched as needed
-    and every file is written by this thread. ``writers``: the pool for regular files
-    (only with a known tree).
+    (it made the tree, e.g. a clone), else None — then the tree is searched as needed.
+    ``source_fd``: the tar file, where the reader leaves data in it (``take``).
     """
 
     def __init__(self, root_fd: int, whiteouts: WhiteoutFormat | None, *,
-                 made: dict[str, int] | None, writers: FileWriters | None,
-                 policy: Policy, source_fd: int = -1) -> None:
+                 made: dict[str, int] | None, policy: Policy, source_fd: int = -1) -> None:
         self.root_fd = root_fd
-        self.source_fd = source_fd  # the tar file, if the reader leaves data in it
+        self.source_fd = source_fd
+        self.root = policy.root
+        self.fix_bits = 0o7777 & ~policy.direct  # mode bits set by fchmod, after creation
         self.whiteouts = whiteouts
         self.known = made is not None
         self.made: dict[str, int] = made if made is not None else {}
-        self.pool = writers if made is not None else None
         self.policy = policy
         self.dirs: dict[str, int] = {}          # open directories by cleaned path
         self.cache_size = _dir_cache_size()
@@ -99,6 +112,11 @@ class Unpacker:
         # A whiteout format whose marker has its own name (AUFS ``.wh.<name>``): a new
         # entry must drop the marker of its name, or the layer would both have and hide it.
         self.marker_named = whiteouts is not None and whiteouts.whiteout_path_name("x") != "x"
+        # The tree's diff size, kept as we go while it is simple to (the tree started
+        # empty, no directory was removed): path -> inode number of ours -> size.
+        self.inodes: dict[str, int] | None = {} if made == {} else None
+        self.inode_size: dict[int, int] = {}
+        self.plnk_inodes: dict[str, int] = {}
         self.stale_whiteouts = self.marker_named and (made is None or bool(made))
 
     # -- the loop ----------------------------------------------------------------------
@@ -115,10 +133,12 @@ class Unpacker:
                 if mapped is exc:
                     raise
                 raise mapped from exc
+            except ValueError as exc:  # e.g. a NUL byte in a PAX name
+                raise ArchiveError(f"tar entry {m.name!r}: {exc}") from exc
         self.finish()
 
     def close(self) -> None:
-        """Release every fd (and the pseudo-link directory); the pool must be idle."""
+        """Release every fd (and the pseudo-link directory)."""
         self._close_dirs()
         if self.plnk_fd >= 0:
             os.close(self.plnk_fd)
@@ -133,16 +153,6 @@ class Unpacker:
             os.close(fd)
         self.dirs.clear()
 
-    def _barrier(self) -> None:
-        if self.pool is not None:
-            self.pool.barrier()
-
-    def _wait_for(self, name: str) -> None:
-        """Wait for the pool if it is still writing the file ``name``."""
-        pool = self.pool
-        if pool is not None and pool.pending and name in pool.pending:
-            pool.barrier()
-
     def dir_fd(self, path: str) -> int:
         """fd of the directory ``path`` (cleaned; "" = root), made if missing, never
         reached through a symlink."""
@@ -153,7 +163,6 @@ class Unpacker:
             return fd
         head, _, tail = path.rpartition("/")
         parent = self.dir_fd(head)
-        self._wait_for(path)
         try:
             fd = safefs.open_dir_at(parent, tail)
         except FileNotFoundError:
@@ -178,26 +187,45 @@ class Unpacker:
 
     def remove(self, parent_fd: int, path: str, base: str) -> bool:
         """Remove ``path`` (``base`` in ``parent_fd``), a whole tree if a directory."""
-        self._barrier()
         fd = self.dirs.pop(path, None)
         if fd is not None:
             os.close(fd)
             prefix = path + "/"
             for key in [k for k in self.dirs if k.startswith(prefix)]:
                 os.close(self.dirs.pop(key))
+        if self.inodes is not None:
+            if self.made.get(path, 0) & DIR_FLAG:
+                self.inodes = None  # a tree goes: count at the end instead
+            else:
+                self.inodes.pop(path, None)
         self.made.pop(path, None)
         return safefs.remove_at(parent_fd, base)
+
+    @property
+    def size(self) -> int | None:
+        """Bytes of the regular files in the tree, each inode once (``diff_size``), if
+        known without a walk; else None."""
+        if self.inodes is None:
+            return None
+        return sum(self.inode_size[i] for i in set(self.inodes.values()))
+
+    def _new_inode(self, size: int) -> int:
+        number = len(self.inode_size)
+        self.inode_size[number] = size
+        return number
 
     # -- one member --------------------------------------------------------------------
 
     def entry(self, reader: t.TarReader, m: t.Member) -> None:
-        if len(self.dirs) >= self.cache_size:  # no fd of the cache is in use here
-            self._barrier()
+        if len(self.dirs) >= self.cache_size:
             self._close_dirs()
         name = clean_name(m.name)
         if name == ".":
             self._root(m)
             return
+        if len(name) >= _PATH_MAX or name.count("/") >= _MAX_DEPTH:
+            raise ArchiveError(f"tar entry {m.name[:100]!r}…: a path longer than "
+                               f"{_PATH_MAX - 1} bytes or deeper than {_MAX_DEPTH} levels")
         head, _, base = name.rpartition("/")
         if WH_PREFIX in name and self._special(reader, m, name, head, base):
             return
@@ -215,7 +243,21 @@ class Unpacker:
             self._node(m, name, parent, base)
         if self.stale_whiteouts:
             assert self.whiteouts is not None
-            safefs.remove_at(parent, self.whiteouts.whiteout_path_name(base))
+            if safefs.remove_at(parent, self.whiteouts.whiteout_path_name(base)) and (
+                    kind == t.DIR):
+                self._opaque_new(name)
+
+    def _opaque_new(self, name: str) -> None:
+        """A directory made where this layer had a whiteout of its name: the lower
+        layers' directory stays hidden (OCI: a whiteout hides the lower entry; the
+        layer's own one shows), so the new one is opaque."""
+        if self.whiteouts is not None:
+            self.whiteouts.make_opaque(self.dir_fd(name))
+            self._record_opaque(name)
+
+    def _record_opaque(self, path: str) -> None:
+        if self.marker_named:  # the marker is a file: an entry of this archive
+            self.made[f"{path}/{WH_OPAQUE}" if path else WH_OPAQUE] = ENTRY_FLAG
 
     def _special(self, reader: t.TarReader, m: t.Member, name: str, head: str,
                  base: str) -> bool:
@@ -265,10 +307,10 @@ class Unpacker:
             self.stale_whiteouts = self.marker_named
 
     def _opaque(self, head: str, dir_fd: int) -> None:
-        self._barrier()
         self._prune(head, dir_fd)
         if self.whiteouts is not None:
             self.whiteouts.make_opaque(dir_fd)
+            self._record_opaque(head)
 
     def _prune(self, path: str, dir_fd: int) -> None:
         """Remove what is in the directory and was not written by this archive."""
@@ -291,14 +333,14 @@ class Unpacker:
         if self.plnk_fd < 0:
             self.plnk_fd = safefs.open_dir_at(self.root_fd, _PLNK_TMP, create=0o700)
         tmp = f"{len(self.plnk)}"
-        self._write_here(reader, m, self.plnk_fd, tmp, None)
+        self._write(reader, m, self.plnk_fd, tmp, None)
         self.plnk[base] = tmp
+        self.plnk_inodes[tmp] = self._new_inode(m.size)
 
     # -- creating entries --------------------------------------------------------------
 
     def _replace(self, parent: int, name: str, base: str, make: Callable[[], object]) -> None:
         """Run ``make`` (creates ``base``), replacing whatever is there first."""
-        self._wait_for(name)
         try:
             make()
         except FileExistsError:
@@ -307,42 +349,47 @@ class Unpacker:
 
     def _regular(self, reader: t.TarReader, m: t.Member, name: str, parent: int,
                  base: str) -> None:
-        pool = self.pool
-        if pool is not None:
-            self._wait_for(name)
-            if self.made.get(name, 0) & DIR_FLAG:
-                self.remove(parent, name, base)
-            self.made[name] = ENTRY_FLAG
-            if m.size <= _POOL_FILE_MAX or reader.direct:
-                views, offset, length = reader.take(m.size)
-                pool.submit(name, parent, base, (views, self.source_fd, offset, length), m)
-                return
-        self._write_here(reader, m, parent, base, name)
+        self._write(reader, m, parent, base, name)
         self.made[name] = ENTRY_FLAG
+        if self.inodes is not None:
+            self.inodes[name] = self._new_inode(m.size)
 
-    def _write_here(self, reader: t.TarReader, m: t.Member, parent: int, base: str,
-                    name: str | None) -> None:
-        """Create and fill a regular file in this thread (``name``: replace what holds
-        it; None: the name is known to be free)."""
-        mode, chmod = self.policy.create_mode(m.mode)
+    def _write(self, reader: t.TarReader, m: t.Member, parent: int, base: str,
+               name: str | None) -> None:
+        """Create and fill a regular file (``name``: replace what holds it; None: the
+        name is known to be free). The hot path of extraction: kept flat."""
+        mode = m.mode
+        chmod = mode & self.fix_bits  # bits the file cannot be created with
         try:
-            fd = create_file(parent, base, mode)
+            fd = os.open(base, O_NEW, 0o600 if chmod else mode, dir_fd=parent)
         except FileExistsError:
             if name is None:
                 raise
             self.remove(parent, name, base)
-            fd = create_file(parent, base, mode)
+            fd = os.open(base, O_NEW, 0o600 if chmod else mode, dir_fd=parent)
         try:
-            if reader.direct:
-                views, offset, length = reader.take(reader.left)
-                write_views(fd, views)
-                if length:
-                    copy_range(self.source_fd, offset, length, fd)
-            while reader.left:
-                view = reader.chunk(_WRITE_CHUNK)
-                while view:
-                    view = view[os.write(fd, view):]
-            finish_file(fd, m, self.policy, chmod)
+            left = m.size
+            if left:
+                if self.source_fd >= 0 or left <= _WRITE_CHUNK:
+                    views, offset, length = reader.take(left)
+                    write_views(fd, views)
+                    if length:
+                        copy_range(self.source_fd, offset, length, fd)
+                else:
+                    while reader.left:
+                        view = reader.chunk(_WRITE_CHUNK)
+                        while view:
+                            view = view[os.write(fd, view):]
+            if self.root:
+                os.fchown(fd, m.uid, m.gid)
+            else:
+                self.policy.chown(fd, m.uid, m.gid)
+            if m.xattrs:
+                set_xattrs(fd, m.xattrs)
+            if chmod:
+                os.fchmod(fd, mode)
+            atime = m.atime_ns
+            os.utime(fd, ns=(m.mtime_ns if atime is None else atime, m.mtime_ns))
         finally:
             os.close(fd)
 
@@ -352,18 +399,23 @@ class Unpacker:
         mode, chmod = policy.create_mode(m.mode | 0o700 if defer else m.mode)
         if chmod:
             mode = 0o700
-        self._wait_for(name)
+        over_whiteout = False
         try:
             os.mkdir(base, mode, dir_fd=parent)
             chmod = chmod or mode != m.mode
         except FileExistsError:
             # An existing directory is merged, its metadata replaced; anything else goes.
             known_dir = self.known and self.made.get(name, 0) & DIR_FLAG
-            if not known_dir and not stat.S_ISDIR(os.lstat(base, dir_fd=parent).st_mode):
-                self.remove(parent, name, base)
-                os.mkdir(base, mode, dir_fd=parent)
+            if not known_dir:
+                st = os.lstat(base, dir_fd=parent)
+                if not stat.S_ISDIR(st.st_mode):
+                    over_whiteout = is_overlay_whiteout_mode(st.st_mode, st.st_rdev)
+                    self.remove(parent, name, base)
+                    os.mkdir(base, mode, dir_fd=parent)
             chmod = True
         self.made[name] = DIR_FLAG | ENTRY_FLAG
+        if over_whiteout:
+            self._opaque_new(name)
         policy.chown(base, m.uid, m.gid, dir_fd=parent)
         if m.xattrs:
             set_xattrs(self.dir_fd(name), m.xattrs)
@@ -405,7 +457,6 @@ class Unpacker:
                 raise BreakoutError(f"hard link {m.name!r} to the layer root")
             if target == name or target.startswith(name + "/"):
                 raise ArchiveError(f"hard link {m.name!r} to itself or below it")
-            self._wait_for(target)
             head, _, src_base = target.rpartition("/")
             try:
                 src_fd, owned = self.lookup_dir(head), True
@@ -428,13 +479,16 @@ class Unpacker:
             if owned:
                 os.close(src_fd)
         self.made[name] = ENTRY_FLAG
+        if self.inodes is not None:
+            inode = (self.plnk_inodes.get(src_base) if src_fd == self.plnk_fd and not owned
+                     else self.inodes.get(target))
+            if inode is not None:  # else a link to a symlink or a device: no bytes
+                self.inodes[name] = inode
 
     # -- the end -----------------------------------------------------------------------
 
     def finish(self) -> None:
-        """Wait for the pool; then directory modes and times: creating their contents
-        changed the times."""
-        self._barrier()
+        """Directory modes and times, last: creating their contents changed the times."""
         for name, times, mode in self.dir_meta:
             try:
                 fd = self.lookup_dir(name)

@@ -25,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 from aufs._sys import libc, mountinfo
+from aufs.union.fuse_overlayfs import daemon_pids_below
 from bench.profiling import Hotspot
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -56,24 +57,6 @@ def _run(argv: Sequence[str]) -> str:
     return proc.stdout.strip()
 
 
-def _fuse_daemons_below(path: str) -> list[int]:
-    """fuse-overlayfs daemons whose mount point (last argument) is at or below ``path``."""
-    want = os.fsencode(path)
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = [a for a in f.read().split(b"\0") if a]
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]) == b"fuse-overlayfs" and (
-                argv[-1] == want or argv[-1].startswith(want + b"/")):
-            pids.append(int(name))
-    return pids
-
-
 def release_mounts_below(path: str) -> list[str]:
     """Unmount everything mounted strictly below ``path`` (deepest first) and kill the FUSE
     daemons that served it. Returns what had to be released (empty on a clean run)."""
@@ -85,7 +68,7 @@ def release_mounts_below(path: str) -> list[str]:
         except OSError:
             with contextlib.suppress(OSError):
                 libc.umount2(entry.mountpoint, MNT_DETACH)
-    for pid in _fuse_daemons_below(path):
+    for pid in daemon_pids_below(path):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return released

@@ -19,6 +19,7 @@ import aufs
 from aufs._sys import libc, mountinfo
 from aufs._sys import mount as sysmount
 from aufs.graphdriver import NotSupportedError
+from aufs.union.fuse_overlayfs import daemon_pids_below
 
 ENGINES = ("aufs", "overlay", "fuse-overlayfs")  # aufs runs where the kernel has it
 UNION_TYPES = ("overlay", "aufs", "fuse.fuse-overlayfs", "fuse-overlayfs")
@@ -56,24 +57,8 @@ def require_engine(engine: str) -> None:
 
 
 def fuse_daemons_below(path: Path | str) -> list[int]:
-    """Pids of fuse-overlayfs daemons whose mount point (last argument) is at or below
-    ``path``. Other test runs may be going on: ``/tmp/x/pytest-5`` is no parent of
-    ``/tmp/x/pytest-58``."""
-    real = os.fsencode(os.path.realpath(os.fspath(path)))
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        target = next((a for a in reversed(argv) if a), b"")
-        if os.path.basename(argv[0]) == b"fuse-overlayfs" and (
-                target == real or target.startswith(real + b"/")):
-            pids.append(int(name))
-    return pids
+    """Pids of fuse-overlayfs daemons mounted at or below ``path``."""
+    return daemon_pids_below(os.fspath(path))
 
 
 def _release(mounts: list[str], pids: list[int]) -> None:

@@ -49,6 +49,7 @@ from aufs.layer_format import LayerRewrite, normalize_layer
 from aufs.store import layers, meta, refs
 from aufs.store.layout import Layout
 from aufs.store.lock import StoreLock
+from aufs.store.recover import pid_alive, staging_owner
 from aufs.whiteout import AUFS, get_format
 
 __all__ = ["ConversionPendingError", "ConvertReport", "check_not_pending", "convert",
@@ -202,20 +203,10 @@ def _check_idle(layout: Layout) -> None:
                               f"aufs cleanup")
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(layout.staging_dir):
-            pid = name.rsplit("-", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            pid = staging_owner(name)
+            if pid is not None and pid != os.getpid() and pid_alive(pid):
                 raise LayerInUseError(f"cannot convert while process {pid} is writing a "
                                       f"layer ({layout.staging(name)})")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _layer_dir(layout: Layout, layer_id: str) -> str | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from aufs._sys import mountinfo
 from aufs.store.layers import read_chain
 from aufs.store.layout import REMOVING_SUFFIX, Layout
+from aufs.union.fuse_overlayfs import daemon_pids_below
 from aufs.whiteout import WH_PREFIX
 
 
@@ -91,22 +92,8 @@ def mounts_under(root: str) -> list[str]:
 
 
 def fuse_daemons_for(root: str) -> list[int]:
-    """Pids of fuse-overlayfs processes whose command line names a path under ``root``."""
-    want = os.fsencode(os.path.realpath(root))
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]) == b"fuse-overlayfs" and any(
-            want in a for a in argv[1:]
-        ):
-            pids.append(int(name))
-    return pids
+    """Pids of fuse-overlayfs daemons mounted under ``root``."""
+    return daemon_pids_below(root)
 
 
 def leak_problems(root: str) -> list[str]:

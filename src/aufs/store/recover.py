@@ -70,14 +70,13 @@ def _names(path: str) -> list[str]:
         return []
 
 
-def _owner_alive(name: str) -> bool:
-    """Staging names end in ``-<pid>``; keep those whose process still runs."""
+def staging_owner(name: str) -> int | None:
+    """The pid a staging name ends in (``…-<pid>``), or None."""
     pid_text = name.rsplit("-", 1)[-1]
-    if not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return True
+    return int(pid_text) if pid_text.isdigit() else None
+
+
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -85,3 +84,11 @@ def _owner_alive(name: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _owner_alive(name: str) -> bool:
+    """Staging names end in ``-<pid>``; keep those whose process still runs."""
+    pid = staging_owner(name)
+    if pid is None:
+        return False
+    return pid == os.getpid() or pid_alive(pid)

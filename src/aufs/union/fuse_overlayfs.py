@@ -13,6 +13,7 @@ import select
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aufs._sys import fsinfo
@@ -96,23 +97,32 @@ def _fusermount_unmount(fusermount: str, target: str) -> None:
         raise OSError(16, proc.stderr.strip() or "fusermount -u failed", target)
 
 
-def daemon_pids(target: str) -> list[int]:
-    """Pids of fuse-overlayfs daemons serving ``target`` (last argv word)."""
-    want = os.fsencode(target)
-    pids = []
+def _daemons() -> Iterator[tuple[int, bytes]]:
+    """(pid, mount point) of every running fuse-overlayfs daemon (its last argv word)."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
+                argv = [a for a in f.read().split(b"\0") if a]
         except OSError:
             continue
-        if len(argv) >= 2 and os.path.basename(argv[0]) == b"fuse-overlayfs" and (
-            argv[-2] == want or argv[-1] == want
-        ):
-            pids.append(int(name))
-    return pids
+        if len(argv) >= 2 and os.path.basename(argv[0]) == b"fuse-overlayfs":
+            yield int(name), argv[-1]
+
+
+def daemon_pids(target: str) -> list[int]:
+    """Pids of fuse-overlayfs daemons serving ``target``."""
+    want = os.fsencode(target)
+    return [pid for pid, mountpoint in _daemons() if mountpoint == want]
+
+
+def daemon_pids_below(path: str) -> list[int]:
+    """Pids of fuse-overlayfs daemons whose mount point is ``path`` or below it (by
+    whole components: ``/tmp/pytest-5`` is no parent of ``/tmp/pytest-58``)."""
+    want = os.fsencode(os.path.realpath(path))
+    return [pid for pid, mountpoint in _daemons()
+            if mountpoint == want or mountpoint.startswith(want + b"/")]
 
 
 def open_pidfds(pids: list[int]) -> list[int]:

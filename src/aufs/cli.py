@@ -232,12 +232,12 @@ def _diff(ctx: _Context) -> None:
     parent = ctx.layer(a.parent) if a.parent else ""
     if a.output is None and sys.stdout.isatty():
         raise UsageError("refusing to write a tar to a terminal: use -o FILE or a redirection")
-    with d.diff(layer_id, parent) as stream, _output(a.output) as out:
+    with progress.bar("diff", sys.stderr) as bar, d.diff(layer_id, parent) as stream, \
+            _output(a.output) as out:
         sink = _compressor(out, a.compress)
-        with progress.bar("diff", sys.stderr) as bar:
-            while chunk := stream.read(_CHUNK):
-                sink.write(chunk)
-                bar.update(len(chunk))
+        while chunk := stream.read(_CHUNK):
+            sink.write(chunk)
+            bar.update(len(chunk))
         if sink is not out:
             sink.close()
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 
 from aufs.archive import ArchiveError
 from aufs.archive.tarwrite import BLOCK, END_OF_ARCHIVE
+from aufs.observe import entry_hook
 
 # (header bytes, fd of the file's data or -1, data size, sparse?). The reader owns fd.
 Member = tuple[bytes, int, int, bool]
@@ -48,6 +49,7 @@ class TarReader(io.RawIOBase):
         self._seg_end = 0        # sparse: end of the current data or hole segment
         self._seg_hole = False
         self._ended = False
+        self._on_entry = entry_hook()  # of the code that made the stream
 
     @property
     def name(self) -> str:
@@ -75,6 +77,7 @@ class TarReader(io.RawIOBase):
         pos = 0
         preadv = os.preadv
         members = self._members
+        on_entry = self._on_entry
         while pos < n:
             if self._pending or self._fd >= 0:
                 pos = self._fill_partial(view, pos)
@@ -87,6 +90,8 @@ class TarReader(io.RawIOBase):
                 self._ended = True
                 self._pending = END_OF_ARCHIVE
                 continue
+            if on_entry is not None:
+                on_entry()
             hlen = len(hdr)
             if fd < 0:
                 if pos + hlen <= n:

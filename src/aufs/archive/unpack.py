@@ -37,6 +37,7 @@ from aufs.archive.writefile import (
     set_xattrs,
     write_views,
 )
+from aufs.observe import entry_hook
 from aufs.whiteout import (
     WH_META_PREFIX,
     WH_OPAQUE,
@@ -122,12 +123,15 @@ class Unpacker:
     # -- the loop ----------------------------------------------------------------------
 
     def run(self, reader: t.TarReader) -> None:
+        on_entry = entry_hook()
         while True:
             m = reader.next()
             if m is None:
                 break
             try:
                 self.entry(reader, m)
+                if on_entry is not None:
+                    on_entry()
             except OSError as exc:
                 mapped = map_os_error(exc, m.name)
                 if mapped is exc:

@@ -153,7 +153,8 @@ class FuseExec:
     """fuse-overlayfs started directly (as a user would from a shell), then umount2."""
 
     def __init__(self, spec: MountSpec) -> None:
-        self.argv = list(spec.argv)
+        # As a user would: without the driver's -f, the program daemonizes itself.
+        self.argv = [a for a in spec.argv if a != "-f"]
         self.target = spec.target
 
     def cycle(self) -> None:

@@ -229,45 +229,47 @@ class Driver:
         lay = self.layout
         with self._lock.hold():
             chain = self.parents(id)
-            ref_path = lay.refs(id)
-            count = refs.read(ref_path)
-            if not chain:
-                refs.write(ref_path, count + 1)
-                return lay.diff(id)
-            target = lay.mnt(id)
-            mounted_now = False
-            state = _mount_state(target, lay.mnt_dir)
-            if state is _Mount.DEAD:
-                # The FUSE daemon behind the union died: drop its dead mount, mount anew.
-                self._engine_unmount(id, target)
-                state = _Mount.NONE
-            if state is _Mount.NONE:
-                count = 0  # the mount table is the truth: a dead holder's count is void
-                ensure_dir(target)
-                self.engine.mount(self._branches(id, chain, mount_label))
-                mounted_now = True
-            try:
-                refs.write(ref_path, count + 1)
-            except BaseException:
-                if mounted_now:
+            with refs.Count(lay.refs(id)) as ref:
+                if not chain:
+                    ref.set(ref.value + 1)
+                    return lay.diff(id)
+                target = lay.mnt(id)
+                count = ref.value
+                mounted_now = False
+                state = _mount_state(target, lay.mnt_dir)
+                if state is _Mount.DEAD:
+                    # The FUSE daemon behind the union died: drop its dead mount, mount anew.
                     self._engine_unmount(id, target)
-                raise
-            return target
+                    state = _Mount.NONE
+                if state is _Mount.NONE:
+                    count = 0  # the mount table is the truth: a dead holder's count is void
+                    ensure_dir(target)
+                    self.engine.mount(self._branches(id, chain, mount_label))
+                    mounted_now = True
+                try:
+                    ref.set(count + 1)
+                except BaseException:
+                    if mounted_now:
+                        self._engine_unmount(id, target)
+                    raise
+                return target
 
     def put(self, id: str) -> None:
         validate_id(id)
         lay = self.layout
         with self._lock.hold():
             chain = self.parents(id)
-            ref_path = lay.refs(id)
-            count = refs.read(ref_path)
-            if count > 1 and (not chain
-                              or _mount_state(lay.mnt(id), lay.mnt_dir) is _Mount.LIVE):
-                refs.write(ref_path, count - 1)
-                return
-            refs.write(ref_path, 0)
+            with refs.Count(lay.refs(id)) as ref:
+                count = ref.value
+                if count > 1 and (not chain
+                                  or _mount_state(lay.mnt(id), lay.mnt_dir) is _Mount.LIVE):
+                    ref.set(count - 1)
+                    return
+                ref.set(0)
             if chain:
-                self._unmount(id)
+                # No mount check first: umount2 says "not mounted" itself, and a check
+                # would cost a FUSE round trip (statfs goes to the daemon).
+                self._engine_unmount(id, lay.mnt(id))
 
     def _unmount(self, id: str) -> None:
         target = self.layout.mnt(id)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import aufs
-from aufs._sys import libc, mountinfo
+from aufs._sys import daemon, libc, mountinfo
 from aufs._sys import mount as sysmount
 from aufs.graphdriver import (
     IncompatibleFSError,
@@ -314,7 +314,7 @@ def test_a_daemon_that_will_not_exit_is_killed() -> None:
     with subprocess.Popen(["sleep", "60"]) as stuck, subprocess.Popen(["true"]) as done:
         done.wait()
         started = time.monotonic()
-        fuse_overlayfs.reap(fuse_overlayfs.open_pidfds([stuck.pid, done.pid]), 0.2)
+        daemon.reap(daemon.open_pidfds([stuck.pid, done.pid]), 0.2)
         assert stuck.wait(timeout=5) == -signal.SIGKILL
         assert time.monotonic() - started < 2
 

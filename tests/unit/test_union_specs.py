@@ -289,7 +289,7 @@ CAPS = FuseCaps(binary="/usr/bin/fuse-overlayfs", fusermount=None, as_root=True)
 def test_fuse_argv_exact() -> None:
     (spec,) = fuse_specs(_b(2), CAPS)
     assert spec.method is MountMethod.HELPER
-    assert spec.argv == ("/usr/bin/fuse-overlayfs", "-o",
+    assert spec.argv == ("/usr/bin/fuse-overlayfs", "-f", "-o",
                          "lowerdir=/r/diff/0:/r/diff/1,upperdir=/r/diff/x,"
                          "workdir=/r/.aufs/work/x", "/r/mnt/x")
     assert (spec.fstype, spec.target) == ("fuse.fuse-overlayfs", "/r/mnt/x")
@@ -298,14 +298,14 @@ def test_fuse_argv_exact() -> None:
 
 def test_fuse_label_and_escapes() -> None:
     (spec,) = fuse_specs(_b(1, label=MCS, root="/a,b"), CAPS)
-    assert spec.argv[2] == ("lowerdir=/a\\,b/diff/0,upperdir=/a\\,b/diff/x,"
+    assert spec.argv[3] == ("lowerdir=/a\\,b/diff/0,upperdir=/a\\,b/diff/x,"
                             "workdir=/a\\,b/.aufs/work/x,"
                             'context="system_u:object_r:svirt_sandbox_file_t:s0:c1\\,c2"')
 
 
 def test_fuse_has_no_page_limit() -> None:
     (spec,) = fuse_specs(_b(MAX_LOWERS), CAPS)
-    assert len(spec.argv[2]) > 4096
+    assert len(spec.argv[3]) > 4096
 
 
 # -- MountSpec ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from aufs._sys import libc
+from aufs._sys import daemon, libc
 from aufs.union.base import MountMethod, MountSpec
 
 MS_RDONLY = 0x1
@@ -19,6 +19,8 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 
 MNT_DETACH = 0x2
+
+HELPER_START_TIMEOUT = 60.0  # seconds for a FUSE daemon to mount
 
 _FSOPEN_CLOEXEC = 0x1
 _FSCONFIG_SET_FLAG = 0
@@ -40,13 +42,16 @@ class MountError(OSError):
         return f"{self.strerror} [{self.spec}]"
 
 
-def run(spec: MountSpec) -> None:
-    """Issue one mount as described; raise :class:`MountError` on failure."""
+def run(spec: MountSpec) -> int | None:
+    """Issue one mount as described; raise :class:`MountError` on failure.
+
+    Returns the pid of the daemon serving the mount (HELPER mounts), else None.
+    """
     try:
         if spec.method is MountMethod.FSCONFIG:
             _fsconfig_mount(spec)
         elif spec.method is MountMethod.HELPER:
-            _helper_mount(spec)
+            return _helper_mount(spec)
         elif spec.cwd is not None:
             _relative_mount(spec)
         else:
@@ -55,6 +60,7 @@ def run(spec: MountSpec) -> None:
         raise
     except OSError as exc:
         raise MountError(exc.errno or 0, exc.strerror or str(exc), spec) from exc
+    return None
 
 
 def _fs_messages(fd: int) -> str:
@@ -124,21 +130,8 @@ def _relative_mount(spec: MountSpec) -> None:
         raise MountError(0, last, spec)
 
 
-def _helper_mount(spec: MountSpec) -> None:
-    try:
-        proc = subprocess.run(
-            list(spec.argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, check=False, close_fds=True,
-        )
-    except OSError as exc:
-        raise MountError(exc.errno or 0, f"cannot run {spec.argv[0]}: {exc.strerror}",
-                         spec) from exc
-    if proc.returncode != 0:
-        err = " ".join(
-            line for line in proc.stderr.decode(errors="replace").splitlines()
-            if "unknown argument ignored" not in line
-        ).strip()
-        raise MountError(0, err or f"{spec.argv[0]} exited with {proc.returncode}", spec)
+def _helper_mount(spec: MountSpec) -> int:
+    return daemon.spawn_mount(spec.argv, spec.target, HELPER_START_TIMEOUT)
 
 
 def unmount(target: str, *, attempts: int = 50, delay: float = 0.02) -> None:

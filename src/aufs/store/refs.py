@@ -10,33 +10,60 @@ import contextlib
 import os
 
 
-def read(path: str) -> int:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return 0
-    try:
-        raw = os.read(fd, 32)
-    finally:
-        os.close(fd)
+def _parse(raw: bytes) -> int:
     try:
         return max(int(raw or b"0"), 0)
     except ValueError:
         return 0
 
 
-def write(path: str, count: int) -> None:
-    """Store ``count``. The file is kept at zero: creating and unlinking it on every
-    get/put would cost a directory update each time (see :func:`clear`)."""
-    # One small pwrite is all-or-nothing for our purposes; a torn count is re-read as 0
-    # and then corrected against the mount table.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def read(path: str) -> int:
     try:
-        data = b"%d\n" % max(count, 0)
-        os.pwrite(fd, data, 0)
-        os.ftruncate(fd, len(data))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0
+    try:
+        return _parse(os.read(fd, 32))
     finally:
         os.close(fd)
+
+
+class Count:
+    """One layer's count, open for one get or put: one open for the read and the write.
+
+    The file is kept at zero, never unlinked on a put: creating and unlinking it on every
+    get/put would cost a directory update each time (see :func:`clear`).
+    """
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._raw = os.pread(self._fd, 32, 0)
+        self.value = _parse(self._raw)
+
+    def set(self, count: int) -> None:
+        # One small pwrite is all-or-nothing for our purposes; a torn count is re-read
+        # as 0 and then corrected against the mount table.
+        data = b"%d\n" % max(count, 0)
+        os.pwrite(self._fd, data, 0)
+        if len(data) < len(self._raw):
+            os.ftruncate(self._fd, len(data))
+        self._raw = data
+        self.value = count
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def __enter__(self) -> Count:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write(path: str, count: int) -> None:
+    """Store ``count`` (see :class:`Count`)."""
+    with Count(path) as c:
+        c.set(count)
 
 
 def clear(path: str) -> None:

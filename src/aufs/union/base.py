@@ -18,7 +18,7 @@ from aufs.graphdriver import DriverError
 class MountMethod(enum.Enum):
     MOUNT = "mount"        # one mount(2), options joined with ","
     FSCONFIG = "fsconfig"  # the new mount API: one fsconfig() per option (no page limit)
-    HELPER = "helper"      # run argv (a FUSE daemon) and wait until the target is mounted
+    HELPER = "helper"      # run argv (a FUSE daemon, foreground) until the target is mounted
 
 
 class ChainTooLongError(DriverError, ValueError):

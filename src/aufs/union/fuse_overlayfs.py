@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import shutil
-import signal
-import time
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from aufs._sys import fsinfo
+from aufs._sys import daemon, fsinfo
 from aufs._sys import mount as sysmount
 from aufs._sys.files import ensure_dir, rmtree
 from aufs.graphdriver import IncompatibleFSError, NotSupportedError
@@ -47,7 +45,8 @@ def fuse_specs(b: Branches, caps: FuseCaps) -> list[MountSpec]:
         # libfuse splits -o on unescaped commas (MCS labels have them: "s0:c1,c2").
         label = b.label.replace("\\", "\\\\").replace(",", "\\,")
         opts.append(f'context="{label}"')
-    argv = (caps.binary, "-o", ",".join(opts), b.target)
+    # -f: the daemon stays in the foreground, a child of ours (see aufs._sys.daemon).
+    argv = (caps.binary, "-f", "-o", ",".join(opts), b.target)
     return [MountSpec("fuse.fuse-overlayfs", "fuse-overlayfs", b.target, tuple(opts),
                       method=MountMethod.HELPER, argv=argv)]
 
@@ -67,11 +66,14 @@ class FuseOverlayEngine:
 
     def mount(self, branches: Branches) -> None:
         ensure_dir(branches.work, 0o700)
+        daemon.reap_exited()
         for spec in fuse_specs(branches, self.caps):
-            sysmount.run(spec)
+            pid = sysmount.run(spec)
+            if pid is not None:
+                _remember(spec.target, pid)
 
     def unmount(self, target: str, rw: str | None = None) -> None:
-        daemons = open_pidfds(daemon_pids(target))  # before the unmount: no pid reuse
+        daemons = daemon_pidfds(target)  # before the unmount: no pid reuse
         try:
             if self.caps.as_root or self.caps.fusermount is None:
                 sysmount.unmount(target)
@@ -81,9 +83,15 @@ class FuseOverlayEngine:
             for fd in daemons:
                 os.close(fd)
             raise
-        reap(daemons, DAEMON_EXIT_TIMEOUT)  # the daemon writes no more into rw
-        if rw is not None:
-            self.format.normalize(rw)
+        try:
+            if rw is not None:
+                # While the daemon exits (on the other core): once a non-lazy unmount has
+                # succeeded no system call is in flight on the union, so no whiteout or
+                # opaque marker is still on its way; what the daemon may yet answer
+                # (release, forget) writes none.
+                self.format.normalize(rw)
+        finally:
+            daemon.reap(daemons, DAEMON_EXIT_TIMEOUT)  # never left running
 
     def describe(self) -> list[tuple[str, str]]:
         return [("FUSE Helper", self.caps.binary)]
@@ -111,6 +119,28 @@ def _daemons() -> Iterator[tuple[int, bytes]]:
             yield int(name), argv[-1]
 
 
+# target -> pid of the daemon this process started there (a child of ours: see _sys.daemon).
+_started: dict[str, int] = {}
+_started_lock = threading.Lock()
+
+
+def _remember(target: str, pid: int) -> None:
+    with _started_lock:
+        _started[target] = pid
+
+
+def daemon_pidfds(target: str) -> list[int]:
+    """pidfds of the fuse-overlayfs daemons serving ``target``: the child this process
+    started there, else whatever a scan of /proc finds (a mount made by another process)."""
+    with _started_lock:
+        pid = _started.pop(target, None)
+    if pid is not None:
+        fd = daemon.child_pidfd(pid)
+        if fd is not None:
+            return [fd]
+    return daemon.open_pidfds(daemon_pids(target))
+
+
 def daemon_pids(target: str) -> list[int]:
     """Pids of fuse-overlayfs daemons serving ``target``."""
     want = os.fsencode(target)
@@ -123,41 +153,6 @@ def daemon_pids_below(path: str) -> list[int]:
     want = os.fsencode(os.path.realpath(path))
     return [pid for pid, mountpoint in _daemons()
             if mountpoint == want or mountpoint.startswith(want + b"/")]
-
-
-def open_pidfds(pids: list[int]) -> list[int]:
-    """pidfds for those of ``pids`` still running: they name the process, not the number."""
-    fds = []
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            fds.append(os.pidfd_open(pid))
-    return fds
-
-
-def _wait(pidfd: int, seconds: float) -> bool:
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(max(seconds, 0) * 1000))
-
-
-def reap(pidfds: list[int], timeout: float) -> None:
-    """Wait until each process has exited; one still running after ``timeout`` seconds is
-    killed (a daemon is never left behind). Closes the pidfds."""
-    deadline = time.monotonic() + timeout
-    try:
-        for fd in pidfds:
-            if not _wait(fd, deadline - time.monotonic()):
-                with contextlib.suppress(ProcessLookupError):
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-                _wait(fd, 1.0)
-    finally:
-        for fd in pidfds:
-            os.close(fd)
-
-
-def wait_for_exit(pids: list[int], timeout: float) -> None:
-    """Wait (pidfd + poll) until every pid has exited, killing it after ``timeout`` seconds."""
-    reap(open_pidfds(pids), timeout)
 
 
 def probe(layout: Layout, magic: int, store_format: WhiteoutFormat) -> FuseOverlayEngine:

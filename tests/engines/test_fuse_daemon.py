@@ -1,0 +1,155 @@
+"""The fuse-overlayfs daemon as a child of ours (``aufs._sys.daemon``): started in the
+foreground in a session of its own, found without a /proc scan, reaped, never left."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import aufs
+from aufs._sys import daemon, libc
+from aufs._sys.mount import MountError
+from aufs.union import fuse_overlayfs
+from tests.cli.kit import REPO
+from tests.conftest import fuse_daemons_below, mounts_below, require_engine
+
+
+@pytest.fixture
+def fuse(store_root: Path) -> Iterator[aufs.Driver]:
+    require_engine("fuse-overlayfs")
+    d = aufs.init(store_root, ["aufs.engine=fuse-overlayfs"])
+    try:
+        d.create("base")
+        Path(d.layout.diff("base"), "f").write_text("lower")
+        d.create("top", "base")
+        yield d
+    finally:
+        d.cleanup()
+
+
+def _stat_field(pid: int, index: int) -> int:
+    """A numeric field of /proc/PID/stat (1-based as in proc(5))."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        after_comm = f.read().rsplit(b")", 1)[1].split()
+    return int(after_comm[index - 3])
+
+
+def _gone_or_zombie(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except FileNotFoundError:
+        return "gone"
+
+
+def test_the_daemon_is_our_child_in_a_session_of_its_own(fuse: aufs.Driver) -> None:
+    mnt = fuse.get("top")
+    (pid,) = fuse_daemons_below(mnt)
+    assert _stat_field(pid, 4) == os.getpid()   # ppid: ours, no daemonizing fork
+    assert _stat_field(pid, 6) == pid           # session leader: no terminal's Ctrl-C
+    assert os.readlink(f"/proc/{pid}/cwd") == "/"  # keeps no directory of ours busy
+    assert fuse_overlayfs._started[mnt] == pid  # remembered: unmount needs no /proc scan
+    assert os.listdir(mnt) == ["f"]
+    fuse.put("top")
+    assert _gone_or_zombie(pid) == "gone"      # waited for and reaped, no zombie
+    assert mnt not in fuse_overlayfs._started
+
+
+def test_the_unmount_finds_its_daemon_without_a_scan(fuse: aufs.Driver,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    mnt = fuse.get("top")
+    (pid,) = fuse_daemons_below(mnt)
+
+    def no_scan(target: str) -> list[int]:
+        raise AssertionError("scanned /proc for a daemon of our own")
+
+    monkeypatch.setattr(fuse_overlayfs, "daemon_pids", no_scan)
+    fuse.put("top")
+    assert _gone_or_zombie(pid) == "gone" and mounts_below(mnt) == []
+
+
+def test_a_daemon_unmounted_by_another_process_is_reaped(fuse: aufs.Driver) -> None:
+    mnt = fuse.get("top")
+    (pid,) = fuse_daemons_below(mnt)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    subprocess.run([sys.executable, "-c", "import sys, aufs; aufs.unmount(sys.argv[1])", mnt],
+                   env=env, check=True, timeout=60)
+    deadline = time.monotonic() + 10
+    while _gone_or_zombie(pid) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _gone_or_zombie(pid) == "Z"  # exited; only its parent (we) can reap it
+    fuse.get("top")                     # the next mount reaps what has exited
+    assert _gone_or_zombie(pid) == "gone"
+    fuse.put("top")
+
+
+def test_a_daemon_that_fails_says_why_and_is_gone(tmp_path: Path) -> None:
+    require_engine("fuse-overlayfs")
+    target = tmp_path / "m"
+    target.mkdir()
+    binary = shutil.which("fuse-overlayfs")
+    assert binary is not None
+    argv = [binary, "-f", "-o", f"lowerdir={tmp_path}/missing", str(target)]
+    with pytest.raises(OSError) as info:
+        daemon.spawn_mount(argv, str(target), 10)
+    assert "missing" in str(info.value) or "No such file" in str(info.value)
+    assert mounts_below(target) == [] and daemon._children == set()
+
+
+def test_a_daemon_that_never_mounts_is_killed(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(OSError, match="did not mount"):
+        daemon.spawn_mount(["/bin/sleep", "60"], str(tmp_path), 0.3)
+    assert time.monotonic() - started < 5
+    assert daemon._children == set()  # killed and reaped
+    out = subprocess.run(["pgrep", "-f", "^/bin/sleep 60$"], capture_output=True, text=True,
+                         check=False)
+    assert str(os.getpid()) not in out.stdout
+
+
+def test_a_missing_program_is_a_mount_error(fuse: aufs.Driver,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    caps = fuse.engine.caps  # type: ignore[attr-defined]
+    monkeypatch.setattr(fuse.engine, "caps",
+                        type(caps)(binary="/nonexistent/fuse-overlayfs",
+                                   fusermount=caps.fusermount, as_root=caps.as_root))
+    with pytest.raises(MountError, match="cannot run /nonexistent/fuse-overlayfs"):
+        fuse.get("top")
+    assert not fuse.mounted("top") and fuse.refcount("top") == 0
+
+
+def test_the_readiness_check_never_waits_for_the_daemon(fuse: aufs.Driver) -> None:
+    """``cached_dev`` answers from the kernel even when the daemon does not answer at all:
+    the mount wait costs no round trip to a daemon still starting."""
+    mnt = fuse.get("top")
+    (pid,) = fuse_daemons_below(mnt)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        result: list[int] = []
+        t = threading.Thread(target=lambda: result.append(libc.cached_dev(mnt)), daemon=True)
+        t.start()
+        t.join(5)
+        assert result, "cached_dev blocked on a stopped FUSE daemon"
+        assert result[0] != os.lstat(os.path.dirname(mnt)).st_dev
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    fuse.put("top")
+
+
+@pytest.mark.parametrize("path", ["/", "/proc", "/dev", "/sys", "."])
+def test_cached_dev_is_lstat_dev(path: str) -> None:
+    assert libc.cached_dev(path) == os.lstat(path).st_dev
+
+
+def test_cached_dev_of_a_missing_path_raises(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        libc.cached_dev(str(tmp_path / "nope"))

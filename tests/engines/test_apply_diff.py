@@ -272,3 +272,22 @@ def test_kill_9_mid_apply(driver: aufs.Driver, engine: str) -> None:
         assert os.listdir(d2.layout.staging_dir) == []
     finally:
         d2.cleanup()
+
+
+def test_whiteout_owner_and_time_survive_a_round_trip(driver: aufs.Driver) -> None:
+    """A whiteout keeps its entry's owner and mtime (Docker's aufs store does: the ``.wh.``
+    file is extracted like any file), so a diff gives the same entry back."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo(f"{WH_PREFIX}gone")
+        info.uid, info.gid, info.mtime, info.mode = 1234, 5678, 1_500_000_000, 0o644
+        tf.addfile(info, io.BytesIO(b""))
+    driver.create("L")
+    driver.apply_diff("L", "", io.BytesIO(buf.getvalue()))
+    st = os.lstat(os.path.join(driver.layout.diff("L"),
+                               driver.whiteouts.whiteout_path_name("gone")))
+    assert (st.st_uid, st.st_gid, int(st.st_mtime)) == (1234, 5678, 1_500_000_000)
+    with driver.diff("L") as stream, tarfile.open(fileobj=stream, mode="r|") as tf:
+        (member,) = list(tf)
+    assert (member.name, member.uid, member.gid, int(member.mtime)) == (
+        f"{WH_PREFIX}gone", 1234, 5678, 1_500_000_000)

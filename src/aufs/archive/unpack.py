@@ -285,7 +285,7 @@ class Unpacker:
         if kind.kind is Kind.OPAQUE:
             self._opaque(head, parent)
         else:
-            self._whiteout(head, parent, kind.target, m.mode)
+            self._whiteout(head, parent, kind.target, m)
         return True
 
     def _root(self, m: t.Member) -> None:
@@ -298,15 +298,19 @@ class Unpacker:
         os.fchmod(fd, m.mode)
         self.dir_meta.append((".", _times(m), -1))
 
-    def _whiteout(self, head: str, parent: int, target: str, mode: int) -> None:
+    def _whiteout(self, head: str, parent: int, target: str, m: t.Member) -> None:
         if target in ("", ".", ".."):
             raise BreakoutError(f"whiteout of {posixpath.join(head, target)!r}: not a name "
                                 "in the layer")
         path = f"{head}/{target}" if head else target
         self.remove(parent, path, target)
         if self.whiteouts is not None:
-            self.whiteouts.make_whiteout(parent, target, mode & 0o777 or 0o600)
+            self.whiteouts.make_whiteout(parent, target, m.mode & 0o777 or 0o600)
             marker = self.whiteouts.whiteout_path_name(target)
+            # The entry's owner and times, as Docker's aufs store keeps them (a diff of
+            # the layer then gives the same whiteout entry back).
+            self.policy.chown(marker, m.uid, m.gid, dir_fd=parent)
+            os.utime(marker, ns=_times(m), dir_fd=parent, follow_symlinks=False)
             self.made[f"{head}/{marker}" if head else marker] = ENTRY_FLAG
             self.stale_whiteouts = self.marker_named
 

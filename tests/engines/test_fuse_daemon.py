@@ -64,6 +64,27 @@ def test_the_daemon_is_our_child_in_a_session_of_its_own(fuse: aufs.Driver) -> N
     assert mnt not in fuse_overlayfs._started
 
 
+def test_a_dead_daemon_is_replaced_on_get(fuse: aufs.Driver, store_root: Path) -> None:
+    mnt = fuse.get("top")
+    (pid,) = fuse_daemons_below(mnt)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(OSError):
+        os.listdir(mnt)  # ENOTCONN: the mount is still there, its daemon is not
+    assert fuse.mounted("top")
+    assert fuse.get("top") == mnt
+    assert os.listdir(mnt) == ["f"]
+    assert fuse.refcount("top") == 1  # the dead holder's count was void
+    assert len(fuse_daemons_below(mnt)) == 1
+    os.kill(fuse_daemons_below(mnt)[0], signal.SIGKILL)
+    fuse.put("top")  # a put on a dead mount unmounts it
+    assert not fuse.mounted("top") and mounts_below(store_root / "mnt") == []
+    fuse.get("top")
+    os.kill(fuse_daemons_below(mnt)[0], signal.SIGKILL)
+    fuse.cleanup()  # cleanup copes with a dead mount too
+    assert mounts_below(store_root) == [] and fuse_daemons_below(store_root) == []
+    assert _gone_or_zombie(pid) == "gone"  # the killed daemons were reaped
+
+
 def test_the_unmount_finds_its_daemon_without_a_scan(fuse: aufs.Driver,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     mnt = fuse.get("top")

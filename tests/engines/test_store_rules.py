@@ -29,7 +29,6 @@ from aufs.graphdriver import (
 )
 from aufs.union import fuse_overlayfs
 from aufs.union.base import ChainTooLongError
-from aufs.union.fuse_overlayfs import daemon_pids
 from aufs.union.overlay import OverlayEngine
 from tests.conftest import fuse_daemons_below, mounts_below, require_engine
 
@@ -281,33 +280,6 @@ def test_base_layers_count_without_mounting(driver: aufs.Driver, store_root: Pat
     driver.put("base")
     driver.put("base")  # one too many: harmless
     assert driver.refcount("base") == 0
-
-
-def test_a_dead_fuse_daemon_is_replaced_on_get(store_root: Path) -> None:
-    require_engine("fuse-overlayfs")
-    d = aufs.init(store_root, ["aufs.engine=fuse-overlayfs"])
-    try:
-        d.create("base")
-        Path(d.layout.diff("base"), "f").write_text("lower")
-        d.create("top", "base")
-        mnt = d.get("top")
-        (pid,) = daemon_pids(mnt)
-        os.kill(pid, signal.SIGKILL)
-        with pytest.raises(OSError):
-            os.listdir(mnt)  # ENOTCONN: the mount is still there, its daemon is not
-        assert d.mounted("top")
-        assert d.get("top") == mnt
-        assert os.listdir(mnt) == ["f"]
-        assert d.refcount("top") == 1  # the dead holder's count was void
-        assert len(daemon_pids(mnt)) == 1
-        os.kill(daemon_pids(mnt)[0], signal.SIGKILL)
-        d.put("top")  # a put on a dead mount unmounts it
-        assert not d.mounted("top") and mounts_below(store_root / "mnt") == []
-        d.get("top")
-        os.kill(daemon_pids(mnt)[0], signal.SIGKILL)
-    finally:
-        d.cleanup()  # cleanup copes with a dead mount too
-    assert mounts_below(store_root) == [] and fuse_daemons_below(store_root) == []
 
 
 def test_a_daemon_that_will_not_exit_is_killed() -> None:

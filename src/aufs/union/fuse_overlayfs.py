@@ -92,6 +92,7 @@ class FuseOverlayEngine:
                 self.format.normalize(rw)
         finally:
             daemon.reap(daemons, DAEMON_EXIT_TIMEOUT)  # never left running
+            daemon.reap_exited()  # and those another process unmounted: no zombies
 
     def describe(self) -> list[tuple[str, str]]:
         return [("FUSE Helper", self.caps.binary)]

@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING
 
 from aufs import convert
 from aufs import options as options_mod
-from aufs._sys import fsinfo, mountinfo
+from aufs._sys import fsinfo, libc, mountinfo
 from aufs._sys import mount as sysmount
 from aufs._sys.files import ensure_dir, rmtree
 from aufs.graphdriver import (
@@ -266,10 +266,9 @@ class Driver:
                     ref.set(count - 1)
                     return
                 ref.set(0)
-            if chain:
-                # No mount check first: umount2 says "not mounted" itself, and a check
-                # would cost a FUSE round trip (statfs goes to the daemon).
-                self._engine_unmount(id, lay.mnt(id))
+            target = lay.mnt(id)
+            if chain and _has_mount(target, lay.mnt_dir):
+                self._engine_unmount(id, target)
 
     def _unmount(self, id: str) -> None:
         target = self.layout.mnt(id)
@@ -443,6 +442,19 @@ def _mount_state(path: str, parent: str) -> _Mount:
             return _Mount.DEAD
         raise
     return _Mount.LIVE
+
+
+def _has_mount(path: str, parent: str) -> bool:
+    """Is something mounted at ``path``, live or dead? Asks no FUSE daemon (``statx``
+    with ``AT_STATX_DONT_SYNC``: the device number comes from the superblock)."""
+    try:
+        return libc.cached_dev(path) != os.lstat(parent).st_dev
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):  # a dead daemon
+            return True
+        raise
 
 
 def _is_mounted(path: str, parent: str) -> bool:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,7 +114,22 @@ def test_a_daemon_unmounted_by_another_process_is_reaped(fuse: aufs.Driver) -> N
     fuse.put("top")
 
 
-def test_a_daemon_that_fails_says_why_and_is_gone(tmp_path: Path) -> None:
+@pytest.fixture
+def spawned(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids ``os.posix_spawn`` returns during the test."""
+    pids: list[int] = []
+    real = os.posix_spawn
+
+    def recording(*args: Any, **kwargs: Any) -> int:
+        pid = real(*args, **kwargs)
+        pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "posix_spawn", recording)
+    return pids
+
+
+def test_a_daemon_that_fails_says_why_and_is_gone(tmp_path: Path, spawned: list[int]) -> None:
     require_engine("fuse-overlayfs")
     target = tmp_path / "m"
     target.mkdir()
@@ -123,18 +139,73 @@ def test_a_daemon_that_fails_says_why_and_is_gone(tmp_path: Path) -> None:
     with pytest.raises(OSError) as info:
         daemon.spawn_mount(argv, str(target), 10)
     assert "missing" in str(info.value) or "No such file" in str(info.value)
-    assert mounts_below(target) == [] and daemon._children == set()
+    (pid,) = spawned
+    assert mounts_below(target) == [] and _gone_or_zombie(pid) == "gone"
+    assert pid not in daemon._children
 
 
-def test_a_daemon_that_never_mounts_is_killed(tmp_path: Path) -> None:
+def test_a_daemon_that_never_mounts_is_killed(tmp_path: Path, spawned: list[int]) -> None:
     started = time.monotonic()
     with pytest.raises(OSError, match="did not mount"):
         daemon.spawn_mount(["/bin/sleep", "60"], str(tmp_path), 0.3)
     assert time.monotonic() - started < 5
-    assert daemon._children == set()  # killed and reaped
-    out = subprocess.run(["pgrep", "-f", "^/bin/sleep 60$"], capture_output=True, text=True,
-                         check=False)
-    assert str(os.getpid()) not in out.stdout
+    (pid,) = spawned
+    assert _gone_or_zombie(pid) == "gone" and pid not in daemon._children  # killed, reaped
+
+
+def test_an_interrupted_wait_kills_the_daemon(tmp_path: Path, spawned: list[int],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = 0
+    real = libc.cached_dev
+
+    def interrupted(path: str) -> int:
+        nonlocal calls
+        calls += 1
+        if calls > 1:  # the first call is the "before"; then ^C in the wait
+            raise KeyboardInterrupt
+        return real(path)
+
+    monkeypatch.setattr(libc, "cached_dev", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        daemon.spawn_mount(["/bin/sleep", "60"], str(tmp_path), 30)
+    (pid,) = spawned
+    assert _gone_or_zombie(pid) == "gone" and pid not in daemon._children
+
+
+def test_the_daemon_gets_none_of_our_descriptors(fuse: aufs.Driver) -> None:
+    r, w = os.pipe()  # inheritable, like a pipe from the caller's shell
+    os.set_inheritable(r, True)
+    os.set_inheritable(w, True)
+    try:
+        mnt = fuse.get("top")
+        (pid,) = fuse_daemons_below(mnt)
+        fds = {int(n) for n in os.listdir(f"/proc/{pid}/fd")}
+        assert r not in fds and w not in fds, fds
+        with open(f"/proc/{pid}/status") as f:
+            ignored = next(int(ln.split()[1], 16) for ln in f if ln.startswith("SigIgn:"))
+        assert not ignored & (1 << (signal.SIGPIPE - 1))  # default, as subprocess gives
+        fuse.put("top")
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_put_of_a_layer_with_nothing_mounted(fuse: aufs.Driver,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stale count (holders that died) and a put with no mount: no error, no /proc scan,
+    no unmount attempted (fusermount3 -u would fail on it)."""
+    mnt = fuse.get("top")
+    fuse.put("top")
+    from aufs.store import refs
+    refs.write(fuse.layout.refs("top"), 2)
+
+    def no_unmount(target: str, rw: str | None = None) -> None:
+        raise AssertionError(f"unmount of {target}, where nothing is mounted")
+
+    monkeypatch.setattr(fuse.engine, "unmount", no_unmount)
+    fuse.put("top")
+    fuse.put("top")
+    assert fuse.refcount("top") == 0 and mounts_below(mnt) == []
 
 
 def test_a_missing_program_is_a_mount_error(fuse: aufs.Driver,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -74,9 +73,13 @@ _AT_FDCWD = -100
 _AT_SYMLINK_NOFOLLOW = 0x100
 _AT_STATX_DONT_SYNC = 0x4000
 _STATX_TYPE = 0x1
-_STATX_SIZE = 256
-_STX_DEV_MAJOR = 136  # offsets of stx_dev_major / stx_dev_minor in struct statx
-_STX_DEV_MINOR = 140
+
+
+class _Statx(ctypes.Structure):
+    """struct statx up to the device numbers, padded to its full 256 bytes."""
+
+    _fields_ = [("_head", ctypes.c_uint8 * 136), ("dev_major", ctypes.c_uint32),
+                ("dev_minor", ctypes.c_uint32), ("_tail", ctypes.c_uint8 * 112)]
 
 
 def cached_dev(path: str) -> int:
@@ -84,11 +87,9 @@ def cached_dev(path: str) -> int:
     device comes from the superblock, the rest from the kernel's cache)."""
     if _statx is None:
         return os.lstat(path).st_dev
-    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    buf = _Statx()
     while _statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC,
-                 _STATX_TYPE, buf) != 0:
+                 _STATX_TYPE, ctypes.byref(buf)) != 0:
         if ctypes.get_errno() != 4:
             _raise("statx", path)
-    major = int.from_bytes(buf.raw[_STX_DEV_MAJOR:_STX_DEV_MAJOR + 4], sys.byteorder)
-    minor = int.from_bytes(buf.raw[_STX_DEV_MINOR:_STX_DEV_MINOR + 4], sys.byteorder)
-    return os.makedev(major, minor)
+    return os.makedev(buf.dev_major, buf.dev_minor)

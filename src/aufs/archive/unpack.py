@@ -130,8 +130,6 @@ class Unpacker:
                 break
             try:
                 self.entry(reader, m)
-                if on_entry is not None:
-                    on_entry()
             except OSError as exc:
                 mapped = map_os_error(exc, m.name)
                 if mapped is exc:
@@ -139,6 +137,8 @@ class Unpacker:
                 raise mapped from exc
             except ValueError as exc:  # e.g. a NUL byte in a PAX name
                 raise ArchiveError(f"tar entry {m.name!r}: {exc}") from exc
+            if on_entry is not None:
+                on_entry()
         self.finish()
 
     def close(self) -> None:

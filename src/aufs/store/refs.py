@@ -37,7 +37,11 @@ class Count:
 
     def __init__(self, path: str) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self._raw = os.pread(self._fd, 32, 0)
+        try:
+            self._raw = os.pread(self._fd, 32, 0)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self.value = _parse(self._raw)
 
     def set(self, count: int) -> None:

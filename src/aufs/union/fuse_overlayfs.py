@@ -73,6 +73,8 @@ class FuseOverlayEngine:
                 _remember(spec.target, pid)
 
     def unmount(self, target: str, rw: str | None = None) -> None:
+        with _started_lock:
+            started = _started.get(target)
         daemons = daemon_pidfds(target)  # before the unmount: no pid reuse
         try:
             if self.caps.as_root or self.caps.fusermount is None:
@@ -82,6 +84,8 @@ class FuseOverlayEngine:
         except BaseException:
             for fd in daemons:
                 os.close(fd)
+            if started is not None:  # still mounted (EBUSY): still ours to find
+                _remember(target, started)
             raise
         try:
             if rw is not None:
@@ -136,7 +140,7 @@ def daemon_pidfds(target: str) -> list[int]:
     with _started_lock:
         pid = _started.pop(target, None)
     if pid is not None:
-        fd = daemon.child_pidfd(pid)
+        fd = daemon.child_pidfd(pid, target)
         if fd is not None:
             return [fd]
     return daemon.open_pidfds(daemon_pids(target))

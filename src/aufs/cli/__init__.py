@@ -1,0 +1,83 @@
+"""The ``aufs`` command line: a layer store for people and scripts.
+
+``aufs [--root DIR] [--engine E] [--json] [--debug] COMMAND ...``
+
+Exit status: 0 done, 1 the operation failed, 2 the command line was wrong. Every error
+is one line on stderr, made in one place (:func:`_failure`); ``--debug`` shows the
+traceback instead. Each command opens the store, runs, and closes it (which releases the
+store root's private bind mount when no union is under it) — never a ``cleanup``: a
+``mount`` stays mounted after the process exits, and a later ``umount`` in another
+process unmounts it (reference counts are on disk).
+
+Here: :func:`main` and the error lines. :mod:`.context` opens the store for a command,
+:mod:`.layers` has the commands on layers, :mod:`.streams` those that move tar streams,
+:mod:`.parser` the command line itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from aufs.archive import ArchiveError
+from aufs.cli.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Context, UsageError
+from aufs.cli.parser import build_parser
+from aufs.graphdriver import DriverError, InvalidLayerIDError
+from aufs.image import ImageError, names
+
+__all__ = ["entry", "main"]
+
+
+# -- errors: the one place an exception becomes a line ---------------------------------
+
+def _failure(exc: BaseException) -> tuple[int, str]:
+    """Exit status and the one line to print for ``exc``."""
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, InvalidLayerIDError | names.InvalidNameError):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, DriverError | ArchiveError | ImageError | ValueError):
+        return EXIT_FAILED, str(exc) or type(exc).__name__
+    if isinstance(exc, OSError):
+        what = exc.strerror or str(exc)
+        if exc.filename is not None:
+            what = f"{exc.filename}: {what}"
+        if isinstance(exc, PermissionError) and os.geteuid() != 0:
+            what += " (mounting layers needs root)"
+        return EXIT_FAILED, what
+    return EXIT_FAILED, f"internal error: {type(exc).__name__}: {exc} (run with --debug)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    ctx = Context(args)
+    try:
+        try:
+            args.func(ctx)
+        finally:
+            ctx.close()
+        sys.stdout.flush()
+    except KeyboardInterrupt:
+        print("aufs: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`aufs ls | head`): stop quietly.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as exc:
+        if args.debug:
+            raise
+        code, line = _failure(exc)
+        print(f"aufs: {line}", file=sys.stderr)
+        return code
+    return EXIT_OK
+
+
+def entry() -> None:
+    sys.exit(main())

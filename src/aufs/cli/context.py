@@ -1,0 +1,85 @@
+"""What every command shares: the store opened once per command, usage errors, sizes."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+
+from aufs.driver import Driver, init
+from aufs.image import names
+from aufs.store.layout import Layout
+
+DEFAULT_ROOT = "/var/lib/aufs"
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """The command line asks for something that cannot be (exit status 2)."""
+
+
+
+# -- the store, opened once per command ------------------------------------------------
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    _driver: Driver | None = field(default=None, init=False)
+
+    @property
+    def root(self) -> str:
+        root: str = self.args.root or os.environ.get("AUFS_ROOT") or DEFAULT_ROOT
+        return root
+
+    @property
+    def driver(self) -> Driver:
+        if self._driver is None:
+            opts = [f"aufs.engine={self.args.engine}"] if self.args.engine else []
+            _say_if_busy(self.root)
+            self._driver = init(self.root, opts)
+        return self._driver
+
+    def close(self) -> None:
+        if self._driver is not None:
+            self._driver.close()
+
+    def layer(self, ref: str) -> str:
+        """A layer id, or a name given by ``import --name``."""
+        d = self.driver
+        if d.exists(ref):
+            return ref
+        return names.read(d.layout).get(ref, ref)
+
+    def out(self, obj: object) -> None:
+        json.dump(obj, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+
+
+def _say_if_busy(root: str) -> None:
+    """On a terminal, tell why we wait when another process holds the store lock."""
+    if not sys.stderr.isatty():
+        return
+    try:
+        fd = os.open(Layout.at(root).lock_file, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"aufs: waiting for another aufs process using {root} ...", file=sys.stderr)
+    finally:
+        os.close(fd)
+
+
+def human_size(n: int) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")

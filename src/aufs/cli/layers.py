@@ -1,0 +1,167 @@
+"""Commands on the store and its layers: status, ls, tree, create, mount, umount, rm,
+changes, size, cleanup, migrate, convert."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from dataclasses import dataclass
+
+from aufs.cli.context import Context, human_size
+from aufs.driver import Driver
+from aufs.graphdriver import DriverError, LayerNotFoundError
+from aufs.image import names
+
+
+def status(ctx: Context) -> None:
+    rows = ctx.driver.status()
+    if ctx.args.json:
+        ctx.out(dict(rows))
+        return
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key + ':':<{width + 1}} {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    id: str
+    parent: str
+    size: int
+    mounted: bool
+    refs: int
+    names: list[str]
+
+    def as_json(self) -> dict[str, object]:
+        return {"id": self.id, "parent": self.parent or None, "size": self.size,
+                "mounted": self.mounted, "refs": self.refs, "names": self.names}
+
+
+def _layers(d: Driver) -> list[_Layer]:
+    named = names.by_layer(names.read(d.layout))
+    out = []
+    for layer_id in d.ids():
+        try:
+            chain = d.parents(layer_id)
+            out.append(_Layer(layer_id, chain[0] if chain else "", d.diff_size(layer_id),
+                              d.mounted(layer_id), d.refcount(layer_id),
+                              named.get(layer_id, [])))
+        except LayerNotFoundError:
+            continue  # removed while we looked
+    return out
+
+
+def ls(ctx: Context) -> None:
+    layers = _layers(ctx.driver)
+    if ctx.args.json:
+        ctx.out([layer.as_json() for layer in layers])
+        return
+    rows = [[lay.id, lay.parent or "-", human_size(lay.size), "yes" if lay.mounted else "no",
+             str(lay.refs), ",".join(lay.names) or "-"] for lay in layers]
+    if sys.stdout.isatty():  # a script reads one layer a line, starting with its id
+        rows.insert(0, ["ID", "PARENT", "SIZE", "MOUNTED", "REFS", "NAME"])
+    if not rows:
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+
+
+def tree(ctx: Context) -> None:
+    layers = {lay.id: lay for lay in _layers(ctx.driver)}
+    children: dict[str, list[str]] = {}
+    for lay in layers.values():
+        children.setdefault(lay.parent if lay.parent in layers else "", []).append(lay.id)
+
+    def node(layer_id: str) -> dict[str, object]:
+        return {**layers[layer_id].as_json(),
+                "children": [node(c) for c in children.get(layer_id, [])]}
+
+    if ctx.args.json:
+        ctx.out([node(r) for r in children.get("", [])])
+        return
+
+    def label(lay: _Layer) -> str:
+        text = f"{lay.id}  {human_size(lay.size)}"
+        if lay.mounted:
+            holders = "holder" if lay.refs == 1 else "holders"
+            text += f"  mounted ({lay.refs} {holders})"
+        elif lay.refs:
+            text += f"  held ({lay.refs})"
+        if lay.names:
+            text += f"  [{', '.join(lay.names)}]"
+        return text
+
+    def draw(layer_id: str, prefix: str, last: bool, top: bool) -> None:
+        branch = "" if top else ("└── " if last else "├── ")
+        print(prefix + branch + label(layers[layer_id]))
+        kids = children.get(layer_id, [])
+        inner = prefix if top else prefix + ("    " if last else "│   ")
+        for i, kid in enumerate(kids):
+            draw(kid, inner, i == len(kids) - 1, False)
+
+    for r in children.get("", []):
+        draw(r, "", True, True)
+
+
+def create(ctx: Context) -> None:
+    parent = ctx.layer(ctx.args.parent) if ctx.args.parent else ""
+    ctx.driver.create(ctx.args.id, parent)
+
+
+def mount(ctx: Context) -> None:
+    print(ctx.driver.get(ctx.layer(ctx.args.id)))
+
+
+def umount(ctx: Context) -> None:
+    ctx.driver.put(ctx.layer(ctx.args.id))
+
+
+def rm(ctx: Context) -> None:
+    d = ctx.driver
+    layer_id = ctx.layer(ctx.args.id)
+    with d.locked():
+        d.remove(layer_id)
+        names.drop_layer(d.layout, layer_id)
+
+
+def changes(ctx: Context) -> None:
+    a = ctx.args
+    parent = ctx.layer(a.parent) if a.parent else ""
+    changes = ctx.driver.changes(ctx.layer(a.id), parent)
+    if a.json:
+        ctx.out([{"path": c.path, "kind": c.kind.name.lower()} for c in changes])
+        return
+    for c in changes:
+        print(c)
+
+
+def size(ctx: Context) -> None:
+    a = ctx.args
+    layer_id = ctx.layer(a.id)
+    size = ctx.driver.diff_size(layer_id, ctx.layer(a.parent) if a.parent else "")
+    if a.json:
+        ctx.out({"id": layer_id, "size": size})
+    else:
+        print(size)
+
+
+def cleanup(ctx: Context) -> None:
+    ctx.driver.cleanup()
+
+
+def migrate(ctx: Context) -> None:
+    from aufs.migrate import setup_init_layer
+
+    if not os.path.isdir(ctx.args.path):
+        raise FileNotFoundError(errno.ENOENT, "No such directory", ctx.args.path)
+    ctx.driver.migrate(ctx.args.path, setup_init=setup_init_layer)
+
+
+def convert(ctx: Context) -> None:
+    try:
+        from aufs import convert
+    except ImportError as exc:
+        raise DriverError(f"convert is not available in this build ({exc})") from exc
+    print(convert.convert(ctx.root, ctx.args.to))

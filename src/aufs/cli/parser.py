@@ -1,0 +1,90 @@
+"""The argument parser: every command, its arguments and its help."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import NoReturn
+
+from aufs import __version__
+from aufs.cli import layers, streams
+from aufs.cli.context import DEFAULT_ROOT, EXIT_USAGE, Context
+from aufs.options import ENGINES
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its complaint on one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+
+Command = Callable[[Context], None]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="aufs", description="Docker's AUFS layer store on today's kernels.")
+    p.add_argument("--version", action="version", version=f"aufs {__version__}")
+    p.add_argument("--root", metavar="DIR",
+                   help=f"the store (default: $AUFS_ROOT or {DEFAULT_ROOT})")
+    p.add_argument("--engine", choices=ENGINES, help="union engine (default: auto)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, func: Command, help: str, *, json_out: bool = False) -> _Parser:
+        sp: _Parser = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        if json_out:  # also accepted after the command
+            sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                            help="machine-readable output")
+        return sp
+
+    def layer(sp: _Parser, what: str = "layer id or name") -> None:
+        sp.add_argument("id", metavar="ID", help=what)
+
+    def against(sp: _Parser) -> None:
+        sp.add_argument("--parent", metavar="P", help="compare against this ancestor")
+
+    cmd("status", layers.status, "show the store and engine", json_out=True)
+    cmd("ls", layers.ls, "list layers: id, parent, size, mounted, refs, name", json_out=True)
+    cmd("tree", layers.tree, "draw the layers as a tree", json_out=True)
+    sp = cmd("create", layers.create, "create an empty layer")
+    layer(sp, "new layer id")
+    sp.add_argument("--parent", metavar="P", help="parent layer")
+    layer(cmd("mount", layers.mount, "mount a layer and print its path"))
+    layer(cmd("umount", layers.umount, "drop one mount reference (the last one unmounts)"))
+    layer(cmd("rm", layers.rm, "remove a layer"))
+    sp = cmd("diff", streams.diff, "write the layer's changes as a tar")
+    layer(sp)
+    sp.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    sp.add_argument("--compress", choices=("none", "gzip", "zstd"), default="none")
+    against(sp)
+    sp = cmd("apply", streams.apply, "extract a layer tar into a layer (created if missing); "
+             "prints the layer's size")
+    layer(sp)
+    sp.add_argument("file", metavar="FILE", nargs="?", default="-",
+                    help="tar, optionally compressed (default: stdin)")
+    sp.add_argument("--parent", metavar="P", help="parent of a new layer")
+    sp = cmd("changes", layers.changes, "list the layer's changes (A/C/D path)", json_out=True)
+    layer(sp)
+    against(sp)
+    sp = cmd("size", layers.size, "bytes in the layer's own files", json_out=True)
+    layer(sp)
+    against(sp)
+    cmd("cleanup", layers.cleanup, "unmount every layer of the store")
+    sp = cmd("migrate", layers.migrate, "move a pre-0.7 Docker graph into the store")
+    sp.add_argument("path", metavar="PATH")
+    sp = cmd("convert", layers.convert, "rewrite the store's whiteouts in another format")
+    sp.add_argument("--to", choices=("overlay", "aufs"), required=True)
+    sp = cmd("import", streams.import_, "import a docker-save tarball or an OCI image layout; "
+             "prints the top layer id")
+    sp.add_argument("archive", metavar="ARCHIVE")
+    sp.add_argument("--name", metavar="NAME", help="record a name for the top layer")
+    sp = cmd("export", streams.export, "write the chain base..ID as an OCI image layout tar")
+    layer(sp)
+    sp.add_argument("-o", "--output", metavar="FILE", required=True)
+    sp.add_argument("--tag", help="reference name in index.json (default: from the layer's "
+                    "name, else latest)")
+    return p

@@ -1,0 +1,128 @@
+"""Commands that move tar streams: diff, apply, import, export (with a progress bar)."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import sys
+from collections.abc import Iterator
+from typing import IO, Protocol
+
+from aufs import progress
+from aufs.cli.context import Context, UsageError
+from aufs.image import names
+
+_CHUNK = 1 << 20
+
+
+def diff(ctx: Context) -> None:
+    a = ctx.args
+    d = ctx.driver
+    layer_id = ctx.layer(a.id)
+    parent = ctx.layer(a.parent) if a.parent else ""
+    if a.output is None and sys.stdout.isatty():
+        raise UsageError("refusing to write a tar to a terminal: use -o FILE or a redirection")
+    with progress.bar("diff", sys.stderr) as bar, d.diff(layer_id, parent) as stream, \
+            _output(a.output) as out:
+        sink = _compressor(out, a.compress)
+        while chunk := stream.read(_CHUNK):
+            sink.write(chunk)
+            bar.update(len(chunk))
+        if sink is not out:
+            sink.close()
+
+
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def _compressor(out: IO[bytes], kind: str) -> _Sink:
+    if kind == "gzip":
+        return gzip.GzipFile(filename="", fileobj=out, mode="wb", mtime=0)
+    if kind == "zstd":
+        import zstandard
+
+        writer: _Sink = zstandard.ZstdCompressor().stream_writer(out, closefd=False)
+        return writer
+    return out
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[IO[bytes]]:
+    """stdout, or ``path`` written whole or not at all (through a temporary name)."""
+    if path is None or path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    tmp = f"{path}.part-{os.getpid()}"
+    try:
+        with open(tmp, "xb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def apply(ctx: Context) -> None:
+    a = ctx.args
+    d = ctx.driver
+    parent = ctx.layer(a.parent) if a.parent else ""
+    if a.file == "-" and sys.stdin.isatty():
+        raise UsageError("refusing to read a tar from a terminal: give FILE or a redirection")
+    layer_id = ctx.layer(a.id)
+    with _input(a.file) as raw:  # a missing FILE fails before any layer is made
+        created = False
+        if not d.exists(layer_id):
+            d.create(layer_id, parent)  # a new layer on --parent, removed again on failure
+            created = True
+        try:
+            total = os.fstat(raw.fileno()).st_size if a.file != "-" else None
+            with progress.bar("apply", sys.stderr, total) as bar:
+                size = d.apply_diff(layer_id, parent, bar.wrap(raw))
+        except BaseException:
+            if created:
+                with contextlib.suppress(Exception):
+                    d.remove(layer_id)
+            raise
+    print(size)
+
+
+@contextlib.contextmanager
+def _input(path: str) -> Iterator[IO[bytes]]:
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    with open(path, "rb") as f:
+        yield f
+
+
+def import_(ctx: Context) -> None:
+    from aufs.image import load
+
+    d = ctx.driver
+    if ctx.args.name:
+        names.validate_name(ctx.args.name)
+    with progress.bar("import", sys.stderr) as bar:
+        top = load.import_image(d, ctx.args.archive, on_bytes=bar.update)
+    if ctx.args.name:
+        with d.locked():
+            names.set_name(d.layout, ctx.args.name, top)
+    print(top)
+
+
+def export(ctx: Context) -> None:
+    from aufs.image import save
+
+    d = ctx.driver
+    layer_id = ctx.layer(ctx.args.id)
+    tag = ctx.args.tag
+    if tag is None:
+        own = names.by_layer(names.read(d.layout)).get(layer_id, [])
+        tag = own[0].rsplit(":", 1)[-1] if own and ":" in own[0] else "latest"
+    with progress.bar("export", sys.stderr) as bar:
+        save.export_image(d, layer_id, ctx.args.output, tag=tag, on_bytes=bar.update)

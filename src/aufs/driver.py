@@ -202,6 +202,7 @@ class Driver:
                 names = ", ".join(children[:3])
                 raise LayerInUseError(f"layer {id} is the parent of: {names}")
             self._unmount(id)
+            self.engine.forget(lay.diff(id))
             # The rename of layers/<id> is the moment the layer stops existing.
             os.replace(lay.layers(id), lay.removing(lay.layers(id)))
             doomed = []

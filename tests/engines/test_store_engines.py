@@ -227,7 +227,12 @@ def test_legacy_overlay_mount_with_short_links(store_root: Path) -> None:
             overlay_specs(branches, d.engine.caps)
         mnt = d.get(top)
         assert len(os.listdir(mnt)) == 120
-        assert os.listdir(d.layout.links_dir)
+        assert len(os.listdir(d.layout.links_dir)) == 119  # one per lower layer
         d.put(top)
+        chain = d.parents(top)
+        d.remove(top)
+        for layer_id in chain:  # nearest first: each is a leaf by the time it goes
+            d.remove(layer_id)
+        assert os.listdir(d.layout.links_dir) == []  # removed with their layers
     finally:
         d.cleanup()

@@ -98,6 +98,9 @@ class AufsEngine:
     def describe(self) -> list[tuple[str, str]]:
         return [("auplink", self.caps.auplink or "not found")]
 
+    def forget(self, rw: str) -> None:
+        pass  # nothing kept per layer
+
 
 def unmount(target: str, auplink: str | None = None) -> None:
     """The seed's ``Unmount``: ``auplink <target> flush`` where it exists, then umount."""

@@ -87,6 +87,11 @@ class UnionEngine(Protocol):
         """Rows for ``Driver.status()``."""
         ...
 
+    def forget(self, rw: str) -> None:
+        """The layer whose rw branch is ``rw`` is being removed: drop what the engine
+        keeps for it in the store (the store lock is held)."""
+        ...
+
 
 def escape_overlay_path(path: str) -> str:
     """Escape the characters overlayfs (and fuse-overlayfs) split option values on."""

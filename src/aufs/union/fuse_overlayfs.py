@@ -101,6 +101,9 @@ class FuseOverlayEngine:
     def describe(self) -> list[tuple[str, str]]:
         return [("FUSE Helper", self.caps.binary)]
 
+    def forget(self, rw: str) -> None:
+        pass  # nothing kept per layer
+
 
 def _fusermount_unmount(fusermount: str, target: str) -> None:
     import subprocess

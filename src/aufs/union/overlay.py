@@ -115,6 +115,20 @@ class OverlayEngine:
         return overlay_specs(branches, self.caps, self.layout.links_dir,
                              self._short_names(branches.lowers, create=False))
 
+    def forget(self, rw: str) -> None:
+        """Remove the short link to ``rw``, if one was made (the lock is held)."""
+        target = os.path.relpath(rw, self.layout.links_dir)
+        for length in SHORT_NAME_LENGTHS:
+            link = self.layout.link(short_name(rw, length))
+            try:
+                if os.readlink(link) == target:
+                    os.unlink(link)
+                    return
+            except FileNotFoundError:
+                return  # names are tried in order: a free one ends the search
+            except OSError:
+                continue
+
     def _short_names(self, lowers: Sequence[str], *, create: bool) -> list[str]:
         """Names in ``.aufs/l`` of links to ``lowers`` (made if ``create``; the lock is held).
 

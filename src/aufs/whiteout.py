@@ -197,13 +197,21 @@ def _join(rel: str, name: str) -> str:
     return f"{rel}/{name}" if rel else name
 
 
+def whiteout_tar_mode(st_mode: int) -> int:
+    """The permission bits of a whiteout in a layer tar: its marker's own, or 0600 (as
+    Docker exports them) for a marker with none — kernel overlayfs makes its 0:0 devices
+    with mode 0."""
+    return stat.S_IMODE(st_mode) or 0o600
+
+
 def copy_marker_meta(dir_fd: int, name: str, old: os.stat_result) -> None:
     """Give the marker ``name`` (a file or device just made, never a symlink) the owner,
-    permissions and times of the marker ``old`` it replaces."""
+    permissions (as a layer tar shows them: :func:`whiteout_tar_mode`) and times of the
+    marker ``old`` it replaces, so that a diff gives the same entry before and after."""
     if os.geteuid() == 0:
         # Only root may give a file away; for anyone else the owner stays theirs.
         os.chown(name, old.st_uid, old.st_gid, dir_fd=dir_fd, follow_symlinks=False)
-    os.chmod(name, stat.S_IMODE(old.st_mode), dir_fd=dir_fd)
+    os.chmod(name, whiteout_tar_mode(old.st_mode), dir_fd=dir_fd)
     os.utime(name, ns=(old.st_atime_ns, old.st_mtime_ns), dir_fd=dir_fd,
              follow_symlinks=False)
 

@@ -29,6 +29,7 @@ from aufs.whiteout import (
     has_opaque_xattr,
     is_export_xattr,
     is_opaque,
+    whiteout_tar_mode,
 )
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="overlay whiteouts need root")
@@ -230,6 +231,23 @@ def test_normalize_keeps_whiteout_modes(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "a").lstat().st_mode) == 0o640
     AUFS.normalize(str(tmp_path))
     assert stat.S_IMODE((tmp_path / ".wh.a").lstat().st_mode) == 0o640
+
+
+@needs_root
+def test_a_kernel_whiteout_becomes_a_0600_file(tmp_path: Path) -> None:
+    """Kernel overlayfs makes whiteouts with mode 0; converted, they get 0600 — the mode
+    a layer tar gives them (Docker's), so a diff says the same before and after."""
+    os.mknod(tmp_path / "gone", stat.S_IFCHR, 0)
+    assert stat.S_IMODE((tmp_path / "gone").lstat().st_mode) == 0
+    AUFS.normalize(str(tmp_path))
+    assert stat.S_IMODE((tmp_path / ".wh.gone").lstat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    (stat.S_IFCHR, 0o600), (stat.S_IFCHR | 0o644, 0o644), (stat.S_IFREG | 0o400, 0o400),
+    (stat.S_IFREG, 0o600), (stat.S_IFCHR | 0o4755, 0o4755)])
+def test_whiteout_tar_mode(mode: int, expected: int) -> None:
+    assert whiteout_tar_mode(mode) == expected
 
 
 @needs_root

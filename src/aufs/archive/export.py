@@ -28,7 +28,7 @@ from aufs.archive import Change, ChangeKind
 from aufs.archive.entries import O_DIR, O_FILE, S_IFMT, S_IFREG, Members, whiteout_name
 from aufs.archive.stream import Member, tar_stream
 from aufs.archive.tarwrite import REGTYPE, simple_header
-from aufs.whiteout import WH_PREFIX, Kind, classify_entry, classify_name
+from aufs.whiteout import WH_PREFIX, Kind, classify_entry, classify_name, whiteout_tar_mode
 
 if TYPE_CHECKING:
     from aufs.graphdriver import ProtoDriver
@@ -135,7 +135,8 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
                         wst = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-                    mode = wst.st_mode & 0o7777 if kind == _WH_FILE else 0o600
+                    mode = (wst.st_mode & 0o7777 if kind == _WH_FILE
+                            else whiteout_tar_mode(wst.st_mode))
                     member = members.whiteout(arcname, wst, mode)
                 if member is not None:
                     yield member

@@ -2,7 +2,7 @@
 
 Every entry is created with ``*at`` calls relative to its parent directory, which is
 reached from the root fd one component at a time with ``O_NOFOLLOW | O_DIRECTORY``
-(:mod:`aufs._sys.safefs`): a symlink on the way — already in the tree or made a moment
+(:mod:`aufs.archive.dirfds`): a symlink on the way — already in the tree or made a moment
 before by the same archive — raises :class:`BreakoutError`; so does a name that leaves
 the tree once cleaned, and a hard link to something outside the tree or missing.
 Symlink *targets* are content and may be anything. An existing entry is replaced by
@@ -22,13 +22,13 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import resource
 import stat
 from collections.abc import Callable
 
 from aufs._sys import safefs
 from aufs.archive import ArchiveError, BreakoutError
 from aufs.archive import tarread as t
+from aufs.archive.dirfds import DirFds
 from aufs.archive.writefile import (
     O_NEW,
     Policy,
@@ -79,13 +79,6 @@ def clean_name(name: str) -> str:
     return cleaned
 
 
-def _dir_cache_size() -> int:
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return 256
-    return max(8, min(256, soft // 4))
-
-
 class Unpacker:
     """Extract members below ``root_fd``.
 
@@ -104,8 +97,7 @@ class Unpacker:
         self.known = made is not None
         self.made: dict[str, int] = made if made is not None else {}
         self.policy = policy
-        self.dirs: dict[str, int] = {}          # open directories by cleaned path
-        self.cache_size = _dir_cache_size()
+        self.dirs = DirFds(root_fd, self._made_dir)  # open directories by cleaned path
         # (path, (atime, mtime), mode to set at the end or -1)
         self.dir_meta: list[tuple[str, tuple[int, int], int]] = []
         self.plnk: dict[str, str] = {}          # pseudo-link basename -> its name in _PLNK_TMP
@@ -143,7 +135,7 @@ class Unpacker:
 
     def close(self) -> None:
         """Release every fd (and the pseudo-link directory)."""
-        self._close_dirs()
+        self.dirs.close()
         if self.plnk_fd >= 0:
             os.close(self.plnk_fd)
             self.plnk_fd = -1
@@ -152,51 +144,16 @@ class Unpacker:
 
     # -- directories -------------------------------------------------------------------
 
-    def _close_dirs(self) -> None:
-        for fd in self.dirs.values():
-            os.close(fd)
-        self.dirs.clear()
+    def _made_dir(self, path: str) -> None:
+        self.made[path] = DIR_FLAG
 
     def dir_fd(self, path: str) -> int:
-        """fd of the directory ``path`` (cleaned; "" = root), made if missing, never
-        reached through a symlink."""
-        if not path:
-            return self.root_fd
-        fd = self.dirs.get(path)
-        if fd is not None:
-            return fd
-        head, _, tail = path.rpartition("/")
-        parent = self.dir_fd(head)
-        try:
-            fd = safefs.open_dir_at(parent, tail)
-        except FileNotFoundError:
-            fd = safefs.open_dir_at(parent, tail, create=0o755)
-            self.made[path] = DIR_FLAG
-        except safefs.SymlinkInPathError:
-            raise BreakoutError(f"{path!r} is a symlink: extraction never follows one") from None
-        except safefs.NotADirectoryInPathError:
-            raise ArchiveError(f"{path!r} is not a directory") from None
-        self.dirs[path] = fd
-        return fd
-
-    def lookup_dir(self, path: str) -> int:
-        """A new fd of the existing directory ``path`` (never made, never through a
-        symlink); the caller closes it."""
-        fd = self.dirs.get(path)
-        if fd is not None:
-            return os.dup(fd)
-        if not path or path == ".":
-            return os.dup(self.root_fd)
-        return safefs.open_beneath(self.root_fd, path)
+        """fd of the directory ``path`` (see :meth:`DirFds.get`)."""
+        return self.dirs.get(path)
 
     def remove(self, parent_fd: int, path: str, base: str) -> bool:
         """Remove ``path`` (``base`` in ``parent_fd``), a whole tree if a directory."""
-        fd = self.dirs.pop(path, None)
-        if fd is not None:
-            os.close(fd)
-            prefix = path + "/"
-            for key in [k for k in self.dirs if k.startswith(prefix)]:
-                os.close(self.dirs.pop(key))
+        self.dirs.forget(path)
         if self.inodes is not None:
             if self.made.get(path, 0) & DIR_FLAG:
                 self.inodes = None  # a tree goes: count at the end instead
@@ -221,8 +178,7 @@ class Unpacker:
     # -- one member --------------------------------------------------------------------
 
     def entry(self, reader: t.TarReader, m: t.Member) -> None:
-        if len(self.dirs) >= self.cache_size:
-            self._close_dirs()
+        self.dirs.trim()
         name = clean_name(m.name)
         if name == ".":
             self._root(m)
@@ -467,7 +423,7 @@ class Unpacker:
                 raise ArchiveError(f"hard link {m.name!r} to itself or below it")
             head, _, src_base = target.rpartition("/")
             try:
-                src_fd, owned = self.lookup_dir(head), True
+                src_fd, owned = self.dirs.lookup(head), True
             except FileNotFoundError:
                 raise BreakoutError(f"hard link {m.name!r} to missing "
                                     f"{m.linkname!r}") from None
@@ -499,7 +455,7 @@ class Unpacker:
         """Directory modes and times, last: creating their contents changed the times."""
         for name, times, mode in self.dir_meta:
             try:
-                fd = self.lookup_dir(name)
+                fd = self.dirs.lookup(name)
             except (FileNotFoundError, safefs.SymlinkInPathError,
                     safefs.NotADirectoryInPathError):
                 continue  # replaced or removed later in the archive

@@ -1,0 +1,87 @@
+"""Open directories below an extraction's root, by cleaned path: the extractor's cache.
+
+Each is reached from its parent's fd one component at a time with ``O_NOFOLLOW |
+O_DIRECTORY`` (:mod:`aufs._sys.safefs`), so a symlink on the way — already in the tree or
+just made by the archive — is never followed: :class:`BreakoutError`. A directory that
+is missing is made (mode 0755, its metadata comes later from its own entry, if any).
+The cache is bounded by the fd limit: past it, every fd is closed and reopened on demand.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Callable
+
+from aufs._sys import safefs
+from aufs.archive import ArchiveError, BreakoutError
+
+__all__ = ["DirFds"]
+
+
+def _cache_size() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 256
+    return max(8, min(256, soft // 4))
+
+
+class DirFds:
+    """fds of directories below ``root_fd``; ``made(path)`` hears of each one created."""
+
+    def __init__(self, root_fd: int, made: Callable[[str], None]) -> None:
+        self.root_fd = root_fd
+        self._made = made
+        self._fds: dict[str, int] = {}
+        self._limit = _cache_size()
+
+    def get(self, path: str) -> int:
+        """fd of the directory ``path`` (cleaned; "" = root), made if missing, never
+        reached through a symlink. Owned by the cache."""
+        if not path:
+            return self.root_fd
+        fd = self._fds.get(path)
+        if fd is not None:
+            return fd
+        head, _, tail = path.rpartition("/")
+        parent = self.get(head)
+        try:
+            fd = safefs.open_dir_at(parent, tail)
+        except FileNotFoundError:
+            fd = safefs.open_dir_at(parent, tail, create=0o755)
+            self._made(path)
+        except safefs.SymlinkInPathError:
+            raise BreakoutError(f"{path!r} is a symlink: extraction never follows one") from None
+        except safefs.NotADirectoryInPathError:
+            raise ArchiveError(f"{path!r} is not a directory") from None
+        self._fds[path] = fd
+        return fd
+
+    def lookup(self, path: str) -> int:
+        """A new fd of the existing directory ``path`` (never made, never through a
+        symlink); the caller closes it."""
+        fd = self._fds.get(path)
+        if fd is not None:
+            return os.dup(fd)
+        if not path or path == ".":
+            return os.dup(self.root_fd)
+        return safefs.open_beneath(self.root_fd, path)
+
+    def forget(self, path: str) -> None:
+        """``path`` is going away: close its fd and those of the directories below it."""
+        fd = self._fds.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+            prefix = path + "/"
+            for key in [k for k in self._fds if k.startswith(prefix)]:
+                os.close(self._fds.pop(key))
+
+    def trim(self) -> None:
+        """Between entries: keep the number of open fds under the limit."""
+        if len(self._fds) >= self._limit:
+            self.close()
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

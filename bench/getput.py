@@ -49,14 +49,6 @@ from bench.profiling import profile
 GOALS = {"overlay": 1.5, "fuse-overlayfs": 1.2, "chain": 2.0}
 FILES_PER_LAYER = 8
 
-_FSOPEN_CLOEXEC = 0x1
-_FSCONFIG_SET_FLAG = 0
-_FSCONFIG_SET_STRING = 1
-_FSCONFIG_CMD_CREATE = 6
-_FSMOUNT_CLOEXEC = 0x1
-_MOVE_MOUNT_F_EMPTY_PATH = 0x4
-_AT_FDCWD = -100
-
 
 def layer_id(n: int) -> str:
     """A Docker-looking id (64 hex digits), so that paths have their real length."""
@@ -112,21 +104,21 @@ class FsconfigMount:
                                 if sep else None))
 
     def mount(self) -> None:
-        fsfd = libc.syscall("fsopen", libc.SYS_FSOPEN, self.fstype, _FSOPEN_CLOEXEC)
+        fsfd = libc.syscall("fsopen", libc.SYS_FSOPEN, self.fstype, libc.FSOPEN_CLOEXEC)
         try:
             for key, value in self.params:
                 if value is None:
-                    libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, _FSCONFIG_SET_FLAG,
+                    libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, libc.FSCONFIG_SET_FLAG,
                                  key, None, 0)
                 else:
-                    libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, _FSCONFIG_SET_STRING,
+                    libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, libc.FSCONFIG_SET_STRING,
                                  key, value, 0)
-            libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, _FSCONFIG_CMD_CREATE,
+            libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, libc.FSCONFIG_CMD_CREATE,
                          None, None, 0)
-            mfd = libc.syscall("fsmount", libc.SYS_FSMOUNT, fsfd, _FSMOUNT_CLOEXEC, 0)
+            mfd = libc.syscall("fsmount", libc.SYS_FSMOUNT, fsfd, libc.FSMOUNT_CLOEXEC, 0)
             try:
-                libc.syscall("move_mount", libc.SYS_MOVE_MOUNT, mfd, b"", _AT_FDCWD,
-                             self.target, _MOVE_MOUNT_F_EMPTY_PATH)
+                libc.syscall("move_mount", libc.SYS_MOVE_MOUNT, mfd, b"", libc.AT_FDCWD,
+                             self.target, libc.MOVE_MOUNT_F_EMPTY_PATH)
             finally:
                 os.close(mfd)
         finally:

@@ -24,12 +24,19 @@ _umount2.restype = ctypes.c_int
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
-# The new mount API has one number on every architecture (unified table, Linux 5.2+).
-SYS_OPEN_TREE = 428
+# The new mount API has one number on every architecture (unified table, Linux 5.2+),
+# and its flags.
 SYS_MOVE_MOUNT = 429
 SYS_FSOPEN = 430
 SYS_FSCONFIG = 431
 SYS_FSMOUNT = 432
+FSOPEN_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+AT_FDCWD = -100
 
 
 def _raise(what: str, filename: str | None) -> None:
@@ -69,7 +76,6 @@ if _statx is not None:
                        ctypes.c_void_p]
     _statx.restype = ctypes.c_int
 
-_AT_FDCWD = -100
 _AT_SYMLINK_NOFOLLOW = 0x100
 _AT_STATX_DONT_SYNC = 0x4000
 _STATX_TYPE = 0x1
@@ -88,7 +94,7 @@ def cached_dev(path: str) -> int:
     if _statx is None:
         return os.lstat(path).st_dev
     buf = _Statx()
-    while _statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC,
+    while _statx(AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC,
                  _STATX_TYPE, ctypes.byref(buf)) != 0:
         if ctypes.get_errno() != 4:
             _raise("statx", path)

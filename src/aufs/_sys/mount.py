@@ -22,14 +22,6 @@ MNT_DETACH = 0x2
 
 HELPER_START_TIMEOUT = 60.0  # seconds for a FUSE daemon to mount
 
-_FSOPEN_CLOEXEC = 0x1
-_FSCONFIG_SET_FLAG = 0
-_FSCONFIG_SET_STRING = 1
-_FSCONFIG_CMD_CREATE = 6
-_FSMOUNT_CLOEXEC = 0x1
-_MOVE_MOUNT_F_EMPTY_PATH = 0x4
-_AT_FDCWD = -100
-
 
 class MountError(OSError):
     """A mount that failed; ``spec`` is what was asked, ``str()`` says both."""
@@ -76,7 +68,7 @@ def _fs_messages(fd: int) -> str:
 
 
 def _fsconfig_mount(spec: MountSpec) -> None:
-    fsfd = libc.syscall("fsopen", libc.SYS_FSOPEN, spec.fstype.encode(), _FSOPEN_CLOEXEC)
+    fsfd = libc.syscall("fsopen", libc.SYS_FSOPEN, spec.fstype.encode(), libc.FSOPEN_CLOEXEC)
     try:
         try:
             if spec.source:
@@ -84,17 +76,17 @@ def _fsconfig_mount(spec: MountSpec) -> None:
             for opt in spec.options:
                 key, sep, value = opt.partition("=")
                 _fsconfig(fsfd, key, value if sep else None)
-            libc.syscall("fsconfig create", libc.SYS_FSCONFIG, fsfd, _FSCONFIG_CMD_CREATE,
+            libc.syscall("fsconfig create", libc.SYS_FSCONFIG, fsfd, libc.FSCONFIG_CMD_CREATE,
                          None, None, 0)
         except OSError as exc:
             detail = _fs_messages(fsfd)
             msg = f"{exc.strerror}" + (f" ({detail})" if detail else "")
             raise MountError(exc.errno or 0, msg, spec) from exc
         attrs = 0x1 if spec.flags & MS_RDONLY else 0  # MOUNT_ATTR_RDONLY
-        mfd = libc.syscall("fsmount", libc.SYS_FSMOUNT, fsfd, _FSMOUNT_CLOEXEC, attrs)
+        mfd = libc.syscall("fsmount", libc.SYS_FSMOUNT, fsfd, libc.FSMOUNT_CLOEXEC, attrs)
         try:
-            libc.syscall("move_mount", libc.SYS_MOVE_MOUNT, mfd, b"", _AT_FDCWD,
-                         os.fsencode(spec.target), _MOVE_MOUNT_F_EMPTY_PATH,
+            libc.syscall("move_mount", libc.SYS_MOVE_MOUNT, mfd, b"", libc.AT_FDCWD,
+                         os.fsencode(spec.target), libc.MOVE_MOUNT_F_EMPTY_PATH,
                          filename=spec.target)
         finally:
             os.close(mfd)
@@ -104,10 +96,10 @@ def _fsconfig_mount(spec: MountSpec) -> None:
 
 def _fsconfig(fsfd: int, key: str, value: str | None) -> None:
     if value is None:
-        libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, _FSCONFIG_SET_FLAG,
+        libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, libc.FSCONFIG_SET_FLAG,
                      key.encode(), None, 0)
     else:
-        libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, _FSCONFIG_SET_STRING,
+        libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, libc.FSCONFIG_SET_STRING,
                      key.encode(), ctypes.c_char_p(os.fsencode(value)), 0)
 
 

@@ -1,7 +1,8 @@
 """The AUFS graph driver: Docker's ``daemon/graphdriver/aufs`` API over a union engine.
 
 The driver validates ids, holds the store lock and calls the store, engine and archive
-modules. It joins no paths (``Layout`` does) and issues no system call of its own.
+modules. Store paths come from ``Layout``; its own system calls are the checks for a
+mount and the directories of a layer it creates and removes.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class Driver:
     def mounted(self, id: str) -> bool:
         """True if the layer's union is mounted at ``mnt/<id>``."""
         validate_id(id)
-        return _is_mounted(self.layout.mnt(id), self.layout.mnt_dir)
+        return _has_mount(self.layout.mnt(id), self.layout.mnt_dir)
 
     def refcount(self, id: str) -> int:
         validate_id(id)
@@ -149,7 +150,7 @@ class Driver:
         lay = self.layout
         return Branches(target=lay.mnt(id), rw=lay.diff(id),
                         lowers=tuple(lay.diff(p) for p in chain), work=self._work(id),
-                        label=label, lower_names=tuple(chain))
+                        label=label)
 
     def _work(self, id: str) -> str:
         """The union's work dir, which must be on the rw branch's mount: a layer migrated
@@ -187,7 +188,7 @@ class Driver:
 
     def _discard(self, path: str) -> None:
         """Remove a leftover path of a half-created or half-removed layer."""
-        if _is_mounted(path, os.path.dirname(path)):
+        if _has_mount(path, os.path.dirname(path)):
             self.engine.unmount(path)
         rmtree(path)
 
@@ -260,20 +261,24 @@ class Driver:
         lay = self.layout
         with self._lock.hold():
             chain = self.parents(id)
+            target = lay.mnt(id)
             with refs.Count(lay.refs(id)) as ref:
                 count = ref.value
-                if count > 1 and (not chain
-                                  or _mount_state(lay.mnt(id), lay.mnt_dir) is _Mount.LIVE):
-                    ref.set(count - 1)
-                    return
+                if count > 1:
+                    state = _mount_state(target, lay.mnt_dir) if chain else _Mount.LIVE
+                    if state is _Mount.LIVE:  # other holders remain
+                        ref.set(count - 1)
+                        return
+                    mounted = state is _Mount.DEAD
+                else:  # the last holder: no need to ask a FUSE daemon anything
+                    mounted = bool(chain) and _has_mount(target, lay.mnt_dir)
                 ref.set(0)
-            target = lay.mnt(id)
-            if chain and _has_mount(target, lay.mnt_dir):
+            if mounted:
                 self._engine_unmount(id, target)
 
     def _unmount(self, id: str) -> None:
         target = self.layout.mnt(id)
-        if _is_mounted(target, self.layout.mnt_dir):
+        if _has_mount(target, self.layout.mnt_dir):
             self._engine_unmount(id, target)
 
     def _engine_unmount(self, id: str, target: str) -> None:
@@ -310,19 +315,15 @@ class Driver:
                 except OSError as exc:
                     errors.append(f"{entry.mountpoint}: {exc}")
             for name in os.listdir(lay.refs_dir):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(lay.refs_dir, name))
+                refs.clear(lay.refs(name))
             if errors:
                 raise DriverError("cleanup could not unmount: " + "; ".join(errors))
-            self._release_root()
+            _release_bind(lay.root)
 
     def close(self) -> None:
         """Release the root's private mount if no union stands under it (CLI exit)."""
         with self._lock.hold():
-            self._release_root()
-
-    def _release_root(self) -> None:
-        _release_bind(self.layout.root)
+            _release_bind(self.layout.root)
 
     # -- diffs (aufs.archive) -----------------------------------------------------------
     def _lower_dirs(self, id: str) -> list[str]:
@@ -402,7 +403,7 @@ class Driver:
         below it, so that renames from elsewhere on the filesystem into the store work
         (a bind mount is a different mount: rename(2) across it fails with EXDEV)."""
         with self._lock.hold():
-            self._release_root()
+            _release_bind(self.layout.root)
             try:
                 yield
             finally:
@@ -422,44 +423,35 @@ class _Mount(enum.Enum):
     DEAD = "mounted, its FUSE daemon gone"
 
 
-def _mount_state(path: str, parent: str) -> _Mount:
-    """Is something mounted at ``path`` (a child of ``parent``)? Unions have their own st_dev."""
-    try:
-        st = os.lstat(path)
-        pst = os.lstat(parent)
-    except FileNotFoundError:
-        return _Mount.NONE
-    except OSError as exc:
-        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):  # a dead FUSE daemon
-            return _Mount.DEAD
-        raise
-    if st.st_dev == pst.st_dev:
-        return _Mount.NONE
-    try:
-        # lstat may be answered from the kernel's attribute cache; statfs asks the daemon.
-        os.statvfs(path)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTCONN, errno.EIO):
-            return _Mount.DEAD
-        raise
-    return _Mount.LIVE
+_DEAD_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO)  # a FUSE daemon gone
 
 
 def _has_mount(path: str, parent: str) -> bool:
-    """Is something mounted at ``path``, live or dead? Asks no FUSE daemon (``statx``
-    with ``AT_STATX_DONT_SYNC``: the device number comes from the superblock)."""
+    """Is something mounted at ``path`` (a child of ``parent``), live or dead? Unions have
+    their own st_dev. Asks no FUSE daemon (``statx`` with ``AT_STATX_DONT_SYNC``: the
+    device number comes from the superblock)."""
     try:
         return libc.cached_dev(path) != os.lstat(parent).st_dev
     except FileNotFoundError:
         return False
     except OSError as exc:
-        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):  # a dead daemon
+        if exc.errno in _DEAD_ERRNOS:
             return True
         raise
 
 
-def _is_mounted(path: str, parent: str) -> bool:
-    return _mount_state(path, parent) is not _Mount.NONE
+def _mount_state(path: str, parent: str) -> _Mount:
+    """:func:`_has_mount`, and for a mount whether its daemon still answers (statfs goes
+    to a FUSE daemon)."""
+    if not _has_mount(path, parent):
+        return _Mount.NONE
+    try:
+        os.statvfs(path)
+    except OSError as exc:
+        if exc.errno in _DEAD_ERRNOS:
+            return _Mount.DEAD
+        raise
+    return _Mount.LIVE
 
 
 def _inode(path: str) -> int:

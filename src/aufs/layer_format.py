@@ -27,6 +27,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from aufs._sys import safefs
 from aufs._sys.files import ensure_dir, rmtree, write_atomic
 from aufs.graphdriver import DriverError
 from aufs.store.layout import Layout
@@ -44,7 +45,6 @@ from aufs.whiteout import (
 
 __all__ = ["LayerRewrite", "normalize_layer"]
 
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FUSE_XATTR_PREFIX = "user.fuseoverlayfs."  # fuse-overlayfs's own attributes
 _PARTIAL = "~partial"  # a copy being made (cross-filesystem moves); "~" is never an id
 
@@ -95,7 +95,7 @@ def _walk_dirs(path: str) -> Iterator[tuple[int, str, list[os.DirEntry[str]]]]:
     """Each directory of the layer at ``path``: an open fd, its path below the layer ("" for
     the root) and its entries. No symlink is followed, no mount crossed, and no directory
     whose name is a marker or housekeeping (``.wh.*``) entered."""
-    root_fd = os.open(path, _O_DIR)
+    root_fd = os.open(path, safefs.O_DIR)
     dev = os.fstat(root_fd).st_dev
     stack = [(root_fd, "")]
     try:
@@ -108,7 +108,7 @@ def _walk_dirs(path: str) -> Iterator[tuple[int, str, list[os.DirEntry[str]]]]:
                 for e in entries:
                     if e.name.startswith(WH_PREFIX) or not e.is_dir(follow_symlinks=False):
                         continue
-                    sub = os.open(e.name, _O_DIR, dir_fd=fd)
+                    sub = os.open(e.name, safefs.O_DIR, dir_fd=fd)
                     if os.fstat(sub).st_dev != dev:
                         os.close(sub)
                         continue
@@ -208,10 +208,10 @@ def _restore_times(path: str, times: dict[str, list[int]]) -> None:
 def _open_rel(path: str, rel: str) -> int | None:
     """The directory ``rel`` below ``path``, one component at a time, no symlink followed;
     None if it is not there (or not a directory)."""
-    fd = os.open(path, _O_DIR)
+    fd = os.open(path, safefs.O_DIR)
     for comp in rel.split("/") if rel else ():
         try:
-            sub = os.open(comp, _O_DIR, dir_fd=fd)
+            sub = os.open(comp, safefs.O_DIR, dir_fd=fd)
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from aufs._sys import safefs
 from aufs.graphdriver import DriverError, InvalidLayerIDError
 from aufs.layer_format import normalize_layer
 from aufs.store.layout import is_valid_id
@@ -198,7 +199,6 @@ INIT_LAYER_ENTRIES: tuple[tuple[str, str], ...] = (
     ("etc/hosts", "file"), ("etc/hostname", "file"), ("dev/console", "file"),
     ("etc/mtab", "/proc/mounts"),  # a symlink to that target
 )
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def setup_init_layer(root: str) -> None:
@@ -206,7 +206,7 @@ def setup_init_layer(root: str) -> None:
     mounted init layer at ``root``, make each of :data:`INIT_LAYER_ENTRIES` that is not
     there. As Docker does, a file or symlink standing on the way (or in the place) is
     unlinked first; unlike Docker's path joins, nothing is reached through a symlink."""
-    root_fd = os.open(root, _O_DIR)
+    root_fd = os.open(root, safefs.O_DIR)
     try:
         for rel, kind in INIT_LAYER_ENTRIES:
             *parents, leaf = rel.split("/")
@@ -216,7 +216,7 @@ def setup_init_layer(root: str) -> None:
                     _unlink_non_dir(fd, comp)
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(comp, 0o755, dir_fd=fd)
-                    sub = os.open(comp, _O_DIR, dir_fd=fd)
+                    sub = os.open(comp, safefs.O_DIR, dir_fd=fd)
                     os.close(fd)
                     fd = sub
                 _unlink_non_dir(fd, leaf)

@@ -9,8 +9,6 @@ mounted until it is closed.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -61,15 +59,12 @@ class NaiveDiffDriver:
         return naive_changes(self.proto, id, parent)
 
     def apply_diff(self, id: str, parent: str, stream: IO[bytes]) -> int:
-        """Extract a layer tar into the mounted layer; returns :meth:`diff_size`.
+        """Extract a layer tar into the mounted layer; returns :meth:`diff_size`."""
+        from aufs.archive.apply import extract_into_dir  # apply imports graphdriver
 
-        Needs the directory extractor of :mod:`aufs.archive.apply`
-        (``extract_into_dir(directory, stream)``); without it, NotImplementedError.
-        """
-        extract = _directory_extractor()
         layer_fs = self.proto.get(id)
         try:
-            extract(layer_fs, stream)
+            extract_into_dir(layer_fs, stream)
         finally:
             self.proto.put(id)
         return self.diff_size(id, parent)
@@ -79,14 +74,3 @@ class NaiveDiffDriver:
         from aufs.archive.changes import naive_diff_size
 
         return naive_diff_size(self.proto, id, parent)
-
-
-def _directory_extractor() -> Callable[[str, IO[bytes]], object]:
-    try:
-        apply = importlib.import_module("aufs.archive.apply")
-    except ImportError as exc:
-        raise NotImplementedError("layer extraction (aufs.archive.apply) is missing") from exc
-    extract = getattr(apply, "extract_into_dir", None)
-    if extract is None:
-        raise NotImplementedError("aufs.archive.apply has no extract_into_dir()")
-    return extract  # type: ignore[no-any-return]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from aufs._sys import daemon, mountinfo
 from aufs._sys import mount as sysmount
+from aufs._sys import mountinfo
 from aufs.union import aufs as aufs_engine
 from aufs.union import fuse_overlayfs
 
@@ -22,13 +22,6 @@ def unmount(target: str | os.PathLike[str]) -> None:
     if fstype == "aufs":
         aufs_engine.unmount(path)
     elif fstype.startswith("fuse"):
-        daemons = fuse_overlayfs.daemon_pidfds(path)
-        try:
-            sysmount.unmount(path)
-        except BaseException:
-            for fd in daemons:
-                os.close(fd)
-            raise
-        daemon.reap(daemons, fuse_overlayfs.DAEMON_EXIT_TIMEOUT)
+        fuse_overlayfs.unmount(path)
     else:
         sysmount.unmount(path)

@@ -29,8 +29,6 @@ WH_PREFIX = ".wh."
 WH_META_PREFIX = ".wh..wh."
 WH_OPAQUE = ".wh..wh..opq"
 WH_PLINK = ".wh..wh.plnk"
-WH_BASE = ".wh..wh.aufs"
-WH_ORPH = ".wh..wh.orph"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
 
@@ -103,10 +101,13 @@ def _maybe_device(entry: os.DirEntry[str]) -> bool:
 
 
 def has_opaque_xattr(dir_fd_or_path: int | str) -> bool:
+    # listxattr first: it answers "none" (most directories) without raising, which
+    # getxattr cannot. follow_symlinks cannot go with an fd.
+    follow = {} if isinstance(dir_fd_or_path, int) else {"follow_symlinks": False}
     try:
-        if isinstance(dir_fd_or_path, int):  # follow_symlinks cannot go with an fd
-            return os.getxattr(dir_fd_or_path, OVERLAY_OPAQUE_XATTR) == b"y"
-        return os.getxattr(dir_fd_or_path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+        if OVERLAY_OPAQUE_XATTR not in os.listxattr(dir_fd_or_path, **follow):
+            return False
+        return os.getxattr(dir_fd_or_path, OVERLAY_OPAQUE_XATTR, **follow) == b"y"
     except OSError:
         return False
 

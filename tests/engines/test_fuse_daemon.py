@@ -58,11 +58,11 @@ def test_the_daemon_is_our_child_in_a_session_of_its_own(fuse: aufs.Driver) -> N
     assert _stat_field(pid, 4) == os.getpid()   # ppid: ours, no daemonizing fork
     assert _stat_field(pid, 6) == pid           # session leader: no terminal's Ctrl-C
     assert os.readlink(f"/proc/{pid}/cwd") == "/"  # keeps no directory of ours busy
-    assert fuse_overlayfs._started[mnt] == pid  # remembered: unmount needs no /proc scan
+    assert daemon._children[pid] == mnt  # registered: unmount needs no /proc scan
     assert os.listdir(mnt) == ["f"]
     fuse.put("top")
     assert _gone_or_zombie(pid) == "gone"      # waited for and reaped, no zombie
-    assert mnt not in fuse_overlayfs._started
+    assert pid not in daemon._children
 
 
 def test_a_dead_daemon_is_replaced_on_get(fuse: aufs.Driver, store_root: Path) -> None:

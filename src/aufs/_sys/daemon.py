@@ -151,11 +151,12 @@ def _kill_and_reap_pid(pid: int) -> None:
         os.waitpid(pid, 0)
 
 
-def child_pidfd(pid: int, tag: str) -> int | None:
-    """A pidfd for ``pid`` if it is the daemon this process started with ``tag`` and has
-    not reaped; None otherwise."""
+def child_pidfd(tag: str) -> int | None:
+    """A pidfd for the daemon this process started with ``tag`` (the newest, if several)
+    and has not reaped; None if there is none."""
     with _children_lock:
-        if _children.get(pid) != tag:
+        pid = next((p for p, t in reversed(_children.items()) if t == tag), None)
+        if pid is None:
             return None
         try:
             fd = os.pidfd_open(pid)

@@ -35,7 +35,6 @@ MAGIC_BTRFS = 0x9123683E
 MAGIC_ECRYPTFS = 0xF15F
 MAGIC_OVERLAY = 0x794C7630
 MAGIC_ZFS = 0x2FC12FC1
-MAGIC_NFS = 0x00006969
 
 _statfs = libc._libc.statfs
 _statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
@@ -53,3 +52,12 @@ def fs_magic(path: str) -> int:
 
 def fs_name(magic: int) -> str:
     return FS_NAMES.get(magic, "<unknown>")
+
+
+def in_proc_filesystems(name: str) -> bool:
+    """Whether the kernel lists the filesystem type ``name`` (/proc/filesystems)."""
+    try:
+        with open("/proc/filesystems", encoding="ascii") as f:
+            return any(line.split()[-1] == name for line in f if line.strip())
+    except OSError:
+        return False

@@ -15,7 +15,6 @@ from aufs.union.base import MountMethod, MountSpec
 MS_RDONLY = 0x1
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
-MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 
 MNT_DETACH = 0x2

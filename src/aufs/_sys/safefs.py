@@ -25,7 +25,6 @@ from aufs._sys import libc
 __all__ = [
     "NotADirectoryInPathError",
     "SymlinkInPathError",
-    "clear_dir",
     "exchange",
     "has_openat2",
     "open_beneath",
@@ -224,12 +223,6 @@ def _remove_tree(dir_fd: int, name: str) -> None:
     finally:
         for fd, _, _, _ in stack:
             os.close(fd)
-
-
-def clear_dir(dir_fd: int) -> None:
-    """Remove everything inside the directory open as ``dir_fd``."""
-    for name in _names(dir_fd):
-        remove_at(dir_fd, name)
 
 
 def proc_path(dir_fd: int, name: str) -> str:

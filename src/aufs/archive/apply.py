@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LayerMountedError", "apply_layer", "clone_tree", "extract", "extract_into_dir"]
 
-_O_ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class LayerMountedError(LayerInUseError):
@@ -69,7 +68,7 @@ def apply_layer(driver: Driver, id: str, stream: IO[bytes]) -> int | None:
         os.mkdir(staging, 0o700)
         seed_ino = os.lstat(diff).st_ino
         made = clone_tree(diff, staging)
-        root_fd = os.open(staging, _O_ROOT)
+        root_fd = os.open(staging, safefs.O_DIR)
         try:
             size = extract(root_fd, stream, driver.whiteouts, made=made)
         finally:
@@ -89,7 +88,7 @@ def apply_layer(driver: Driver, id: str, stream: IO[bytes]) -> int | None:
 
 def _discard(path: str) -> None:
     head, _, name = path.rpartition("/")
-    fd = os.open(head, _O_ROOT)
+    fd = os.open(head, safefs.O_DIR)
     try:
         safefs.remove_at(fd, name)
     finally:
@@ -110,7 +109,7 @@ def extract_into_dir(directory: str, stream: IO[bytes],
     and the union records those deletions itself (Docker's UnpackLayer on a mount).
     Pass ``whiteouts`` to also write whiteouts of that format.
     """
-    root_fd = os.open(directory, _O_ROOT)
+    root_fd = os.open(directory, safefs.O_DIR)
     try:
         extract(root_fd, stream, whiteouts)
     finally:
@@ -147,9 +146,9 @@ def clone_tree(src: str, dst: str) -> dict[str, int]:
     owner, mode, xattrs and times; every other entry hard-linked. Returns every path
     below ``dst`` with its :data:`~aufs.archive.unpack.DIR_FLAG` (0 for the others)."""
     made: dict[str, int] = {}
-    sfd = os.open(src, _O_ROOT)
+    sfd = os.open(src, safefs.O_DIR)
     try:
-        dfd = os.open(dst, _O_ROOT)
+        dfd = os.open(dst, safefs.O_DIR)
         try:
             _clone_dir(sfd, dfd, "", made)
             _copy_dir_meta(sfd, dfd)

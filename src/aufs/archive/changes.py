@@ -31,13 +31,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from aufs.archive import Change, ChangeKind
-from aufs.archive.treediff import changes_dirs, changes_size
+from aufs.archive.treediff import changes_dirs, changes_size, same_fs_time
 from aufs.whiteout import (
-    OVERLAY_OPAQUE_XATTR,
     WH_OPAQUE,
     WH_PREFIX,
     Kind,
     classify_entry,
+    has_opaque_xattr,
 )
 
 if TYPE_CHECKING:
@@ -56,30 +56,14 @@ __all__ = [
 _MODIFY = ChangeKind.MODIFY
 _ADD = ChangeKind.ADD
 _DELETE = ChangeKind.DELETE
-_NS = 1_000_000_000
 _S_IFMT = 0o170000
 _S_IFDIR = stat.S_IFDIR
 _S_IFCHR = stat.S_IFCHR
 
 
-def same_fs_time(a_ns: int, b_ns: int) -> bool:
-    """Docker's ``sameFsTime``: equal, or the same second with one side truncated."""
-    return a_ns == b_ns or (a_ns // _NS == b_ns // _NS and (a_ns % _NS == 0 or b_ns % _NS == 0))
-
-
-def _opaque_xattr(path: str) -> bool:
-    # listxattr first: it answers "none" without raising, which getxattr cannot
-    try:
-        if OVERLAY_OPAQUE_XATTR not in os.listxattr(path, follow_symlinks=False):
-            return False
-        return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
-
-
 def _opaque(path: str) -> bool:
     """Is the directory at ``path`` opaque, in either format?"""
-    if _opaque_xattr(path):
+    if has_opaque_xattr(path):
         return True
     try:
         os.lstat(path + "/" + WH_OPAQUE)
@@ -235,7 +219,7 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
                 append((path, _ADD))
                 parent_changed = True
         if rel and lows and not hides:
-            hides = aufs_opaque or _opaque_xattr(rw_path)
+            hides = aufs_opaque or has_opaque_xattr(rw_path)
         if hides and lows:
             # Only this layer shows here: what the parents showed and it lacks is gone.
             present = {e.name for e in entries}

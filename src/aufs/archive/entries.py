@@ -13,6 +13,7 @@ import errno
 import os
 import stat
 
+from aufs._sys import safefs
 from aufs.archive import tarwrite
 from aufs.archive.stream import Member
 from aufs.archive.tarwrite import simple_header
@@ -208,7 +209,7 @@ class Members:
         if typeflag in (tarwrite.CHRTYPE, tarwrite.BLKTYPE):
             major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
         # No *at() call for xattrs: reach the entry through its directory's fd.
-        xattrs = read_xattrs(f"/proc/self/fd/{dir_fd}/{name}")
+        xattrs = read_xattrs(safefs.proc_path(dir_fd, name))
         return (tarwrite.header(arcname, st.st_mode, st.st_uid, st.st_gid, 0, int(st.st_mtime),
                                 typeflag, linkname, major, minor, xattrs), -1, 0, False)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import stat
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING
 
@@ -228,22 +227,8 @@ def _walk_changes(changes: list[Change]) -> Callable[[int], Iterator[Member]]:
                     continue
                 if dir_fd is None or classify_name(base).kind is Kind.HOUSEKEEPING:
                     continue
-                arcname = prefix + os.fsencode(base)
-                try:
-                    st = os.stat(base, dir_fd=dir_fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # gone since the changes were computed
-                member: Member | None
-                if stat.S_ISDIR(st.st_mode):
-                    opened = members.directory(dir_fd, base, arcname + b"/")
-                    member = None
-                    if opened is not None:
-                        os.close(opened[1])
-                        member = opened[0]
-                elif stat.S_ISREG(st.st_mode):
-                    member = members.regular(dir_fd, base, arcname)
-                else:
-                    member = members.other(dir_fd, base, arcname, st)
+                # Any kind of entry; None if gone since the changes were computed.
+                member = members.other(dir_fd, base, arcname=prefix + os.fsencode(base))
                 if member is not None:
                     yield member
         finally:

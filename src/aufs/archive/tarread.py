@@ -171,11 +171,6 @@ class TarReader:
             n -= step
         return out
 
-    @property
-    def direct(self) -> bool:
-        """True if :meth:`take` may leave data in the source (a seekable file)."""
-        return self._source_skip is not None
-
     def take(self, n: int) -> tuple[list[memoryview], int, int]:
         """The next ``n`` bytes of the current member's data: ``(views, offset, length)``.
 
@@ -217,11 +212,6 @@ class TarReader:
         self._pos += step
         self._left -= step
         return view
-
-    def _finish_member(self) -> None:
-        if self._left or self._pad:
-            self._skip(self._left + self._pad)
-            self._left = self._pad = 0
 
     def _data(self, size: int, what: str) -> bytes:
         """The whole data of a metadata record (PAX, long name), padding skipped."""

@@ -29,7 +29,8 @@ _NS = 1_000_000_000
 _CAP = "security.capability"
 
 
-def _same_time(a_ns: int, b_ns: int) -> bool:
+def same_fs_time(a_ns: int, b_ns: int) -> bool:
+    """Docker's ``sameFsTime``: equal, or the same second with one side truncated."""
     return a_ns == b_ns or (a_ns // _NS == b_ns // _NS and (a_ns % _NS == 0 or b_ns % _NS == 0))
 
 
@@ -40,7 +41,7 @@ def _stat_different(old: os.stat_result, new: os.stat_result) -> bool:
         return True
     if stat.S_ISDIR(old.st_mode):
         return False
-    return old.st_size != new.st_size or not _same_time(old.st_mtime_ns, new.st_mtime_ns)
+    return old.st_size != new.st_size or not same_fs_time(old.st_mtime_ns, new.st_mtime_ns)
 
 
 def _capability(path: str) -> bytes | None:

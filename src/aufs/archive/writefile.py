@@ -15,10 +15,9 @@ import errno
 import os
 
 from aufs.archive import ArchiveError
-from aufs.archive.tarread import Member
 from aufs.whiteout import OVERLAY_XATTR_PREFIX
 
-__all__ = ["Policy", "copy_range", "create_file", "finish_file", "map_os_error",
+__all__ = ["Policy", "copy_range", "map_os_error",
            "set_xattrs", "write_views"]
 
 O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -97,11 +96,6 @@ def set_xattrs(target: int | str, xattrs: list[tuple[str, bytes]]) -> None:
                 raise
 
 
-def create_file(parent: int, base: str, mode: int) -> int:
-    """A new, empty file ``base`` in ``parent``; FileExistsError if the name is taken."""
-    return os.open(base, O_NEW, mode, dir_fd=parent)
-
-
 def write_views(fd: int, views: list[memoryview]) -> None:
     if len(views) == 1:
         view = views[0]
@@ -155,14 +149,3 @@ def copy_range(src_fd: int, offset: int, length: int, fd: int) -> None:
             raise ArchiveError("truncated tar stream (the file ended meanwhile)")
         write_views(fd, [memoryview(data)])
         offset += len(data)
-
-
-def finish_file(fd: int, m: Member, policy: Policy, chmod: bool) -> None:
-    """Owner, xattrs, mode (after the chown, which clears setuid/setgid), times."""
-    policy.chown(fd, m.uid, m.gid)
-    if m.xattrs:
-        set_xattrs(fd, m.xattrs)
-    if chmod:
-        os.fchmod(fd, m.mode)
-    atime = m.atime_ns if m.atime_ns is not None else m.mtime_ns
-    os.utime(fd, ns=(atime, m.mtime_ns))

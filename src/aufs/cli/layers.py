@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from aufs.cli.context import Context, human_size
 from aufs.driver import Driver
-from aufs.graphdriver import DriverError, LayerNotFoundError
+from aufs.graphdriver import LayerNotFoundError
 from aufs.image import names
 
 
@@ -160,8 +160,6 @@ def migrate(ctx: Context) -> None:
 
 
 def convert(ctx: Context) -> None:
-    try:
-        from aufs import convert
-    except ImportError as exc:
-        raise DriverError(f"convert is not available in this build ({exc})") from exc
+    from aufs import convert
+
     print(convert.convert(ctx.root, ctx.args.to))

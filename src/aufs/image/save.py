@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from aufs.driver import Driver
-from aufs.image.load import host_arch
+from aufs.image.load import OCI_INDEX, host_arch
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 REF_NAME = "org.opencontainers.image.ref.name"

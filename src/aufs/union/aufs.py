@@ -118,11 +118,7 @@ def supports_aufs() -> bool:
     if modprobe is not None:
         subprocess.run([modprobe, "aufs"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False)
-    try:
-        with open("/proc/filesystems", encoding="ascii") as f:
-            return any(line.split()[-1] == "aufs" for line in f if line.strip())
-    except OSError:
-        return False
+    return fsinfo.in_proc_filesystems("aufs")
 
 
 def probe(layout: Layout, magic: int) -> AufsEngine:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from aufs.graphdriver import DriverError
@@ -61,7 +61,6 @@ class Branches:
     lowers: tuple[str, ...]
     work: str = ""            # overlayfs work dir (same filesystem as rw)
     label: str = ""           # SELinux mount label ("" for none)
-    lower_names: tuple[str, ...] = field(default=(), compare=False)
 
 
 class UnionEngine(Protocol):

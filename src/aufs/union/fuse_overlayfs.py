@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from aufs._sys import daemon, fsinfo
@@ -20,7 +19,7 @@ from aufs._sys.files import ensure_dir, rmtree
 from aufs.graphdriver import IncompatibleFSError, NotSupportedError
 from aufs.store.layout import Layout
 from aufs.union.base import Branches, MountMethod, MountSpec, escape_overlay_path
-from aufs.whiteout import WhiteoutFormat, get_format
+from aufs.whiteout import WhiteoutFormat
 
 BINARY = "fuse-overlayfs"
 INCOMPATIBLE = {fsinfo.MAGIC_AUFS: "aufs"}
@@ -68,41 +67,45 @@ class FuseOverlayEngine:
         ensure_dir(branches.work, 0o700)
         daemon.reap_exited()
         for spec in fuse_specs(branches, self.caps):
-            pid = sysmount.run(spec)
-            if pid is not None:
-                _remember(spec.target, pid)
+            sysmount.run(spec)  # the daemon is registered with its target as tag
 
     def unmount(self, target: str, rw: str | None = None) -> None:
-        with _started_lock:
-            started = _started.get(target)
-        daemons = daemon_pidfds(target)  # before the unmount: no pid reuse
-        try:
-            if self.caps.as_root or self.caps.fusermount is None:
-                sysmount.unmount(target)
-            else:
-                _fusermount_unmount(self.caps.fusermount, target)
-        except BaseException:
-            for fd in daemons:
-                os.close(fd)
-            if started is not None:  # still mounted (EBUSY): still ours to find
-                _remember(target, started)
-            raise
-        try:
-            if rw is not None:
-                # While the daemon exits (on the other core): once a non-lazy unmount has
-                # succeeded no system call is in flight on the union, so no whiteout or
-                # opaque marker is still on its way; what the daemon may yet answer
-                # (release, forget) writes none.
-                self.format.normalize(rw)
-        finally:
-            daemon.reap(daemons, DAEMON_EXIT_TIMEOUT)  # never left running
-            daemon.reap_exited()  # and those another process unmounted: no zombies
+        fusermount = None if self.caps.as_root else self.caps.fusermount
+        # While the daemon exits (on the other core): once a non-lazy unmount has
+        # succeeded no system call is in flight on the union, so no whiteout or opaque
+        # marker is still on its way; what the daemon may yet answer (release, forget)
+        # writes none.
+        unmount(target, fusermount,
+                then=None if rw is None else lambda: self.format.normalize(rw))
 
     def describe(self) -> list[tuple[str, str]]:
         return [("FUSE Helper", self.caps.binary)]
 
     def forget(self, rw: str) -> None:
         pass  # nothing kept per layer
+
+
+def unmount(target: str, fusermount: str | None = None,
+            then: Callable[[], object] | None = None) -> None:
+    """Unmount the fuse-overlayfs union at ``target`` (``fusermount -u`` if given, else
+    umount2), run ``then`` while its daemon exits, and wait for the daemon (killed after
+    ``DAEMON_EXIT_TIMEOUT`` seconds: never left running)."""
+    daemons = daemon_pidfds(target)  # before the unmount: no pid reuse
+    try:
+        if fusermount is None:
+            sysmount.unmount(target)
+        else:
+            _fusermount_unmount(fusermount, target)
+    except BaseException:
+        for fd in daemons:
+            os.close(fd)
+        raise
+    try:
+        if then is not None:
+            then()
+    finally:
+        daemon.reap(daemons, DAEMON_EXIT_TIMEOUT)
+        daemon.reap_exited()  # and those another process unmounted: no zombies
 
 
 def _fusermount_unmount(fusermount: str, target: str) -> None:
@@ -127,25 +130,12 @@ def _daemons() -> Iterator[tuple[int, bytes]]:
             yield int(name), argv[-1]
 
 
-# target -> pid of the daemon this process started there (a child of ours: see _sys.daemon).
-_started: dict[str, int] = {}
-_started_lock = threading.Lock()
-
-
-def _remember(target: str, pid: int) -> None:
-    with _started_lock:
-        _started[target] = pid
-
-
 def daemon_pidfds(target: str) -> list[int]:
     """pidfds of the fuse-overlayfs daemons serving ``target``: the child this process
     started there, else whatever a scan of /proc finds (a mount made by another process)."""
-    with _started_lock:
-        pid = _started.pop(target, None)
-    if pid is not None:
-        fd = daemon.child_pidfd(pid, target)
-        if fd is not None:
-            return [fd]
+    fd = daemon.child_pidfd(target)
+    if fd is not None:
+        return [fd]
     return daemon.open_pidfds(daemon_pids(target))
 
 
@@ -203,7 +193,3 @@ def probe(layout: Layout, magic: int, store_format: WhiteoutFormat) -> FuseOverl
     finally:
         with contextlib.suppress(OSError):
             rmtree(scratch)
-
-
-def default_format() -> WhiteoutFormat:
-    return get_format("aufs")

@@ -153,12 +153,12 @@ class OverlayEngine:
 
     def mount(self, branches: Branches) -> None:
         ensure_dir(branches.work, 0o700)
-        if needs_short_names(branches, self.caps):
+        try:
+            specs = overlay_specs(branches, self.caps)
+        except NeedsShortNamesError:  # mount(2) and over a page
             ensure_dir(self.layout.links_dir, 0o700)
             names = self._short_names(branches.lowers, create=True)
             specs = overlay_specs(branches, self.caps, self.layout.links_dir, names)
-        else:
-            specs = overlay_specs(branches, self.caps)
         for spec in specs:
             sysmount.run(spec)
 
@@ -175,7 +175,7 @@ def probe(layout: Layout, magic: int, *, new_api: bool | None = None) -> Overlay
     if magic in INCOMPATIBLE:
         raise IncompatibleFSError(
             f"overlayfs cannot use a store on {INCOMPATIBLE[magic]} ({layout.root})")
-    if not _in_proc_filesystems("overlay"):
+    if not fsinfo.in_proc_filesystems("overlay"):
         raise NotSupportedError("overlay is not in /proc/filesystems")
     scratch = layout.staging(f"probe-overlay-{os.getpid()}")
     rmtree(scratch)
@@ -208,11 +208,3 @@ def _try_mount(b: Branches, extra: tuple[str, ...], *, new_api: bool = False) ->
         return False
     sysmount.unmount(b.target)
     return True
-
-
-def _in_proc_filesystems(name: str) -> bool:
-    try:
-        with open("/proc/filesystems", encoding="ascii") as f:
-            return any(line.split()[-1] == name for line in f if line.strip())
-    except OSError:
-        return False

@@ -10,9 +10,12 @@ from aufs.union.base import UnionEngine
 from aufs.whiteout import get_format
 
 ORDER = ("aufs", "overlay", "fuse-overlayfs")
-READS = {"aufs": frozenset({"aufs"}), "overlay": frozenset({"overlay"}),
-         "fuse-overlayfs": frozenset({"aufs", "overlay"})}
-NATIVE = {"aufs": "aufs", "overlay": "overlay", "fuse-overlayfs": "aufs"}
+# What each engine reads and writes, from the engine classes themselves.
+_CLASSES: dict[str, type[UnionEngine]] = {
+    "aufs": aufs_engine.AufsEngine, "overlay": overlay.OverlayEngine,
+    "fuse-overlayfs": fuse_overlayfs.FuseOverlayEngine}
+READS = {name: cls.reads for name, cls in _CLASSES.items()}
+NATIVE = {name: cls.native for name, cls in _CLASSES.items()}
 
 
 def probe_one(name: str, layout: Layout, magic: int, store_format: str) -> UnionEngine:

@@ -244,24 +244,13 @@ def compare_interleaved(name: str, subject: Job, reference: Job, *, rounds: int,
         subject.setup()
         reference.setup()
         sync()
-        s_total = r_total = 0.0
+        totals = {id(subject): 0.0, id(reference): 0.0}
         for i in range(pairs):
-            if i % 2:
+            for job in ((subject, reference) if i % 2 else (reference, subject)):
                 t0 = clock()
-                subject.run()
-                t1 = clock()
-                reference.run()
-                t2 = clock()
-                s_total += t1 - t0
-                r_total += t2 - t1
-            else:
-                t0 = clock()
-                reference.run()
-                t1 = clock()
-                subject.run()
-                t2 = clock()
-                r_total += t1 - t0
-                s_total += t2 - t1
+                job.run()
+                totals[id(job)] += clock() - t0
+        s_total, r_total = totals[id(subject)], totals[id(reference)]
         subject.teardown()
         reference.teardown()
         ratio.subject_s.append(s_total)

@@ -79,9 +79,7 @@ def build_stack(root: str, engine: str, lowers: int) -> Stack:
         populate(d.layout.diff(lid), f"l{n}")
         parent = lid
     top = parent
-    lay = d.layout
-    b = Branches(target=lay.mnt(top), rw=lay.diff(top),
-                 lowers=tuple(lay.diff(p) for p in d.parents(top)), work=lay.work(top))
+    b = d._branches(top, d.parents(top))  # what the driver mounts, for the floors
     d.get(top)  # the first mount makes the work dir that the floors' mounts need too
     d.put(top)
     return Stack(d, top, b)

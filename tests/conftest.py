@@ -16,19 +16,15 @@ from pathlib import Path
 import pytest
 
 import aufs
-from aufs._sys import libc, mountinfo
+from aufs._sys import libc
 from aufs._sys import mount as sysmount
 from aufs.graphdriver import NotSupportedError
-from aufs.union.fuse_overlayfs import daemon_pids_below
+from tests.leaks import fuse_daemons_below, mounts_below
+
+__all__ = ["fuse_daemons_below", "mounts_below", "require_engine"]
 
 ENGINES = ("aufs", "overlay", "fuse-overlayfs")  # aufs runs where the kernel has it
 UNION_TYPES = ("overlay", "aufs", "fuse.fuse-overlayfs", "fuse-overlayfs")
-
-
-def mounts_below(path: Path | str) -> list[str]:
-    """Mount points at or below ``path`` (its realpath)."""
-    real = os.path.realpath(os.fspath(path))
-    return [e.mountpoint for e in mountinfo.mounts_under(real)]
 
 
 @functools.cache
@@ -54,11 +50,6 @@ def require_engine(engine: str) -> None:
     reason = engine_skip_reason(engine)
     if reason is not None:
         pytest.skip(reason)
-
-
-def fuse_daemons_below(path: Path | str) -> list[int]:
-    """Pids of fuse-overlayfs daemons mounted at or below ``path``."""
-    return daemon_pids_below(os.fspath(path))
 
 
 def _release(mounts: list[str], pids: list[int]) -> None:

@@ -7,7 +7,6 @@ import json
 import os
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -253,17 +252,6 @@ def test_bad_arguments(tmp_path: Path, docker_store: Path) -> None:
         convert(docker_store, "btrfs")
     with pytest.raises(DriverError, match="not a layer store"):
         convert(tmp_path / "nothing-here", "overlay")
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "otherfs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_layers_migrated_by_symlink_from_another_filesystem(tmp_path: Path,

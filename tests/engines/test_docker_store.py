@@ -4,7 +4,6 @@ byte or attribute of ``layers/``, ``diff/`` or ``mnt/`` changes until the user a
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -89,7 +88,7 @@ def test_a_docker_store_opens_mounts_and_diffs_without_a_byte_changing(tmp_path:
 
     assert docker_parts(root) == before
     meta_file = root / ".aufs" / "store.json"  # ours, beside Docker's directories
-    assert not meta_file.exists() or json.loads(meta_file.read_text())["whiteouts"] == "aufs"
+    assert not meta_file.exists()  # a Docker store stays free of our metadata
     for name in HOUSEKEEPING:
         assert (root / "diff" / CTR / name).exists()
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,18 +59,6 @@ def recording_setup_init() -> tuple[list[str], Callable[[str], None]]:
         Path(path, "etc", "hostname").write_text("")
 
     return prepared, setup_init
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs of its own: renames from it into the store fail with EXDEV."""
-    mnt = tmp_path / "otherfs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def container_view(driver: aufs.Driver) -> dict[str, str]:

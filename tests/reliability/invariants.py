@@ -11,11 +11,13 @@ import os
 import stat
 from dataclasses import dataclass
 
-from aufs._sys import mountinfo
 from aufs.store.layers import read_chain
 from aufs.store.layout import REMOVING_SUFFIX, Layout
-from aufs.union.fuse_overlayfs import daemon_pids_below
 from aufs.whiteout import WH_PREFIX
+from tests.leaks import fuse_daemons_below, mounts_below
+
+mounts_under = mounts_below  # the names the reliability suite uses
+fuse_daemons_for = fuse_daemons_below
 
 
 def _names(path: str) -> set[str]:
@@ -84,16 +86,6 @@ def _chain_problems(lay: Layout, layer_id: str, ids: set[str]) -> list[str]:
             problems.append(f"layers/{layer_id}: chain {chain} disagrees with its parent's "
                             f"{parent_chain}")
     return problems
-
-
-def mounts_under(root: str) -> list[str]:
-    real = os.path.realpath(root)
-    return [e.mountpoint for e in mountinfo.mounts_under(real)]
-
-
-def fuse_daemons_for(root: str) -> list[int]:
-    """Pids of fuse-overlayfs daemons mounted under ``root``."""
-    return daemon_pids_below(root)
 
 
 def leak_problems(root: str) -> list[str]:

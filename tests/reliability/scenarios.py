@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import random
@@ -13,14 +12,6 @@ from typing import Any
 import aufs
 from tests.reliability import invariants
 from tests.reliability.crashlib import KillRecord, Scenario
-
-
-def has_apply() -> bool:
-    return importlib.util.find_spec("aufs.archive.apply") is not None
-
-
-def has_convert() -> bool:
-    return importlib.util.find_spec("aufs.convert") is not None
 
 
 def fill(path: str, files: int, rng: random.Random, size: int = 512) -> None:

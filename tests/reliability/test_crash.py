@@ -57,15 +57,11 @@ def test_kill_during_get_put(tmp_path: Path, engine: str, seed: int) -> None:
 
 @pytest.mark.parametrize("engine", ["overlay"])
 def test_kill_during_apply_diff(tmp_path: Path, engine: str, seed: int) -> None:
-    if not scenarios.has_apply():
-        pytest.skip("aufs.archive.apply does not exist yet (apply_diff is being written)")
     apply = scenarios.ApplyScenario(str(tmp_path), seed)
     _run(apply.scenario, tmp_path, engine, seed)
 
 
 def test_kill_during_convert(tmp_path: Path, seed: int) -> None:
-    if not scenarios.has_convert():
-        pytest.skip("aufs.convert does not exist yet (convert is being written)")
     require_engine("overlay")
     require_engine("fuse-overlayfs")
     from tests.reliability.convertcrash import ConvertCrash

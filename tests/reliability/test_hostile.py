@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_engine
-from tests.reliability import hostile, scenarios
+from tests.reliability import hostile
 
 pytestmark = pytest.mark.root
 
@@ -32,8 +32,6 @@ MALFORMED = hostile.malformed()
 
 @pytest.fixture(params=["overlay", "fuse-overlayfs"])
 def engine(request: pytest.FixtureRequest) -> str:
-    if not scenarios.has_apply():
-        pytest.skip("aufs.archive.apply does not exist yet (apply_diff is being written)")
     name: str = request.param
     require_engine(name)
     return name

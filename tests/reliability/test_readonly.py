@@ -85,8 +85,6 @@ def test_cli_says_read_only_in_one_line(loop_ro: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "aufs", "--root", str(loop_ro / "store"), "status"],
         capture_output=True, text=True, check=False)
-    if "not built yet" in proc.stderr:
-        pytest.skip("the CLI is not built yet (issue 4)")
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "read-only" in lines[0].lower(), proc.stderr

@@ -219,15 +219,7 @@ def test_diff_of_a_full_store_still_reads(small_fs: Path, tmp_path: Path) -> Non
         d.cleanup()
 
 
-def _cli_has(command: str) -> bool:
-    proc = subprocess.run([sys.executable, "-m", "aufs", "--help"], capture_output=True,
-                          text=True, check=False)
-    return f" {command}" in proc.stdout
-
-
 def test_cli_diff_to_a_full_filesystem_fails_in_one_line(small_fs: Path) -> None:
-    if not _cli_has("diff"):
-        pytest.skip("the CLI has no diff command yet (issue 4)")
     d = open_store(small_fs)
     try:
         _big_layer(d)
@@ -266,8 +258,6 @@ def _apply_tar(megabytes: int) -> bytes:
 
 @pytest.mark.parametrize("leave_kib", [0, 256, 2048, 3900])
 def test_apply_diff_runs_out_of_space(small_fs: Path, leave_kib: int) -> None:
-    if not scenarios.has_apply():
-        pytest.skip("aufs.archive.apply does not exist yet (apply_diff is being written)")
     data = _apply_tar(4)
     d = open_store(small_fs)
     try:

@@ -1,0 +1,20 @@
+"""Mounts and FUSE daemons left at or below a path: what every teardown checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from aufs._sys import mountinfo
+from aufs.union.fuse_overlayfs import daemon_pids_below
+
+
+def mounts_below(path: Path | str) -> list[str]:
+    """Mount points at or below ``path`` (its realpath)."""
+    real = os.path.realpath(os.fspath(path))
+    return [e.mountpoint for e in mountinfo.mounts_under(real)]
+
+
+def fuse_daemons_below(path: Path | str) -> list[int]:
+    """Pids of fuse-overlayfs daemons mounted at or below ``path``."""
+    return daemon_pids_below(os.fspath(path))

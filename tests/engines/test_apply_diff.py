@@ -291,3 +291,22 @@ def test_whiteout_owner_and_time_survive_a_round_trip(driver: aufs.Driver) -> No
         (member,) = list(tf)
     assert (member.name, member.uid, member.gid, int(member.mtime), member.mode) == (
         f"{WH_PREFIX}gone", 1234, 5678, 1_500_000_000, 0o644)  # whatever the engine
+
+
+def test_a_new_entry_replaces_the_layers_whiteout_of_its_name(driver: aufs.Driver) -> None:
+    """Applied into a non-empty layer (the seeded staging path): an entry whose name the
+    layer had whited out drops that whiteout, and a directory made there is opaque."""
+    driver.create("L")
+    driver.apply_diff("L", "", io.BytesIO(tar_of([(f"{WH_PREFIX}back", b""),
+                                                  (f"{WH_PREFIX}dir", b""),
+                                                  ("keep", b"k")])))
+    driver.apply_diff("L", "", io.BytesIO(tar_of([("back", b"again"), ("dir", None),
+                                                  ("dir/f", b"f")])))
+    diff = Path(driver.layout.diff("L"))
+    assert sorted(os.listdir(diff)) == ["back", "dir", "keep"]  # no .wh. file left
+    assert stat.S_ISREG((diff / "back").lstat().st_mode)  # not an overlay whiteout
+    assert (diff / "back").read_bytes() == b"again"
+    if driver.whiteouts.name == "overlay":
+        assert os.getxattr(diff / "dir", OVERLAY_OPAQUE_XATTR) == b"y"
+    else:
+        assert sorted(os.listdir(diff / "dir")) == [WH_OPAQUE, "f"]

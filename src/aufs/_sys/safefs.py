@@ -34,10 +34,7 @@ __all__ = [
 ]
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-AT_FDCWD = -100
 RENAME_EXCHANGE = 2
-_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "arm64": 276}
-SYS_OPENAT2 = 437  # the same number on every architecture (unified table, Linux 5.6+)
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
@@ -56,14 +53,14 @@ class NotADirectoryInPathError(OSError):
     """A component of a path exists and is neither a directory nor a symlink."""
 
 
-def exchange(a: str, b: str, *, a_dir_fd: int = AT_FDCWD, b_dir_fd: int = AT_FDCWD) -> None:
+def exchange(a: str, b: str) -> None:
     """Swap the two paths atomically (renameat2 RENAME_EXCHANGE); both must exist.
     Neither is followed if it is a symlink (rename never follows the last component)."""
-    number = _SYS_RENAMEAT2.get(platform.machine())
+    number = libc.SYS_RENAMEAT2.get(platform.machine())
     if number is None:
         raise OSError(errno.ENOSYS, f"renameat2: unknown syscall number on {platform.machine()}")
-    libc.syscall("renameat2", number, ctypes.c_int(a_dir_fd), ctypes.c_char_p(os.fsencode(a)),
-                 ctypes.c_int(b_dir_fd), ctypes.c_char_p(os.fsencode(b)),
+    libc.syscall("renameat2", number, ctypes.c_int(libc.AT_FDCWD), ctypes.c_char_p(os.fsencode(a)),
+                 ctypes.c_int(libc.AT_FDCWD), ctypes.c_char_p(os.fsencode(b)),
                  ctypes.c_uint(RENAME_EXCHANGE), filename=a)
 
 
@@ -71,7 +68,7 @@ def _openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
     how = _OpenHow(flags, 0, resolve)
     while True:
         try:
-            return libc.syscall("openat2", SYS_OPENAT2, ctypes.c_int(dir_fd),
+            return libc.syscall("openat2", libc.SYS_OPENAT2, ctypes.c_int(dir_fd),
                                 ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
                                 ctypes.c_size_t(ctypes.sizeof(how)), filename=path)
         except OSError as exc:
@@ -83,7 +80,7 @@ def _openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
 def has_openat2() -> bool:
     """True if this kernel has openat2(2) with RESOLVE_BENEATH (probed once)."""
     try:
-        os.close(_openat2(AT_FDCWD, "/", O_DIR, RESOLVE_NO_SYMLINKS))
+        os.close(_openat2(libc.AT_FDCWD, "/", O_DIR, RESOLVE_NO_SYMLINKS))
     except OSError:
         return False
     return True

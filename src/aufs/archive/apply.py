@@ -150,8 +150,9 @@ def clone_tree(src: str, dst: str) -> dict[str, int]:
     try:
         dfd = os.open(dst, safefs.O_DIR)
         try:
-            _clone_dir(sfd, dfd, "", made)
-            _copy_dir_meta(sfd, dfd)
+            st = os.fstat(sfd)
+            _clone_dir(sfd, dfd, "", made, st.st_dev)
+            _copy_dir_meta(st, sfd, dfd)
         finally:
             os.close(dfd)
     finally:
@@ -159,7 +160,7 @@ def clone_tree(src: str, dst: str) -> dict[str, int]:
     return made
 
 
-def _clone_dir(sfd: int, dfd: int, rel: str, made: dict[str, int]) -> None:
+def _clone_dir(sfd: int, dfd: int, rel: str, made: dict[str, int], dev: int) -> None:
     with os.scandir(sfd) as it:
         entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
     for name, is_dir in entries:
@@ -174,18 +175,19 @@ def _clone_dir(sfd: int, dfd: int, rel: str, made: dict[str, int]) -> None:
         try:
             sub_d = safefs.open_dir_at(dfd, name)
             try:
-                if os.fstat(sub_s).st_dev != os.fstat(sfd).st_dev:
+                st = os.fstat(sub_s)
+                if st.st_dev != dev:
                     raise DriverError(f"a filesystem is mounted inside the layer at {path}")
-                _clone_dir(sub_s, sub_d, path, made)
-                _copy_dir_meta(sub_s, sub_d)
+                _clone_dir(sub_s, sub_d, path, made, dev)
+                _copy_dir_meta(st, sub_s, sub_d)
             finally:
                 os.close(sub_d)
         finally:
             os.close(sub_s)
 
 
-def _copy_dir_meta(sfd: int, dfd: int) -> None:
-    st = os.fstat(sfd)
+def _copy_dir_meta(st: os.stat_result, sfd: int, dfd: int) -> None:
+    """Give ``dfd`` the owner, xattrs, mode and times of ``sfd`` (whose stat is ``st``)."""
     os.fchown(dfd, st.st_uid, st.st_gid)
     for name in _listxattr(sfd):
         with contextlib.suppress(OSError):

@@ -203,8 +203,12 @@ class Unpacker:
             self._node(m, name, parent, base)
         if self.stale_whiteouts:
             assert self.whiteouts is not None
-            if safefs.remove_at(parent, self.whiteouts.whiteout_path_name(base)) and (
-                    kind == t.DIR):
+            marker = self.whiteouts.whiteout_path_name(base)
+            # A known tree (the staging clone) lists every marker in ``made``: no unlink
+            # attempt per entry where there is nothing to unlink.
+            if self.known and (f"{head}/{marker}" if head else marker) not in self.made:
+                return
+            if safefs.remove_at(parent, marker) and kind == t.DIR:
                 self._opaque_new(name)
 
     def _opaque_new(self, name: str) -> None:

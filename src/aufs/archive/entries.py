@@ -126,9 +126,10 @@ class Members:
             raise
 
     def regular_fd(self, fd: int, st: os.stat_result, dir_fd: int, name: str,
-                   arcname: bytes) -> Member | None:
+                   arcname: bytes, names: list[str] | None = None) -> Member | None:
         """The member of the file open as ``fd`` (``st``: its fstat), found as ``name`` in
-        ``dir_fd``. Takes ownership of ``fd``: it is in the member, or closed."""
+        ``dir_fd``; ``names``: its xattr names, if the caller listed them already. Takes
+        ownership of ``fd``: it is in the member, or closed."""
         if st.st_mode & S_IFMT != S_IFREG:
             os.close(fd)
             return self.other(dir_fd, name, arcname, st)
@@ -138,7 +139,8 @@ class Members:
                 os.close(fd)
                 return self._hard_link(st, arcname, first)
         size = st.st_size
-        names = list_xattrs(fd)
+        if names is None:
+            names = list_xattrs(fd)
         if names or len(arcname) > 100:
             hdr = tarwrite.header(arcname, st.st_mode, st.st_uid, st.st_gid, size,
                                   int(st.st_mtime), tarwrite.REGTYPE,

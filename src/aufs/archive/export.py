@@ -24,7 +24,15 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING
 
 from aufs.archive import Change, ChangeKind
-from aufs.archive.entries import O_DIR, O_FILE, S_IFMT, S_IFREG, Members, whiteout_name
+from aufs.archive.entries import (
+    O_DIR,
+    O_FILE,
+    S_IFMT,
+    S_IFREG,
+    Members,
+    list_xattrs,
+    whiteout_name,
+)
 from aufs.archive.stream import Member, tar_stream
 from aufs.archive.tarwrite import REGTYPE, simple_header
 from aufs.whiteout import WH_PREFIX, Kind, classify_entry, classify_name, whiteout_tar_mode
@@ -83,7 +91,7 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
     """
     members = Members()
     stack: list[tuple[int, bytes, Iterator[_Item]]] = []
-    os_open, os_close, fstat, listxattr = os.open, os.close, os.fstat, os.listxattr
+    os_open, os_close, fstat = os.open, os.close, os.fstat
     try:
         stack.append((root_fd, b"", iter(_list_dir(root_fd)[0])))
         while stack:
@@ -99,9 +107,10 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
                     else:
                         try:
                             st = fstat(f)
+                            names: list[str] | None = None
                             if (st.st_mode & S_IFMT != S_IFREG or st.st_nlink > 1
-                                    or len(arcname) > 100 or listxattr(f)):
-                                member = members.regular_fd(f, st, fd, name, arcname)
+                                    or len(arcname) > 100 or (names := list_xattrs(f))):
+                                member = members.regular_fd(f, st, fd, name, arcname, names)
                             else:
                                 size = st.st_size
                                 member = (simple_header(arcname, st.st_mode, st.st_uid,

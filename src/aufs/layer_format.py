@@ -208,18 +208,15 @@ def _restore_times(path: str, times: dict[str, list[int]]) -> None:
 def _open_rel(path: str, rel: str) -> int | None:
     """The directory ``rel`` below ``path``, one component at a time, no symlink followed;
     None if it is not there (or not a directory)."""
-    fd = os.open(path, safefs.O_DIR)
-    for comp in rel.split("/") if rel else ():
-        try:
-            sub = os.open(comp, safefs.O_DIR, dir_fd=fd)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                return None
-            raise
-        os.close(fd)
-        fd = sub
-    return fd
+    root = os.open(path, safefs.O_DIR)
+    if not rel:
+        return root
+    try:
+        return safefs.open_beneath(root, rel)
+    except (FileNotFoundError, safefs.SymlinkInPathError, safefs.NotADirectoryInPathError):
+        return None
+    finally:
+        os.close(root)
 
 
 # -- the attic of AUFS housekeeping ------------------------------------------------------
@@ -242,7 +239,7 @@ class _AtticMover:
                 raise DriverError(f"cannot set {self.layer}/{rel} aside: {dst} exists")
             _remove(f"{self.layer}/{rel}")  # a killed run published the copy already
         else:
-            _move(dir_fd, name, f"{self.layer}/{rel}", dst)
+            _move(name, dst, src_path=f"{self.layer}/{rel}", dst_path=dst, src_dir_fd=dir_fd)
         self.count += 1
 
 
@@ -280,7 +277,7 @@ def _restore_attic(attic: str, layer: str) -> int:
         try:
             taken = _lexists_at(fd, name)
             if not taken:
-                _move_in(src, fd, name, f"{layer}/{rel}")
+                _move(src, name, src_path=src, dst_path=f"{layer}/{rel}", dst_dir_fd=fd)
                 restored += 1
             _remove(src)  # restored, or the layer has since got an entry of that name
         finally:
@@ -304,37 +301,22 @@ def _lexists_at(dir_fd: int, name: str) -> bool:
     return True
 
 
-def _move(src_dir_fd: int, name: str, src_path: str, dst: str) -> None:
-    """Move the entry ``name`` of ``src_dir_fd`` (known as ``src_path``) to ``dst``: a
-    rename, or across filesystems a copy published by rename and then the removal."""
+def _move(src: str, dst: str, *, src_path: str, dst_path: str, src_dir_fd: int | None = None,
+          dst_dir_fd: int | None = None) -> None:
+    """Move ``src`` (in ``src_dir_fd``, known as ``src_path``) to ``dst`` (in
+    ``dst_dir_fd``, known as ``dst_path``): a rename, or across filesystems a copy made
+    under ``<dst>~partial`` (for a housekeeping name still housekeeping, so no union
+    shows it), published by rename, and then the removal of the source."""
     try:
-        os.rename(name, dst, src_dir_fd=src_dir_fd)
+        os.rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
         return
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-    partial = dst + _PARTIAL
-    _remove(partial)
-    _copy(src_path, partial)
-    os.rename(partial, dst)
+    _remove(dst_path + _PARTIAL)
+    _copy(src_path, dst_path + _PARTIAL)
+    os.rename(dst + _PARTIAL, dst, src_dir_fd=dst_dir_fd, dst_dir_fd=dst_dir_fd)
     _remove(src_path)
-
-
-def _move_in(src: str, dst_dir_fd: int, name: str, dst_path: str) -> None:
-    """Move ``src`` (in the attic) to the entry ``name`` of ``dst_dir_fd`` (known as
-    ``dst_path``); across filesystems the copy is made under a housekeeping name, which
-    no union shows, and renamed into place."""
-    try:
-        os.rename(src, name, dst_dir_fd=dst_dir_fd)
-        return
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-    partial_name = f"{name}{_PARTIAL}"  # ".wh..wh.plnk~partial": still housekeeping
-    partial = f"{os.path.dirname(dst_path)}/{partial_name}"
-    _remove(partial)
-    _copy(src, partial)
-    os.rename(partial_name, name, src_dir_fd=dst_dir_fd, dst_dir_fd=dst_dir_fd)
 
 
 def _copy(src: str, dst: str) -> None:

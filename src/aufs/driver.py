@@ -326,18 +326,17 @@ class Driver:
             _release_bind(self.layout.root)
 
     # -- diffs (aufs.archive) -----------------------------------------------------------
-    def _lower_dirs(self, id: str) -> list[str]:
-        return [self.layout.diff(p) for p in self.parents(id)]
-
-    def _naive(self, id: str, parent: str) -> bool:
-        """True when ``parent`` is given and is not the direct parent (the seed's naive path)."""
-        if not parent:
-            return False
-        validate_id(parent)
+    def _direct_chain(self, id: str, parent: str) -> list[str] | None:
+        """The layer's ancestors (nearest first) when ``parent`` is empty or its direct
+        parent; None when ``parent`` is another layer (the seed's naive path)."""
+        if parent:
+            validate_id(parent)
         chain = self.parents(id)
+        if not parent:
+            return chain
         if not self.exists(parent):
             raise LayerNotFoundError(f"no such layer: {parent}")
-        return not chain or chain[0] != parent
+        return chain if chain and chain[0] == parent else None
 
     @contextlib.contextmanager
     def _reading(self, *ids: str) -> Iterator[None]:
@@ -357,26 +356,26 @@ class Driver:
         from aufs.archive import export
 
         with self._reading(id, parent):
-            if self._naive(id, parent):
+            if self._direct_chain(id, parent) is None:
                 return export.naive_diff(self, id, parent)
-            self.parents(id)
             return export.export_layer(self.layout.diff(id))
 
     def changes(self, id: str, parent: str = "") -> list[Change]:
         from aufs.archive import changes
 
         with self._reading(id, parent):
-            if self._naive(id, parent):
+            chain = self._direct_chain(id, parent)
+            if chain is None:
                 return changes.naive_changes(self, id, parent)
-            return changes.layer_changes(self._lower_dirs(id), self.layout.diff(id))
+            lowers = [self.layout.diff(p) for p in chain]
+            return changes.layer_changes(lowers, self.layout.diff(id))
 
     def diff_size(self, id: str, parent: str = "") -> int:
         from aufs.archive import changes
 
         with self._reading(id, parent):
-            if self._naive(id, parent):
+            if self._direct_chain(id, parent) is None:
                 return changes.naive_diff_size(self, id, parent)
-            self.parents(id)
             return changes.diff_size(self.layout.diff(id))
 
     def apply_diff(self, id: str, parent: str, stream: IO[bytes]) -> int:
@@ -386,7 +385,7 @@ class Driver:
         from aufs.archive import apply
 
         size = apply.apply_layer(self, id, stream)  # counted as it went, if it could
-        if size is not None and not self._naive(id, parent):
+        if size is not None and self._direct_chain(id, parent) is not None:
             return size
         return self.diff_size(id, parent)
 

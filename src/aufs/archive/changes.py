@@ -59,6 +59,10 @@ _DELETE = ChangeKind.DELETE
 _S_IFMT = 0o170000
 _S_IFDIR = stat.S_IFDIR
 _S_IFCHR = stat.S_IFCHR
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_new_change = object.__new__
+_set_path = Change.__dict__["path"].__set__  # the slots' own descriptors
+_set_kind = Change.__dict__["kind"].__set__
 
 
 def _opaque(path: str) -> bool:
@@ -153,90 +157,112 @@ def _root_lows(lower_dirs: Sequence[str]) -> list[str]:
 
 
 def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
-    """Changes of the layer directory ``rw_dir`` over ``lower_dirs`` (nearest first)."""
+    """Changes of the layer directory ``rw_dir`` over ``lower_dirs`` (nearest first).
+
+    Each directory of ``rw_dir`` is opened once and read through that fd (its listing,
+    its own stat, its xattrs): a ``stat`` by path costs a path walk and a result object
+    each, which on a small upper layer is most of the time.
+    """
     out: list[tuple[str, ChangeKind]] = []
     append = out.append
     lookup = _lookup
     lstat = os.lstat
-    # frames: (directory in rw, its change path or "", lower dirs it shows, listed?,
+    fstat = os.fstat
+    # frames: (directory in rw, its change path or "", lower dirs it shows, the
+    # parents' stat of it if they show a directory there (compared here), listed?,
     # hides the lower directories? — it or a parent is opaque)
-    stack: list[tuple[str, str, list[str], bool, bool]] = [
-        (rw_dir.rstrip("/") or "/", "", _root_lows(lower_dirs), True, False)]
+    stack: list[tuple[str, str, list[str], os.stat_result | None, bool, bool]] = [
+        (rw_dir.rstrip("/") or "/", "", _root_lows(lower_dirs), None, True, False)]
     while stack:
-        rw_path, rel, lows, listed, hides = stack.pop()
-        single = lows[0] if len(lows) == 1 else None
-        with os.scandir(rw_path) as it:
-            entries = list(it)
-        parent_changed = False
-        aufs_opaque = False
-        subdirs: list[tuple[str, str, list[str], bool]] = []
-        for e in entries:
-            name = e.name
-            if name.startswith(WH_PREFIX):
-                if name == WH_OPAQUE:
-                    aufs_opaque = True
-                    continue
-                wh = classify_entry(e)
-                if wh.kind is Kind.WHITEOUT:
-                    append((rel + "/" + wh.target, _DELETE))
-                    parent_changed = True
-                continue  # housekeeping
-            path = rel + "/" + name
-            if e.is_dir(follow_symlinks=False):
-                found, sub_lows = lookup(lows, name, True) if lows else (None, [])
-                kind: ChangeKind | None = _MODIFY
-                if found is None:
-                    kind = _ADD
-                    parent_changed = True
-                elif found.st_mode & _S_IFMT == _S_IFDIR:
-                    st = e.stat(follow_symlinks=False)
-                    if (st.st_size == found.st_size and st.st_mode == found.st_mode
-                            and same_fs_time(st.st_mtime_ns, found.st_mtime_ns)):
-                        kind = None
-                if kind is not None:
-                    append((path, kind))
-                subdirs.append((e.path, path, sub_lows, kind is not None))
-                continue
-            if not e.is_file(follow_symlinks=False) and not e.is_symlink():
-                st = e.stat(follow_symlinks=False)
-                if st.st_mode & _S_IFMT == _S_IFCHR and st.st_rdev == 0:
-                    append((path, _DELETE))  # overlay whiteout
-                    parent_changed = True
-                    continue
-            if single is not None:  # one parent directory: one lstat, inline
-                try:
-                    found = lstat(single + "/" + name)
-                except (FileNotFoundError, NotADirectoryError):
-                    found = None
-                else:
-                    if found.st_mode & _S_IFMT == _S_IFCHR and found.st_rdev == 0:
-                        found = None  # an overlay whiteout
-            else:
-                found = lookup(lows, name, False)[0] if lows else None
-            if found is not None:
-                append((path, _MODIFY))
-            else:
-                append((path, _ADD))
-                parent_changed = True
-        if rel and lows and not hides:
-            hides = aufs_opaque or has_opaque_xattr(rw_path)
-        if hides and lows:
-            # Only this layer shows here: what the parents showed and it lacks is gone.
-            present = {e.name for e in entries}
+        rw_path, rel, lows, below, listed, hides = stack.pop()
+        fd = os.open(rw_path, _DIR_FLAGS)
+        try:
+            if below is not None:
+                st = fstat(fd)
+                listed = not (st.st_size == below.st_size and st.st_mode == below.st_mode
+                              and same_fs_time(st.st_mtime_ns, below.st_mtime_ns))
+                if listed:
+                    append((rel, _MODIFY))
+            with os.scandir(fd) as it:
+                entries = list(it)
+            single = lows[0] if len(lows) == 1 else None
+            parent_changed = False
+            aufs_opaque = False
+            subdirs: list[tuple[str, str, list[str], os.stat_result | None, bool]] = []
             for e in entries:
-                if e.name.startswith(WH_PREFIX):
+                name = e.name
+                if name.startswith(WH_PREFIX):
+                    if name == WH_OPAQUE:
+                        aufs_opaque = True
+                        continue
                     wh = classify_entry(e)
                     if wh.kind is Kind.WHITEOUT:
-                        present.add(wh.target)
-            for name in _union_names(lows) - present:
-                append((rel + "/" + name, _DELETE))
-                parent_changed = True
+                        append((rel + "/" + wh.target, _DELETE))
+                        parent_changed = True
+                    continue  # housekeeping
+                path = rel + "/" + name
+                if e.is_dir(follow_symlinks=False):
+                    found, sub_lows = lookup(lows, name, True) if lows else (None, [])
+                    if found is None:
+                        append((path, _ADD))
+                        parent_changed = True
+                    elif found.st_mode & _S_IFMT != _S_IFDIR:
+                        append((path, _MODIFY))
+                    else:  # compared with this directory's own stat in its frame
+                        subdirs.append((rw_path + "/" + name, path, sub_lows, found, False))
+                        continue
+                    subdirs.append((rw_path + "/" + name, path, sub_lows, None, True))
+                    continue
+                if not e.is_file(follow_symlinks=False) and not e.is_symlink():
+                    st = e.stat(follow_symlinks=False)
+                    if st.st_mode & _S_IFMT == _S_IFCHR and st.st_rdev == 0:
+                        append((path, _DELETE))  # overlay whiteout
+                        parent_changed = True
+                        continue
+                if single is not None:  # one parent directory: one lstat, inline
+                    try:
+                        found = lstat(single + "/" + name)
+                    except (FileNotFoundError, NotADirectoryError):
+                        found = None
+                    else:
+                        if found.st_mode & _S_IFMT == _S_IFCHR and found.st_rdev == 0:
+                            found = None  # an overlay whiteout
+                else:
+                    found = lookup(lows, name, False)[0] if lows else None
+                if found is not None:
+                    append((path, _MODIFY))
+                else:
+                    append((path, _ADD))
+                    parent_changed = True
+            if rel and lows and not hides:
+                hides = aufs_opaque or has_opaque_xattr(fd)
+            if hides and lows:
+                # Only this layer shows here: what the parents showed and it lacks is gone.
+                present = {e.name for e in entries}
+                for e in entries:
+                    if e.name.startswith(WH_PREFIX):
+                        wh = classify_entry(e)
+                        if wh.kind is Kind.WHITEOUT:
+                            present.add(wh.target)
+                for name in _union_names(lows) - present:
+                    append((rel + "/" + name, _DELETE))
+                    parent_changed = True
+        finally:
+            os.close(fd)
         for frame in subdirs:
             stack.append((*frame, hides))
         if parent_changed and not listed:
             append((rel, _MODIFY))
     out.sort()
-    return [Change(path, kind) for path, kind in out]
+    return [_change(path, kind) for path, kind in out]
+
+
+def _change(path: str, kind: ChangeKind) -> Change:
+    """``Change(path, kind)`` without the frozen dataclass's per-field ``__setattr__``."""
+    change = _new_change(Change)
+    _set_path(change, path)
+    _set_kind(change, kind)
+    return change
 
 
 def diff_size(directory: str) -> int:

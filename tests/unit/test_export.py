@@ -397,3 +397,102 @@ def test_an_entry_replaced_by_a_symlink_is_archived_as_the_symlink(tmp_path: Pat
     with tarfile.open(fileobj=io.BytesIO(member[0] + bytes(1024))) as tar:
         info = tar.getmembers()[0]
     assert info.issym() and info.linkname == "/etc/shadow"
+
+
+def _many_files(root: Path, dirs: int = 6, per_dir: int = 30) -> None:
+    for d in range(dirs):
+        sub = root / f"d{d}"
+        sub.mkdir(parents=True)
+        for f in range(per_dir):
+            (sub / f"f{f:02d}").write_bytes(b"%d/%d\n" % (d, f) * (f + 1))
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_read_ahead_keeps_the_order_and_bounds_open_files(tmp_path: Path) -> None:
+    from aufs.archive.export import _walk_tree
+    from aufs.archive.stream import ReadAhead
+
+    root = tmp_path / "l"
+    _many_files(root)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        plain = []
+        for hdr, data_fd, size, _ in _walk_tree(fd):
+            plain.append((hdr, size))
+            if data_fd >= 0:
+                os.close(data_fd)
+        base = _open_fds()
+        ahead = ReadAhead(_walk_tree(fd), files=8, size=1 << 30)
+        seen, most = [], 0
+        for hdr, data_fd, size, _ in ahead:
+            most = max(most, _open_fds() - base)
+            seen.append((hdr, size))
+            if data_fd >= 0:
+                assert os.pread(data_fd, 2, 0)[:1].isdigit()
+                os.close(data_fd)
+        assert seen == plain and len(seen) == 6 + 6 * 30
+        # 8 queued files + the one handed out + the walk's directory fd (+1 for listdir)
+        assert 8 <= most <= 8 + 1 + 2
+        small = ReadAhead(_walk_tree(fd), files=100, size=200)  # the byte bound rules
+        next(small)
+        assert sum(1 for m in small._queue if m[1] >= 0) <= 2
+        small.close()
+        assert _open_fds() == base
+    finally:
+        os.close(fd)
+
+
+def test_read_ahead_closes_queued_files_when_the_stream_is_closed(tmp_path: Path) -> None:
+    root = tmp_path / "l"
+    _many_files(root)
+    before = _open_fds()
+    stream = export_layer(str(root))
+    stream.read(1000)
+    assert _open_fds() > before + 30  # files opened ahead of the reader
+    stream.close()
+    assert _open_fds() == before
+
+
+def test_read_ahead_hints_until_warm_and_again_after_a_wait(tmp_path: Path) -> None:
+    from aufs.archive.export import _walk_tree
+    from aufs.archive.stream import ReadAhead
+
+    root = tmp_path / "l"
+    _many_files(root, dirs=2, per_dir=40)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ahead = ReadAhead(_walk_tree(fd), files=4)
+        ahead.WARM = 10
+        ahead._warm = 10
+        advising = []
+        for _, data_fd, _, _ in ahead:
+            advising.append(ahead._advise)
+            if data_fd >= 0:
+                os.close(data_fd)
+            if len(advising) == 40:
+                ahead.missed()  # a read waited for the disk
+        assert advising[:5] == [True] * 5
+        assert advising[20:40] == [False] * 20  # more than WARM files read without waiting
+        assert advising[40] is True  # hinting again
+        assert advising[-1] is False  # and warm again later
+    finally:
+        os.close(fd)
+
+
+def test_stream_bytes_do_not_depend_on_read_ahead(tmp_path: Path) -> None:
+    import functools
+
+    from aufs.archive import stream as stream_mod
+
+    root = tmp_path / "l"
+    _many_files(root)
+    with export_layer(str(root)) as s:
+        with_ahead = s.read()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stream_mod, "ReadAhead", functools.partial(stream_mod.ReadAhead, files=0))
+        with export_layer(str(root)) as s:
+            serial = s.read()
+    assert with_ahead == serial and len(serial) > 180 * 512

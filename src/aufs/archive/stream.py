@@ -13,13 +13,21 @@ Measured on a 160 MB / 6,600-file tree (page cache warm, reads of 1 MiB): as fas
 feeding a pipe (``splice`` for file data) was 1.3-1.5x: the pipe costs a copy, page
 allocations and GIL hand-offs, and Python cannot overlap enough work on two cores to
 pay for them.
+
+Files are read ahead (:class:`ReadAhead`): the walk runs up to 64 files / 32 MiB in front
+of the reader, and each file it opens is handed to the kernel with
+``POSIX_FADV_WILLNEED``, so on a cold cache the disk works on many files at once instead
+of one read at a time. On a Debian root fs read from disk this took reading every file
+from 1.6 s (one at a time, as GNU tar does) to 0.7 s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
 
 from aufs.archive import ArchiveError
@@ -31,14 +39,104 @@ Member = tuple[bytes, int, int, bool]
 
 _ZEROS = memoryview(bytes(1 << 20))  # calloc'ed: costs no memory until read
 
+AHEAD_FILES = 64
+AHEAD_BYTES = 32 << 20
+_FADVISE_MAX = 4 << 20  # per file: the kernel's own readahead takes over after this
+_RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
+
+
+class ReadAhead:
+    """``members``, pulled up to ``files`` open files or ``size`` bytes ahead of the
+    consumer, each file's data asked for (``POSIX_FADV_WILLNEED``) as it is queued.
+
+    The hint costs a system call per file, which buys nothing when the data is cached
+    already: after ``WARM`` files in a row read without waiting it stops, and the first
+    read that would wait (:meth:`missed`) starts it again, queued files included.
+    Closing closes the files still queued, then ``members``.
+    """
+
+    WARM = 256
+
+    def __init__(self, members: Iterator[Member], *, files: int = AHEAD_FILES,
+                 size: int = AHEAD_BYTES) -> None:
+        self._members = members
+        self._queue: deque[Member] = deque()
+        self._files = 0
+        self._bytes = 0
+        self._max_files = files
+        self._max_bytes = size
+        self._advise = True
+        self._since_miss = 0
+        self._warm = self.WARM
+
+    def __iter__(self) -> Iterator[Member]:
+        return self
+
+    def __next__(self) -> Member:
+        queue = self._queue
+        while not queue or (self._files < self._max_files and self._bytes < self._max_bytes):
+            member = next(self._members, None)
+            if member is None:
+                break
+            if member[1] < 0 and not queue:
+                return member
+            if member[1] >= 0:
+                self._files += 1
+                self._bytes += member[2]
+                if self._advise:
+                    _advise(member)
+            queue.append(member)
+        if not queue:
+            raise StopIteration
+        member = queue.popleft()
+        if member[1] >= 0:
+            self._files -= 1
+            self._bytes -= member[2]
+            self._since_miss += 1
+            if self._since_miss > self._warm:
+                self._advise = False
+        return member
+
+    def missed(self) -> None:
+        """A read had to wait for the disk: hint again, beginning with what is queued."""
+        self._since_miss = 0
+        if not self._advise:
+            self._advise = True
+            for member in self._queue:
+                if member[1] >= 0:
+                    _advise(member)
+
+    def always(self) -> None:
+        """Hint for every file from now on (reads cannot tell a cached file)."""
+        self.missed()
+        self._warm = 1 << 62
+
+    def close(self) -> None:
+        queue = self._queue
+        while queue:
+            fd = queue.popleft()[1]
+            if fd >= 0:
+                os.close(fd)
+        close = getattr(self._members, "close", None)
+        if close is not None:
+            close()
+
+
+def _advise(member: Member) -> None:
+    if member[2] and not member[3]:  # not for sparse files: their holes read as zeros
+        with contextlib.suppress(OSError):  # only a hint
+            os.posix_fadvise(member[1], 0, min(member[2], _FADVISE_MAX),
+                             os.POSIX_FADV_WILLNEED)
+
 
 class TarReader(io.RawIOBase):
     """Raw binary stream over a generator of members; wrap it in ``io.BufferedReader``."""
 
-    def __init__(self, members: Iterator[Member], name: str,
+    def __init__(self, members: ReadAhead, name: str,
                  on_close: list[Callable[[], None]]) -> None:
         super().__init__()
         self._members = members
+        self._nowait = _RWF_NOWAIT
         self._name = name
         self._on_close = on_close
         self._pending = b""      # header or padding bytes not yet handed out
@@ -75,7 +173,7 @@ class TarReader(io.RawIOBase):
     def _fill(self, view: memoryview) -> int:
         n = len(view)
         pos = 0
-        preadv = os.preadv
+        pread = self._pread
         members = self._members
         on_entry = self._on_entry
         while pos < n:
@@ -118,7 +216,7 @@ class TarReader(io.RawIOBase):
             try:
                 view[pos:start] = hdr
                 while start < end:
-                    got = preadv(fd, [view[start:end]], start - pos - hlen)
+                    got = pread(fd, view[start:end], start - pos - hlen)
                     if got == 0:
                         self._off, self._size = start - pos - hlen, size
                         self._shrank()
@@ -143,7 +241,7 @@ class TarReader(io.RawIOBase):
         if self._sparse:
             pos += self._fill_sparse(view, pos, want)
         else:
-            got = os.preadv(self._fd, [view[pos:pos + want]], self._off)
+            got = self._pread(self._fd, view[pos:pos + want], self._off)
             if got == 0:
                 self._shrank()
             pos += got
@@ -172,11 +270,25 @@ class TarReader(io.RawIOBase):
             view[pos:pos + want] = _ZEROS[:want]
             got = want
         else:
-            got = os.preadv(self._fd, [view[pos:pos + want]], off)
+            got = self._pread(self._fd, view[pos:pos + want], off)
             if got == 0:
                 self._shrank()
         self._off = off + got
         return got
+
+    def _pread(self, fd: int, buf: memoryview, off: int) -> int:
+        """``preadv`` that tells the read-ahead when it had to wait for the disk."""
+        if self._nowait:
+            try:
+                return os.preadv(fd, [buf], off, self._nowait)
+            except BlockingIOError:
+                self._members.missed()
+            except OSError as exc:
+                if exc.errno != errno.EOPNOTSUPP:
+                    raise
+                self._nowait = 0  # this filesystem cannot say: always hint
+                self._members.always()
+        return os.preadv(fd, [buf], off)
 
     def _shrank(self) -> None:
         raise ArchiveError(f"{self._name}: a file shrank while being archived "
@@ -195,9 +307,7 @@ class TarReader(io.RawIOBase):
             if self._fd >= 0:
                 fd, self._fd = self._fd, -1
                 os.close(fd)
-            close_gen = getattr(self._members, "close", None)
-            if close_gen is not None:
-                close_gen()  # the walk closes its directory fds
+            self._members.close()  # queued files, then the walk's directory fds
         finally:
             callbacks, self._on_close = self._on_close, []
             try:
@@ -213,5 +323,5 @@ def tar_stream(members: Iterator[Member], *, name: str,
 
     ``on_close`` callbacks run once, last first, when the stream is closed (or collected).
     """
-    return io.BufferedReader(TarReader(members, name, list(on_close or ())),
+    return io.BufferedReader(TarReader(ReadAhead(members), name, list(on_close or ())),
                              buffer_size=1 << 16)

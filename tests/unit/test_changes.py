@@ -237,6 +237,20 @@ def test_missing_lower_directory_is_skipped(tmp_path: Path, rw: Path) -> None:
     assert layer_changes([str(tmp_path / "gone")], str(rw)) == [A("/f")]
 
 
+def test_layer_directory_reached_by_a_symlink(tmp_path: Path, rw: Path) -> None:
+    """A layer migrated in place: diff/<id> is a symlink; below it none is followed."""
+    low = mkdir(tmp_path, "low")
+    write(low, "etc/passwd")
+    write(rw, "etc/passwd", "changed")
+    write(rw, "new")
+    os.symlink(str(tmp_path / "elsewhere"), rw / "linkdir")
+    write(tmp_path, "elsewhere/inside")
+    same_dir_times(rw, low)
+    link = tmp_path / "layer-link"
+    link.symlink_to(rw)
+    assert layer_changes([str(low)], str(link)) == [C("/etc/passwd"), A("/linkdir"), A("/new")]
+
+
 
 
 def test_diff_size_counts_regular_files_once(tmp_path: Path) -> None:

@@ -496,3 +496,21 @@ def test_stream_bytes_do_not_depend_on_read_ahead(tmp_path: Path) -> None:
         with export_layer(str(root)) as s:
             serial = s.read()
     assert with_ahead == serial and len(serial) > 180 * 512
+
+
+def test_read_ahead_fits_a_low_fd_limit(tmp_path: Path) -> None:
+    import sys
+
+    root = tmp_path / "l"
+    _many_files(root, dirs=3, per_dir=100)
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))\n"
+        "from aufs.archive.export import export_layer\n"
+        "with export_layer(sys.argv[1]) as s:\n"
+        "    print(len(s.read()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 300 * 512

@@ -59,7 +59,8 @@ _DELETE = ChangeKind.DELETE
 _S_IFMT = 0o170000
 _S_IFDIR = stat.S_IFDIR
 _S_IFCHR = stat.S_IFCHR
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_DIR_FLAGS = _ROOT_FLAGS | os.O_NOFOLLOW
 _new_change = object.__new__
 _set_path = Change.__dict__["path"].__set__  # the slots' own descriptors
 _set_kind = Change.__dict__["kind"].__set__
@@ -175,7 +176,8 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
         (rw_dir.rstrip("/") or "/", "", _root_lows(lower_dirs), None, True, False)]
     while stack:
         rw_path, rel, lows, below, listed, hides = stack.pop()
-        fd = os.open(rw_path, _DIR_FLAGS)
+        # The layer's own directory may be a symlink (a layer migrated in place).
+        fd = os.open(rw_path, _DIR_FLAGS if rel else _ROOT_FLAGS)
         try:
             if below is not None:
                 st = fstat(fd)

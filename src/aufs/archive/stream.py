@@ -27,6 +27,7 @@ import contextlib
 import errno
 import io
 import os
+import resource
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -63,7 +64,8 @@ class ReadAhead:
         self._queue: deque[Member] = deque()
         self._files = 0
         self._bytes = 0
-        self._max_files = files
+        # A low fd limit leaves room for the walk's directories and the caller's files.
+        self._max_files = min(files, _fd_budget())
         self._max_bytes = size
         self._advise = True
         self._since_miss = 0
@@ -120,6 +122,11 @@ class ReadAhead:
         close = getattr(self._members, "close", None)
         if close is not None:
             close()
+
+
+def _fd_budget() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return AHEAD_FILES if soft == resource.RLIM_INFINITY else max(1, soft // 8)
 
 
 def _advise(member: Member) -> None:

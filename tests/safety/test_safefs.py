@@ -117,3 +117,35 @@ def test_exchange(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "b") == ["from-a"]
     with pytest.raises(FileNotFoundError):
         safefs.exchange(str(tmp_path / "a"), str(tmp_path / "missing"))
+
+
+def test_dirfds_refuses_a_symlink_made_while_it_creates(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The extractor's directory cache: a directory found missing, then replaced by a
+    symlink before it is made (a race), is a breakout, and nothing outside is touched."""
+    from aufs.archive import BreakoutError
+    from aufs.archive.dirfds import DirFds
+
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    real = safefs.open_dir_at
+
+    def racing(dir_fd: int, name: str, *, create: int | None = None) -> int:
+        if create is None:
+            os.symlink(outside, name, dir_fd=dir_fd)  # the other party wins the race
+            raise FileNotFoundError(name)
+        return real(dir_fd, name, create=create)
+
+    monkeypatch.setattr(safefs, "open_dir_at", racing)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    made: list[str] = []
+    cache = DirFds(fd, made.append)
+    try:
+        with pytest.raises(BreakoutError, match="symlink"):
+            cache.get("d")
+    finally:
+        cache.close()
+        os.close(fd)
+    assert made == [] and list(outside.iterdir()) == []

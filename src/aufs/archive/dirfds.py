@@ -46,10 +46,11 @@ class DirFds:
         head, _, tail = path.rpartition("/")
         parent = self.get(head)
         try:
-            fd = safefs.open_dir_at(parent, tail)
-        except FileNotFoundError:
-            fd = safefs.open_dir_at(parent, tail, create=0o755)
-            self._made(path)
+            try:
+                fd = safefs.open_dir_at(parent, tail)
+            except FileNotFoundError:  # made now; a symlink made meanwhile is refused too
+                fd = safefs.open_dir_at(parent, tail, create=0o755)
+                self._made(path)
         except safefs.SymlinkInPathError:
             raise BreakoutError(f"{path!r} is a symlink: extraction never follows one") from None
         except safefs.NotADirectoryInPathError:

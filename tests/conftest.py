@@ -19,7 +19,7 @@ import aufs
 from aufs._sys import libc
 from aufs._sys import mount as sysmount
 from aufs.graphdriver import NotSupportedError
-from tests.leaks import fuse_daemons_below, mounts_below
+from tests.leaks import fuse_daemons_below, mounts_below, writer_processes
 
 __all__ = ["fuse_daemons_below", "mounts_below", "require_engine"]
 
@@ -68,9 +68,11 @@ def _no_leaked_mounts(tmp_path: Path) -> Iterator[None]:
     yield
     leaked = mounts_below(tmp_path)
     daemons = fuse_daemons_below(tmp_path)
-    if leaked or daemons:
-        _release(leaked, daemons)
-        pytest.fail(f"test leaked mounts: {leaked}, fuse-overlayfs daemons: {daemons}")
+    writers = writer_processes()
+    if leaked or daemons or writers:
+        _release(leaked, daemons + writers)
+        pytest.fail(f"test leaked mounts: {leaked}, fuse-overlayfs daemons: {daemons}, "
+                    f"file-writer processes: {writers}")
 
 
 @pytest.fixture(scope="session", autouse=True)

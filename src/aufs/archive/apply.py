@@ -130,7 +130,7 @@ def extract(root_fd: int, stream: IO[bytes], whiteouts: WhiteoutFormat | None, *
     """
     _, chunks = open_chunks(stream)
     unpacker = Unpacker(root_fd, whiteouts, made=made, policy=Policy(),
-                        source_fd=chunks.fd)
+                        source_fd=chunks.fd, source_origin=chunks.origin)
     try:
         unpacker.run(TarReader(chunks.read, chunks.skip))
         return unpacker.size

@@ -69,6 +69,7 @@ class Chunks(Protocol):
 
     skip: Callable[[int], int] | None
     fd: int
+    origin: int  # offset in the file ``fd`` of the stream's first byte
 
     def read(self) -> bytes: ...
 
@@ -120,6 +121,7 @@ class _FileSource:
     def __init__(self, raw: IO[bytes], fd: int, start: int, size: int) -> None:
         self._raw = raw
         self.fd = fd
+        self.origin = start
         self._pos = start
         self._size = size
         self._advised = start
@@ -171,6 +173,7 @@ class _FileSource:
 class _Plain:
     skip: Callable[[int], int] | None = None
     fd: int = -1
+    origin: int = 0
 
     def __init__(self, raw: IO[bytes], head: bytes) -> None:
         self._raw = raw
@@ -189,6 +192,7 @@ class _Plain:
 class _Inline:
     skip: Callable[[int], int] | None = None
     fd: int = -1
+    origin: int = 0
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
@@ -213,6 +217,7 @@ class _Prefetched:
 
     skip: Callable[[int], int] | None = None
     fd: int = -1
+    origin: int = 0
 
     def __init__(self, chunks: Iterator[bytes], kind: Compression) -> None:
         self._queue: queue.Queue[object] = queue.Queue(_QUEUE_CHUNKS)

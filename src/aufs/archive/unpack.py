@@ -29,6 +29,7 @@ from aufs._sys import safefs
 from aufs.archive import ArchiveError, BreakoutError
 from aufs.archive import tarread as t
 from aufs.archive.dirfds import DirFds
+from aufs.archive.offload import Offload
 from aufs.archive.writefile import (
     O_NEW,
     Policy,
@@ -59,6 +60,12 @@ _WRITE_CHUNK = 1 << 20
 # the recursion of tree walks elsewhere: refused.
 _PATH_MAX = 4096
 _MAX_DEPTH = 512
+# A writer process (:mod:`aufs.archive.offload`) is started once this many regular files
+# were written here and the tar file still holds OFFLOAD_BYTES, or once OFFLOAD_FILES
+# were: it costs 20-60 ms to start, which a small layer would wait for.
+OFFLOAD_AFTER = 256
+OFFLOAD_BYTES = 32 << 20
+OFFLOAD_FILES = 2048
 # Where AUFS pseudo-link targets (".wh..wh.plnk/<ino>") wait during one extraction:
 # a housekeeping name, so nothing ever exports or lists it.
 _PLNK_TMP = f"{WH_META_PREFIX}apply-plnk"
@@ -84,13 +91,16 @@ class Unpacker:
 
     ``made``: the paths already in the tree with their flags, if the caller knows them
     (it made the tree, e.g. a clone), else None — then the tree is searched as needed.
-    ``source_fd``: the tar file, where the reader leaves data in it (``take``).
+    ``source_fd``: the tar file, where the reader leaves data in it (``take``), and where
+    a writer process reads file data (the stream starts at ``source_origin`` of it).
     """
 
     def __init__(self, root_fd: int, whiteouts: WhiteoutFormat | None, *,
-                 made: dict[str, int] | None, policy: Policy, source_fd: int = -1) -> None:
+                 made: dict[str, int] | None, policy: Policy, source_fd: int = -1,
+                 source_origin: int = 0) -> None:
         self.root_fd = root_fd
         self.source_fd = source_fd
+        self.source_origin = source_origin
         self.root = policy.root
         self.fix_bits = 0o7777 & ~policy.direct  # mode bits set by fchmod, after creation
         self.whiteouts = whiteouts
@@ -111,6 +121,14 @@ class Unpacker:
         self.inode_size: dict[int, int] = {}
         self.plnk_inodes: dict[str, int] = {}
         self.stale_whiteouts = self.marker_named and (made is None or bool(made))
+        # Plain new regular files go to a writer process once there are enough of them:
+        # only where this process knows the whole tree (``made``: it can tell which names
+        # the writer may still be making), owns files as root, and reads a tar file.
+        self.offload: Offload | None = None
+        self.offload_countdown = (OFFLOAD_AFTER if self.known and policy.root
+                                  and source_fd >= 0 else -1)
+        self.source_size = os.fstat(source_fd).st_size if source_fd >= 0 else 0
+        self.files_written = 0
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -134,7 +152,9 @@ class Unpacker:
         self.finish()
 
     def close(self) -> None:
-        """Release every fd (and the pseudo-link directory)."""
+        """Release every fd (and the pseudo-link directory); stop the writer process."""
+        if self.offload is not None:
+            self.offload.close()
         self.dirs.close()
         if self.plnk_fd >= 0:
             os.close(self.plnk_fd)
@@ -145,7 +165,16 @@ class Unpacker:
     # -- directories -------------------------------------------------------------------
 
     def _made_dir(self, path: str) -> None:
+        if self.made.get(path, DIR_FLAG) & DIR_FLAG == 0:
+            # A file the writer process has not made yet: where this process would have
+            # found the file, it refuses the same way.
+            raise ArchiveError(f"{path!r} is not a directory")
         self.made[path] = DIR_FLAG
+
+    def _settle(self) -> None:
+        """Wait for the writer process (before touching what it may be making)."""
+        if self.offload is not None:
+            self.offload.barrier()
 
     def dir_fd(self, path: str) -> int:
         """fd of the directory ``path`` (see :meth:`DirFds.get`)."""
@@ -153,6 +182,8 @@ class Unpacker:
 
     def remove(self, parent_fd: int, path: str, base: str) -> bool:
         """Remove ``path`` (``base`` in ``parent_fd``), a whole tree if a directory."""
+        if not self.known or path in self.made:  # else nothing is there, nor coming
+            self._settle()
         self.dirs.forget(path)
         if self.inodes is not None:
             if self.made.get(path, 0) & DIR_FLAG:
@@ -186,6 +217,8 @@ class Unpacker:
         if len(name) >= _PATH_MAX or name.count("/") >= _MAX_DEPTH:
             raise ArchiveError(f"tar entry {m.name[:100]!r}…: a path longer than "
                                f"{_PATH_MAX - 1} bytes or deeper than {_MAX_DEPTH} levels")
+        if name in self.made:
+            self._settle()  # the writer process may be making it
         head, _, base = name.rpartition("/")
         if WH_PREFIX in name and self._special(reader, m, name, head, base):
             return
@@ -275,6 +308,7 @@ class Unpacker:
             self.stale_whiteouts = self.marker_named
 
     def _opaque(self, head: str, dir_fd: int) -> None:
+        self._settle()
         self._prune(head, dir_fd)
         if self.whiteouts is not None:
             self.whiteouts.make_opaque(dir_fd)
@@ -317,10 +351,45 @@ class Unpacker:
 
     def _regular(self, reader: t.TarReader, m: t.Member, name: str, parent: int,
                  base: str) -> None:
+        if self.offload_countdown >= 0 and not m.xattrs and name not in self.made:
+            if self.offload_countdown == 0 and (self.offload is not None
+                                                or self._offload_pays(reader)):
+                self._offload(reader, m, name, parent, base)
+                self.made[name] = ENTRY_FLAG
+                if self.inodes is not None:
+                    self.inodes[name] = self._new_inode(m.size)
+                return
+            if self.offload_countdown:
+                self.offload_countdown -= 1
+            self.files_written += 1
         self._write(reader, m, parent, base, name)
         self.made[name] = ENTRY_FLAG
         if self.inodes is not None:
             self.inodes[name] = self._new_inode(m.size)
+
+    def _offload_pays(self, reader: t.TarReader) -> bool:
+        left = self.source_size - self.source_origin - reader.offset
+        return left >= OFFLOAD_BYTES or self.files_written >= OFFLOAD_FILES
+
+    def _offload(self, reader: t.TarReader, m: t.Member, name: str, parent: int,
+                 base: str) -> None:
+        """Hand a new regular file to the writer process (started on first use)."""
+        offload = self.offload
+        if offload is None:
+            offload = self.offload = Offload.start(self.root_fd, self.source_fd)
+            if offload is None:  # no process here: write them all ourselves
+                self.offload_countdown = -1
+                self._write(reader, m, parent, base, name)
+                return
+        mode = m.mode
+        chmod = mode & self.fix_bits
+        offset = self.source_origin + reader.offset
+        if m.size:
+            reader.take(m.size)  # the writer reads the data from the file
+        atime = m.atime_ns
+        offload.file(m.name, name.rpartition("/")[0], base, 0o600 if chmod else mode,
+                     mode if chmod else None, m.uid, m.gid, m.mtime_ns,
+                     m.mtime_ns if atime is None else atime, offset, m.size)
 
     def _write(self, reader: t.TarReader, m: t.Member, parent: int, base: str,
                name: str | None) -> None:
@@ -427,6 +496,7 @@ class Unpacker:
                 raise ArchiveError(f"hard link {m.name!r} to itself or below it")
             head, _, src_base = target.rpartition("/")
             try:
+                self._settle()  # the target may be the writer's to make
                 src_fd, owned = self.dirs.lookup(head), True
             except FileNotFoundError:
                 raise BreakoutError(f"hard link {m.name!r} to missing "
@@ -457,6 +527,7 @@ class Unpacker:
 
     def finish(self) -> None:
         """Directory modes and times, last: creating their contents changed the times."""
+        self._settle()
         for name, times, mode in self.dir_meta:
             try:
                 fd = self.dirs.lookup(name)

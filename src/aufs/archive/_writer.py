@@ -1,0 +1,142 @@
+"""The file-writing process of an extraction (run as a script: imports nothing of aufs).
+
+Started by :mod:`aufs.archive.offload` as ``python -I -S _writer.py ROOT_FD TAR_FD
+OPS_FD REPLY_FD``. It creates regular files below the directory ``ROOT_FD``, their data
+copied from the tar file ``TAR_FD`` at offsets it is told, while the parent process parses
+the archive: the two run on two cores, each with its own interpreter lock.
+
+Protocol (native byte order, both ends are this machine):
+
+- ``OPS_FD`` carries records. ``FILE``: :data:`FILE` then the directory (relative to the
+  root, "" for the root itself) and the file name. ``SYNC``: :data:`SYNC` alone, answered
+  on ``REPLY_FD`` by :data:`REPLY` once every earlier record is done: ``(0, 0)``, or the
+  ``errno`` and index (since the previous SYNC) of the first record that failed — the
+  records after a failure are skipped. End of ``OPS_FD``: exit.
+- Directories are opened one component at a time with ``O_NOFOLLOW`` from the root (a
+  symlink is never followed) and cached until the next SYNC, after which the parent may
+  have removed or replaced them.
+
+The process dies with its parent (``PR_SET_PDEATHSIG``).
+"""
+
+import ctypes
+import os
+import signal
+import struct
+import sys
+
+# kind, dir length, name length, create mode, chmod mode (or 0xFFFF_FFFF: none), uid, gid,
+# mtime ns, atime ns, data offset in the tar file, data size
+FILE = struct.Struct("=BHHIIIIqqqq")
+SYNC = struct.Struct("=BHHIIIIqqqq")  # same size: kind 2, the rest zero
+REPLY = struct.Struct("=ii")
+K_FILE, K_SYNC = 1, 2
+NO_CHMOD = 0xFFFF_FFFF
+_O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PR_SET_PDEATHSIG = 1
+_COPY_MIN = 128 << 10  # from here on, data moves by copy_file_range
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before the call
+        os._exit(1)
+
+
+class Writer:
+    def __init__(self, root: int, tar: int) -> None:
+        self.root = root
+        self.tar = tar
+        self.dirs: dict[bytes, int] = {b"": root}
+        self.failed: tuple[int, int] | None = None
+        self.index = 0
+
+    def dir_fd(self, path: bytes) -> int:
+        fd = self.dirs.get(path)
+        if fd is not None:
+            return fd
+        head, _, tail = path.rpartition(b"/")
+        fd = os.open(tail, _O_DIR, dir_fd=self.dir_fd(head))
+        self.dirs[path] = fd
+        return fd
+
+    def forget_dirs(self) -> None:
+        for path, fd in self.dirs.items():
+            if path:
+                os.close(fd)
+        self.dirs = {b"": self.root}
+
+    def file(self, dir_path: bytes, name: bytes, mode: int, chmod: int, uid: int, gid: int,
+             mtime: int, atime: int, offset: int, size: int) -> None:
+        fd = os.open(name, _O_NEW, mode, dir_fd=self.dir_fd(dir_path))
+        try:
+            if size >= _COPY_MIN:
+                while size:
+                    got = os.copy_file_range(self.tar, fd, size, offset)
+                    if not got:
+                        raise OSError(5, "the tar file ended early")
+                    offset += got
+                    size -= got
+            elif size:
+                data = os.pread(self.tar, size, offset)
+                if len(data) < size:
+                    raise OSError(5, "the tar file ended early")
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fchown(fd, uid, gid)
+            if chmod != NO_CHMOD:
+                os.fchmod(fd, chmod)
+            os.utime(fd, ns=(atime, mtime))
+        finally:
+            os.close(fd)
+
+    def run(self, ops: int, reply: int) -> None:
+        size = FILE.size
+        unpack = FILE.unpack_from
+        buf = b""
+        while True:
+            chunk = os.read(ops, 1 << 20)
+            if not chunk:
+                return
+            buf = buf + chunk if buf else chunk
+            pos, end = 0, len(buf)
+            while pos + size <= end:
+                (kind, dlen, nlen, mode, chmod, uid, gid, mtime, atime, offset,
+                 length) = unpack(buf, pos)
+                stop = pos + size + dlen + nlen
+                if stop > end:
+                    break
+                if kind == K_SYNC:
+                    pos = stop
+                    self.forget_dirs()
+                    err, index = self.failed or (0, 0)
+                    self.failed = None
+                    self.index = 0
+                    os.write(reply, REPLY.pack(err, index))
+                    continue
+                if self.failed is None:
+                    start = pos + size
+                    try:
+                        self.file(buf[start:start + dlen], buf[start + dlen:stop], mode,
+                                  chmod, uid, gid, mtime, atime, offset, length)
+                    except OSError as exc:
+                        self.failed = (exc.errno or 5, self.index)
+                self.index += 1
+                pos = stop
+            buf = buf[pos:]
+
+
+def main(argv: list[str]) -> None:
+    root, tar, ops, reply, parent = (int(a) for a in argv[1:6])
+    _die_with_parent(parent)
+    Writer(root, tar).run(ops, reply)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,281 @@
+"""apply_diff with its file-writing process (aufs.archive.offload): the same layer as
+without it, errors raised as without it, and the process never outlives the extraction.
+
+The process starts only for big tar files; the ``offload`` fixture makes every regular
+file go through it, and counts the processes started (a test that meant to use one and
+did not would prove nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import aufs
+from aufs.archive import ArchiveError, offload, unpack
+from aufs.archive.apply import extract
+from aufs.whiteout import OVERLAY, WH_OPAQUE, WH_PREFIX
+from tests.engines.test_apply_diff import _populate
+from tests.leaks import writer_processes
+from tests.safety.snapshot import snapshot
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the writer runs for root only")
+
+T = 1_600_000_000
+
+
+@pytest.fixture
+def offload_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Every regular file through the writer process; yields the pids started."""
+    started: list[int] = []
+    real_start = offload.Offload.start.__func__  # type: ignore[attr-defined]
+
+    def start(cls: type[offload.Offload], root_fd: int, tar_fd: int) -> offload.Offload | None:
+        made: offload.Offload | None = real_start(cls, root_fd, tar_fd)
+        if made is not None:
+            started.append(made._proc.pid)
+        return made
+
+    monkeypatch.setattr(unpack, "OFFLOAD_AFTER", 0)
+    monkeypatch.setattr(unpack, "OFFLOAD_BYTES", 0)
+    monkeypatch.setattr(offload.Offload, "start", classmethod(start))
+    yield started
+
+
+def _file(tmp_path: Path, data: bytes, name: str = "layer.tar") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _apply_file(driver: aufs.Driver, id: str, tar: Path) -> int:
+    with open(tar, "rb") as f:
+        return driver.apply_diff(id, "", f)
+
+
+def _no_offload(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(unpack, "OFFLOAD_AFTER", 10**9)
+
+
+def test_same_layer_as_without_the_writer(driver: aufs.Driver, tmp_path: Path,
+                                          offload_on: list[int]) -> None:
+    driver.create("src")
+    src = driver.layout.diff("src")
+    _populate(src)
+    for i in range(300):  # sizes across the pread / copy_file_range boundary
+        with open(f"{src}/dir/f{i:03}", "wb") as f:
+            f.write(os.urandom(i * 997 if i % 50 else 300_000 + i))
+        os.chmod(f"{src}/dir/f{i:03}", (0o4755, 0o1777, 0o640, 0o2711)[i % 4])
+        os.chown(f"{src}/dir/f{i:03}", i, 1000 + i)
+        os.utime(f"{src}/dir/f{i:03}", (T + i, T + 7 * i))
+    with driver.diff("src") as stream:
+        tar = _file(tmp_path, stream.read())
+    driver.create("dst")
+    size = _apply_file(driver, "dst", tar)
+    assert len(offload_on) == 1
+    want = snapshot(src)
+    got = snapshot(driver.layout.diff("dst"))
+    want.pop(".")
+    got.pop(".")
+    assert got == want
+    assert size == driver.diff_size("src") == driver.diff_size("dst")
+    assert writer_processes() == []
+
+
+def _tricky_tar() -> bytes:
+    """Files, then entries that touch them again: the writer must be waited for."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        def add(name: str, data: bytes | None = b"", *, kind: bytes = tarfile.REGTYPE,
+                link: str = "", mode: int = 0o644) -> None:
+            info = tarfile.TarInfo(name)
+            info.mtime, info.mode, info.type, info.linkname = T + 0.5, mode, kind, link
+            if kind == tarfile.DIRTYPE:
+                info.mode = 0o755
+                tf.addfile(info)
+            else:
+                info.size = len(data or b"")
+                tf.addfile(info, io.BytesIO(data or b""))
+
+        add("d", kind=tarfile.DIRTYPE)
+        for i in range(60):
+            add(f"d/f{i}", b"%d" % i * 500)
+        add(f"d/{WH_PREFIX}f5")                     # removes a file of the writer
+        add("d/f6", b"second version")              # replaces one
+        add("d/f7", kind=tarfile.SYMTYPE, link="/etc/passwd")  # a symlink where it was
+        add("d/link", kind=tarfile.LNKTYPE, link="d/f8")       # a hard link to one
+        add("d/f9", kind=tarfile.DIRTYPE)           # a directory where it was
+        add("d/f9/inside", b"in")
+        add("o", kind=tarfile.DIRTYPE)
+        add("o/kept", b"kept")
+        add(f"o/{WH_OPAQUE}")                       # opaque after its own file
+        for i in range(60, 90):
+            add(f"d/f{i}", b"late %d" % i)
+    return buf.getvalue()
+
+
+def test_entries_that_touch_the_writers_files_again(driver: aufs.Driver, tmp_path: Path,
+                                                    offload_on: list[int],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    tar = _file(tmp_path, _tricky_tar())
+    driver.create("with")
+    size_with = _apply_file(driver, "with", tar)
+    assert len(offload_on) == 1
+    _no_offload(monkeypatch)
+    driver.create("without")
+    size_without = _apply_file(driver, "without", tar)
+    assert len(offload_on) == 1
+    got = snapshot(driver.layout.diff("with"))
+    want = snapshot(driver.layout.diff("without"))
+    for tree in (got, want):
+        tree.pop(".")  # made when the layer was: no entry of the tar
+        tree.pop(f"o/{WH_OPAQUE}", None)  # an AUFS marker is made with the time of the day
+    assert got == want
+    assert size_with == size_without == driver.diff_size("with")
+    layer = driver.layout.diff("with")
+    assert not os.path.isfile(f"{layer}/d/f5")  # gone (an overlay whiteout is a device)
+    assert os.path.lexists(f"{layer}/d/{driver.whiteouts.whiteout_path_name('f5')}")
+    assert Path(f"{layer}/d/f6").read_bytes() == b"second version"
+    assert os.readlink(f"{layer}/d/f7") == "/etc/passwd"
+    assert os.stat(f"{layer}/d/link").st_ino == os.stat(f"{layer}/d/f8").st_ino
+    assert Path(f"{layer}/d/f9/inside").read_bytes() == b"in"
+    assert Path(f"{layer}/o/kept").read_bytes() == b"kept"
+    assert os.stat(f"{layer}/d/f80").st_mtime_ns == T * 10**9 + 500_000_000  # PAX time
+
+
+def test_a_path_below_a_file_of_the_writer_is_refused_alike(
+        driver: aufs.Driver, tmp_path: Path, offload_on: list[int],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name in ("a", "a/b"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tf.addfile(info, io.BytesIO(b"x"))
+    tar = _file(tmp_path, buf.getvalue())
+    driver.create("L")
+    messages = []
+    for forced in (True, False):
+        if not forced:
+            _no_offload(monkeypatch)
+        with pytest.raises(ArchiveError) as refused:
+            _apply_file(driver, "L", tar)
+        messages.append(str(refused.value))
+    assert len(offload_on) == 1
+    assert messages[0] == messages[1]
+    assert "'a' is not a directory" in messages[0]
+    assert os.listdir(driver.layout.diff("L")) == []
+    assert writer_processes() == []
+
+
+def test_the_writers_error_is_raised_and_nothing_is_left(tmp_path: Path,
+                                                         offload_on: list[int]) -> None:
+    """ENOSPC in the writer: the same OSError the extractor would raise itself."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            for i in range(40):
+                info = tarfile.TarInfo(f"f{i}")
+                info.size = 100_000
+                tf.addfile(info, io.BytesIO(os.urandom(info.size)))
+        tar = _file(tmp_path, buf.getvalue())
+        fd = os.open(small, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with open(tar, "rb") as f, pytest.raises(OSError) as failed:
+                extract(fd, f, OVERLAY, made={})
+        finally:
+            os.close(fd)
+        assert failed.value.errno == 28  # ENOSPC, with the name of the file that failed
+        assert str(failed.value.filename).startswith("f")
+        assert len(offload_on) == 1
+        assert writer_processes() == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_writer_that_dies_is_an_archive_error(driver: aufs.Driver, tmp_path: Path,
+                                                offload_on: list[int],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    real_file = offload.Offload.file
+
+    def file_then_die(self: offload.Offload, *args: object, **kw: object) -> None:
+        real_file(self, *args, **kw)  # type: ignore[arg-type]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._proc.pid, signal.SIGKILL)
+
+    monkeypatch.setattr(offload.Offload, "file", file_then_die)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for i in range(20):
+            info = tarfile.TarInfo(f"f{i}")
+            info.size = 10
+            tf.addfile(info, io.BytesIO(b"0123456789"))
+    tar = _file(tmp_path, buf.getvalue())
+    driver.create("L")
+    with open(f"{driver.layout.diff('L')}/old", "w") as f:
+        f.write("old")
+    before = snapshot(driver.layout.diff("L"))
+    with pytest.raises(ArchiveError, match="file-writing process died"):
+        _apply_file(driver, "L", tar)
+    assert snapshot(driver.layout.diff("L")) == before
+    assert os.listdir(driver.layout.staging_dir) == []
+    assert writer_processes() == []
+
+
+_CHILD = """
+import sys, aufs
+from aufs.archive import unpack
+unpack.OFFLOAD_AFTER = unpack.OFFLOAD_BYTES = 0
+d = aufs.init(sys.argv[1], ["aufs.engine=" + sys.argv[2]])
+with open(sys.argv[3], "rb") as f:
+    d.apply_diff("L", "", f)
+"""
+
+
+def test_kill_9_mid_apply_takes_the_writer_along(driver: aufs.Driver, engine: str,
+                                                tmp_path: Path) -> None:
+    root = driver.layout.root
+    driver.create("L")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for i in range(3000):
+            info = tarfile.TarInfo(f"f{i:05}")
+            info.size = 30_000
+            tf.addfile(info, io.BytesIO(bytes(info.size)))
+    tar = _file(tmp_path, buf.getvalue())
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, root, engine, str(tar)])
+    writers: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not writers:
+            with contextlib.suppress(OSError), open(
+                    f"/proc/{child.pid}/task/{child.pid}/children") as f:
+                writers = [int(p) for p in f.read().split()]
+            time.sleep(0.005)
+        assert writers, "the child never started its writer"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{writers[0]}"):
+        time.sleep(0.01)
+    assert not os.path.exists(f"/proc/{writers[0]}"), "the writer outlived its parent"
+    d2 = aufs.init(root, [f"aufs.engine={engine}"])
+    try:
+        assert os.listdir(d2.layout.diff("L")) == []
+        assert os.listdir(d2.layout.staging_dir) == []
+    finally:
+        d2.cleanup()

@@ -1,9 +1,10 @@
 """apply_diff with its file-writing process (aufs.archive.offload): the same layer as
 without it, errors raised as without it, and the process never outlives the extraction.
 
-The process starts only for big tar files; the ``offload`` fixture makes every regular
-file go through it, and counts the processes started (a test that meant to use one and
-did not would prove nothing).
+The process starts only for big tar files, and this process keeps writing files itself
+while the writer is behind; the ``offload_on`` fixture makes every regular file go
+through it, and counts the processes started (a test that meant to use one and did not
+would prove nothing).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def offload_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 
     monkeypatch.setattr(unpack, "OFFLOAD_AFTER", 0)
     monkeypatch.setattr(unpack, "OFFLOAD_BYTES", 0)
+    monkeypatch.setattr(offload, "_BEHIND", 1 << 40)  # never share the files out
     monkeypatch.setattr(offload.Offload, "start", classmethod(start))
     yield started
 
@@ -239,6 +241,8 @@ _CHILD = """
 import sys, aufs
 from aufs.archive import unpack
 unpack.OFFLOAD_AFTER = unpack.OFFLOAD_BYTES = 0
+from aufs.archive import offload
+offload._BEHIND = 1 << 40
 d = aufs.init(sys.argv[1], ["aufs.engine=" + sys.argv[2]])
 with open(sys.argv[3], "rb") as f:
     d.apply_diff("L", "", f)
@@ -279,3 +283,40 @@ def test_kill_9_mid_apply_takes_the_writer_along(driver: aufs.Driver, engine: st
         assert os.listdir(d2.layout.staging_dir) == []
     finally:
         d2.cleanup()
+
+
+def test_without_a_python_to_run_files_are_written_here(driver: aufs.Driver, tmp_path: Path,
+                                                        offload_on: list[int],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frozen application's executable would start the application, not the writer."""
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    tar = _file(tmp_path, _tricky_tar())
+    driver.create("L")
+    assert _apply_file(driver, "L", tar) == driver.diff_size("L") > 0
+    assert offload_on == []
+    assert Path(f"{driver.layout.diff('L')}/d/f6").read_bytes() == b"second version"
+
+
+@pytest.mark.parametrize(("directory", "name"), [("..", "x"), ("a/../..", "x"), ("", ".."),
+                                                 ("", "a/b"), ("", "")])
+def test_the_writer_never_steps_out(tmp_path: Path, directory: str, name: str) -> None:
+    """Names come cleaned from the extractor; the writer refuses any other all the same."""
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    tar = _file(tmp_path, b"data")
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    tar_fd = os.open(tar, os.O_RDONLY)
+    try:
+        writer = offload.Offload.start(root_fd, tar_fd)
+        assert writer is not None
+        try:
+            writer.file("entry", directory, name, 0o644, None, 0, 0, 0, 0, 0, 4)
+            with pytest.raises(ArchiveError, match=r"Errno 22"):  # EINVAL, refused
+                writer.barrier()
+        finally:
+            writer.close()
+    finally:
+        os.close(root_fd)
+        os.close(tar_fd)
+    assert sorted(os.listdir(tmp_path)) == ["layer.tar", "root"]
+    assert os.listdir(root) == ["a"] and os.listdir(root / "a") == []

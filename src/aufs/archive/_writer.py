@@ -35,6 +35,7 @@ NO_CHMOD = 0xFFFF_FFFF
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PR_SET_PDEATHSIG = 1
+_NOT_NAMES = (b"", b".", b"..")
 _COPY_MIN = 128 << 10  # from here on, data moves by copy_file_range
 
 
@@ -61,6 +62,8 @@ class Writer:
         if fd is not None:
             return fd
         head, _, tail = path.rpartition(b"/")
+        if tail in _NOT_NAMES:  # the parent cleans names; never step out regardless
+            raise OSError(22, "not a name in the layer")
         fd = os.open(tail, _O_DIR, dir_fd=self.dir_fd(head))
         self.dirs[path] = fd
         return fd
@@ -73,6 +76,8 @@ class Writer:
 
     def file(self, dir_path: bytes, name: bytes, mode: int, chmod: int, uid: int, gid: int,
              mtime: int, atime: int, offset: int, size: int) -> None:
+        if name in _NOT_NAMES or b"/" in name:
+            raise OSError(22, "not a name in the layer")
         fd = os.open(name, _O_NEW, mode, dir_fd=self.dir_fd(dir_path))
         try:
             if size >= _COPY_MIN:

@@ -16,8 +16,9 @@ recovery (``aufs.init``). A layer whose union is mounted is refused
 Speed: the tar stream is parsed by :mod:`aufs.archive.tarread` (decompressed by a thread
 of its own, :mod:`aufs.archive.compression`; data of a tar *file* moved by
 ``copy_file_range``), entries made by :mod:`aufs.archive.unpack` with few system calls
-each (:mod:`aufs.archive.writefile`). The README's design section has the numbers, and
-why regular files are not written by a pool of threads.
+each (:mod:`aufs.archive.writefile`); for a big uncompressed tar file, a second process
+writes regular files while this one parses (:mod:`aufs.archive.offload`). The README's
+design section has the numbers, and why that is a process and not a pool of threads.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import termios
 
 from aufs.archive import ArchiveError
 from aufs.archive import _writer as w
@@ -31,8 +32,17 @@ from aufs.archive.writefile import map_os_error
 
 __all__ = ["Offload"]
 
-_FLUSH = 1 << 16  # bytes of records collected before they are sent
+_FLUSH = 4 << 10  # bytes of records collected before they are sent
 _PIPE_SIZE = 1 << 20
+_BEHIND = 16 << 10  # about 200 files
+
+
+def _can_run_writer() -> bool:
+    """A Python interpreter to run and the writer as a file (not in a zip, not frozen
+    into an application whose executable would start the application again)."""
+    exe = sys.executable
+    return (bool(exe) and not getattr(sys, "frozen", False)
+            and os.path.basename(exe).startswith("python") and os.path.isfile(w.__file__))
 
 
 class Offload:
@@ -48,7 +58,7 @@ class Offload:
 
     @classmethod
     def start(cls, root_fd: int, tar_fd: int) -> Offload | None:
-        if not sys.executable:
+        if not _can_run_writer():
             return None
         ops_r, ops_w = os.pipe2(os.O_CLOEXEC)
         reply_r, reply_w = os.pipe2(os.O_CLOEXEC)
@@ -85,6 +95,12 @@ class Offload:
         self._names.append(name)
         if len(out) >= _FLUSH:
             self._send()
+
+    def behind(self) -> bool:
+        """The writer has more than :data:`_BEHIND` bytes of records still to read: the
+        caller had better write the next file itself (both processes stay busy)."""
+        buf = fcntl.ioctl(self._ops, termios.FIONREAD, b"\0\0\0\0")
+        return int.from_bytes(buf, sys.byteorder) + len(self._out) > _BEHIND
 
     @property
     def pending(self) -> bool:

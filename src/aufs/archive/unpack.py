@@ -352,8 +352,9 @@ class Unpacker:
     def _regular(self, reader: t.TarReader, m: t.Member, name: str, parent: int,
                  base: str) -> None:
         if self.offload_countdown >= 0 and not m.xattrs and name not in self.made:
-            if self.offload_countdown == 0 and (self.offload is not None
-                                                or self._offload_pays(reader)):
+            if self.offload_countdown == 0 and (
+                    self._offload_pays(reader) if self.offload is None
+                    else not self.offload.behind()):
                 self._offload(reader, m, name, parent, base)
                 self.made[name] = ENTRY_FLAG
                 if self.inodes is not None:

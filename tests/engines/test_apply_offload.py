@@ -47,7 +47,6 @@ def offload_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
             started.append(made._proc.pid)
         return made
 
-    monkeypatch.setattr(unpack, "OFFLOAD_AFTER", 0)
     monkeypatch.setattr(unpack, "OFFLOAD_BYTES", 0)
     monkeypatch.setattr(offload, "_BEHIND", 1 << 40)  # never share the files out
     monkeypatch.setattr(offload.Offload, "start", classmethod(start))
@@ -66,7 +65,7 @@ def _apply_file(driver: aufs.Driver, id: str, tar: Path) -> int:
 
 
 def _no_offload(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(unpack, "OFFLOAD_AFTER", 10**9)
+    monkeypatch.setattr(unpack, "OFFLOAD_BYTES", 1 << 62)
 
 
 def test_same_layer_as_without_the_writer(driver: aufs.Driver, tmp_path: Path,
@@ -240,7 +239,7 @@ def test_a_writer_that_dies_is_an_archive_error(driver: aufs.Driver, tmp_path: P
 _CHILD = """
 import sys, aufs
 from aufs.archive import unpack
-unpack.OFFLOAD_AFTER = unpack.OFFLOAD_BYTES = 0
+unpack.OFFLOAD_BYTES = 0
 from aufs.archive import offload
 offload._BEHIND = 1 << 40
 d = aufs.init(sys.argv[1], ["aufs.engine=" + sys.argv[2]])

@@ -60,10 +60,9 @@ _WRITE_CHUNK = 1 << 20
 # the recursion of tree walks elsewhere: refused.
 _PATH_MAX = 4096
 _MAX_DEPTH = 512
-# A writer process (:mod:`aufs.archive.offload`) is started once this many regular files
-# were written here and the tar file still holds OFFLOAD_BYTES, or once OFFLOAD_FILES
-# were: it costs 20-60 ms to start, which a small layer would wait for.
-OFFLOAD_AFTER = 256
+# A writer process (:mod:`aufs.archive.offload`) is started at the first regular file if
+# the tar file holds OFFLOAD_BYTES from there, else once OFFLOAD_FILES were written here:
+# it costs 20-60 ms to start, which a small layer would wait for.
 OFFLOAD_BYTES = 32 << 20
 OFFLOAD_FILES = 2048
 # Where AUFS pseudo-link targets (".wh..wh.plnk/<ino>") wait during one extraction:
@@ -125,8 +124,7 @@ class Unpacker:
         # only where this process knows the whole tree (``made``: it can tell which names
         # the writer may still be making), owns files as root, and reads a tar file.
         self.offload: Offload | None = None
-        self.offload_countdown = (OFFLOAD_AFTER if self.known and policy.root
-                                  and source_fd >= 0 else -1)
+        self.may_offload = self.known and policy.root and source_fd >= 0
         self.source_size = os.fstat(source_fd).st_size if source_fd >= 0 else 0
         self.files_written = 0
 
@@ -351,17 +349,14 @@ class Unpacker:
 
     def _regular(self, reader: t.TarReader, m: t.Member, name: str, parent: int,
                  base: str) -> None:
-        if self.offload_countdown >= 0 and not m.xattrs and name not in self.made:
-            if self.offload_countdown == 0 and (
-                    self._offload_pays(reader) if self.offload is None
+        if self.may_offload and not m.xattrs and name not in self.made:
+            if (self._offload_pays(reader) if self.offload is None
                     else not self.offload.behind()):
                 self._offload(reader, m, name, parent, base)
                 self.made[name] = ENTRY_FLAG
                 if self.inodes is not None:
                     self.inodes[name] = self._new_inode(m.size)
                 return
-            if self.offload_countdown:
-                self.offload_countdown -= 1
             self.files_written += 1
         self._write(reader, m, parent, base, name)
         self.made[name] = ENTRY_FLAG
@@ -379,7 +374,7 @@ class Unpacker:
         if offload is None:
             offload = self.offload = Offload.start(self.root_fd, self.source_fd)
             if offload is None:  # no process here: write them all ourselves
-                self.offload_countdown = -1
+                self.may_offload = False
                 self._write(reader, m, parent, base, name)
                 return
         mode = m.mode

@@ -47,7 +47,7 @@ _MAGICS: tuple[tuple[bytes, Compression], ...] = (
 )
 MAGIC_LEN = max(len(m) for m, _ in _MAGICS)
 CHUNK = 1 << 20      # bytes read from the stream at a time, and most a chunk decodes to
-_AHEAD = 32 << 20    # how far ahead of the reader a tar file is read by the kernel
+_AHEAD = 128 << 20   # how far ahead of the reader a tar file is read by the kernel
 _QUEUE_CHUNKS = 8    # decoded chunks a decoder thread may run ahead
 _ZSTD_PIECE = 256    # input per call of the fallback decoder (bounds its output)
 

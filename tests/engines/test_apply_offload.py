@@ -319,3 +319,41 @@ def test_the_writer_never_steps_out(tmp_path: Path, directory: str, name: str) -
         os.close(tar_fd)
     assert sorted(os.listdir(tmp_path)) == ["layer.tar", "root"]
     assert os.listdir(root) == ["a"] and os.listdir(root / "a") == []
+
+
+_LOW_FDS_CHILD = """
+import resource, sys, aufs
+from aufs.archive import offload, unpack
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+unpack.OFFLOAD_BYTES = 0
+offload._BEHIND = 1 << 40
+started = []
+real = offload.Offload.start.__func__
+def start(cls, root_fd, tar_fd):
+    made = real(cls, root_fd, tar_fd)
+    started.append(made)
+    return made
+offload.Offload.start = classmethod(start)
+d = aufs.init(sys.argv[1], ["aufs.engine=" + sys.argv[2]])
+try:
+    d.create("L")
+    with open(sys.argv[3], "rb") as f:
+        print(d.apply_diff("L", "", f), len(started))
+finally:
+    d.cleanup()
+"""
+
+
+def test_many_directories_under_a_low_fd_limit(engine: str, tmp_path: Path) -> None:
+    """The writer keeps a bounded number of directories open."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for i in range(300):
+            info = tarfile.TarInfo(f"d{i}/f")
+            info.size = 3
+            tf.addfile(info, io.BytesIO(b"abc"))
+    tar = _file(tmp_path, buf.getvalue())
+    out = subprocess.run([sys.executable, "-c", _LOW_FDS_CHILD, str(tmp_path / "store"), engine,
+                          str(tar)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["900", "1"]

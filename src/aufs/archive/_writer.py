@@ -21,6 +21,7 @@ The process dies with its parent (``PR_SET_PDEATHSIG``).
 
 import ctypes
 import os
+import resource
 import signal
 import struct
 import sys
@@ -56,11 +57,16 @@ class Writer:
         self.dirs: dict[bytes, int] = {b"": root}
         self.failed: tuple[int, int] | None = None
         self.index = 0
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # open directories kept, well under the fd limit
+        self.max_dirs = 256 if soft == resource.RLIM_INFINITY else max(4, min(256, soft // 4))
 
     def dir_fd(self, path: bytes) -> int:
         fd = self.dirs.get(path)
         if fd is not None:
             return fd
+        if len(self.dirs) > self.max_dirs:
+            self.forget_dirs()
         head, _, tail = path.rpartition(b"/")
         if tail in _NOT_NAMES:  # the parent cleans names; never step out regardless
             raise OSError(22, "not a name in the layer")

@@ -357,3 +357,22 @@ def test_many_directories_under_a_low_fd_limit(engine: str, tmp_path: Path) -> N
                           str(tar)], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["900", "1"]
+
+
+def test_big_files_from_a_tar_on_another_filesystem(driver: aufs.Driver, tmpfs: Path,
+                                                    offload_on: list[int]) -> None:
+    """copy_file_range may refuse across filesystems: the writer then copies through a
+    buffer, and the data is the same."""
+    blobs = {f"big{i}": os.urandom(300_000 + i) for i in range(3)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in blobs.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    tar = _file(tmpfs, buf.getvalue())
+    driver.create("L")
+    assert _apply_file(driver, "L", tar) == sum(len(b) for b in blobs.values())
+    assert len(offload_on) == 1
+    for name, data in blobs.items():
+        assert Path(driver.layout.diff("L"), name).read_bytes() == data

@@ -20,6 +20,7 @@ The process dies with its parent (``PR_SET_PDEATHSIG``).
 """
 
 import ctypes
+import errno
 import os
 import resource
 import signal
@@ -37,6 +38,8 @@ _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PR_SET_PDEATHSIG = 1
 _NOT_NAMES = (b"", b".", b"..")
+# copy_file_range refused: copy through a buffer
+_COPY_FALLBACK = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM)
 _COPY_MIN = 128 << 10  # from here on, data moves by copy_file_range
 
 
@@ -57,6 +60,7 @@ class Writer:
         self.dirs: dict[bytes, int] = {b"": root}
         self.failed: tuple[int, int] | None = None
         self.index = 0
+        self.copy = True  # copy_file_range works between the tar file and the layer
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         # open directories kept, well under the fd limit
         self.max_dirs = 256 if soft == resource.RLIM_INFINITY else max(4, min(256, soft // 4))
@@ -69,7 +73,7 @@ class Writer:
             self.forget_dirs()
         head, _, tail = path.rpartition(b"/")
         if tail in _NOT_NAMES:  # the parent cleans names; never step out regardless
-            raise OSError(22, "not a name in the layer")
+            raise OSError(errno.EINVAL, "not a name in the layer")
         fd = os.open(tail, _O_DIR, dir_fd=self.dir_fd(head))
         self.dirs[path] = fd
         return fd
@@ -83,23 +87,30 @@ class Writer:
     def file(self, dir_path: bytes, name: bytes, mode: int, chmod: int, uid: int, gid: int,
              mtime: int, atime: int, offset: int, size: int) -> None:
         if name in _NOT_NAMES or b"/" in name:
-            raise OSError(22, "not a name in the layer")
+            raise OSError(errno.EINVAL, "not a name in the layer")
         fd = os.open(name, _O_NEW, mode, dir_fd=self.dir_fd(dir_path))
         try:
-            if size >= _COPY_MIN:
-                while size:
-                    got = os.copy_file_range(self.tar, fd, size, offset)
-                    if not got:
-                        raise OSError(5, "the tar file ended early")
-                    offset += got
-                    size -= got
-            elif size:
-                data = os.pread(self.tar, size, offset)
-                if len(data) < size:
-                    raise OSError(5, "the tar file ended early")
+            if size >= _COPY_MIN and self.copy:
+                try:
+                    while size:
+                        got = os.copy_file_range(self.tar, fd, size, offset)
+                        if not got:
+                            raise OSError(errno.EIO, "the tar file ended early")
+                        offset += got
+                        size -= got
+                except OSError as exc:
+                    if exc.errno not in _COPY_FALLBACK:
+                        raise
+                    self.copy = False  # another filesystem, say: through a buffer
+            while size:
+                data = os.pread(self.tar, min(size, 1 << 20), offset)
+                if not data:
+                    raise OSError(errno.EIO, "the tar file ended early")
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
+                offset += len(data)
+                size -= len(data)
             os.fchown(fd, uid, gid)
             if chmod != NO_CHMOD:
                 os.fchmod(fd, chmod)
@@ -137,7 +148,7 @@ class Writer:
                         self.file(buf[start:start + dlen], buf[start + dlen:stop], mode,
                                   chmod, uid, gid, mtime, atime, offset, length)
                     except OSError as exc:
-                        self.failed = (exc.errno or 5, self.index)
+                        self.failed = (exc.errno or errno.EIO, self.index)
                 self.index += 1
                 pos = stop
             buf = buf[pos:]

@@ -376,3 +376,93 @@ def test_big_files_from_a_tar_on_another_filesystem(driver: aufs.Driver, tmpfs: 
     assert len(offload_on) == 1
     for name, data in blobs.items():
         assert Path(driver.layout.diff("L"), name).read_bytes() == data
+
+
+def _pax_tar(entries: list[tuple[str, bytes, dict[str, str]]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data, pax in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.pax_headers = pax
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_a_directory_whited_out_then_made_again_below(driver: aufs.Driver, tmp_path: Path,
+                                                      offload_on: list[int]) -> None:
+    """``.wh.d`` then ``d/x/y`` where the layer had the file ``d/x``: ``d/x`` is a new
+    directory (the removal took the old tree, and its names, along). In the AUFS format;
+    an overlay whiteout is a device named ``d``, which a path below it cannot cross."""
+    if driver.whiteouts is OVERLAY:
+        pytest.skip("the overlay whiteout of d is a device in the way of d/x/y")
+    driver.create("L")
+    _apply_file(driver, "L", _file(tmp_path, _pax_tar([("d/x", b"old", {})]), "one.tar"))
+    _apply_file(driver, "L", _file(tmp_path, _pax_tar(
+        [(f"{WH_PREFIX}d", b"", {}), ("d/x/y", b"new", {})]), "two.tar"))
+    assert Path(driver.layout.diff("L"), "d/x/y").read_bytes() == b"new"
+    assert offload_on
+
+
+def test_a_nul_byte_in_a_name_is_the_entrys_error(driver: aufs.Driver, tmp_path: Path,
+                                                  offload_on: list[int]) -> None:
+    tar = _file(tmp_path, _pax_tar([("ok", b"1", {}), ("x", b"2", {"path": "bad\x00name"})]))
+    driver.create("L")
+    with pytest.raises(ArchiveError, match="tar entry") as refused:
+        _apply_file(driver, "L", tar)
+    assert "died" not in str(refused.value)
+    assert offload_on and os.listdir(driver.layout.diff("L")) == []
+
+
+@pytest.mark.parametrize("forced", [True, False])
+def test_an_owner_out_of_range_is_an_archive_error(driver: aufs.Driver, tmp_path: Path,
+                                                   offload_on: list[int], forced: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    if not forced:
+        _no_offload(monkeypatch)
+    tar = _file(tmp_path, _pax_tar([("ok", b"1", {}), ("big", b"2", {"uid": str(1 << 40)})]))
+    driver.create("L")
+    with pytest.raises(ArchiveError, match="tar entry 'big'"):
+        _apply_file(driver, "L", tar)
+    assert os.listdir(driver.layout.diff("L")) == []
+
+
+def test_a_tar_file_that_shrinks_under_the_writer(driver: aufs.Driver, tmp_path: Path,
+                                                  offload_on: list[int],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    tar = _file(tmp_path, _pax_tar([("first", b"a" * 5000, {}), ("victim", b"v" * 50_000, {}),
+                                    ("after", b"z", {})]))
+    real_file = offload.Offload.file
+
+    def file_then_truncate(self: offload.Offload, name: str, *args: object) -> None:
+        real_file(self, name, *args)  # type: ignore[arg-type]
+        if name == "victim":
+            os.truncate(tar, args[-2])  # type: ignore[arg-type]  # its data is gone
+    monkeypatch.setattr(offload.Offload, "file", file_then_truncate)
+    driver.create("L")
+    with pytest.raises(ArchiveError, match="tar entry 'victim': truncated tar stream"):
+        _apply_file(driver, "L", tar)
+    assert os.listdir(driver.layout.diff("L")) == []
+
+
+def test_the_writers_earlier_error_wins_over_a_later_one(tmp_path: Path,
+                                                         offload_on: list[int]) -> None:
+    """ENOSPC met by the writer at an early entry, a breakout later: ENOSPC is raised, as
+    it would be had one process done both in order."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        entries: list[tuple[str, bytes, dict[str, str]]] = [
+            (f"f{i}", os.urandom(100_000), {}) for i in range(30)]
+        tar = _file(tmp_path, _pax_tar([*entries, ("../evil", b"x", {})]))
+        fd = os.open(small, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with open(tar, "rb") as f, pytest.raises(OSError) as failed:
+                extract(fd, f, OVERLAY, made={})
+        finally:
+            os.close(fd)
+        assert failed.value.errno == 28
+        assert writer_processes() == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

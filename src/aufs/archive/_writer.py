@@ -32,6 +32,7 @@ import sys
 FILE = struct.Struct("=BHHIIIIqqqq")
 SYNC = struct.Struct("=BHHIIIIqqqq")  # same size: kind 2, the rest zero
 REPLY = struct.Struct("=ii")
+TRUNCATED = -1  # the error of a reply when the tar file ended early
 K_FILE, K_SYNC = 1, 2
 NO_CHMOD = 0xFFFF_FFFF
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -41,6 +42,10 @@ _NOT_NAMES = (b"", b".", b"..")
 # copy_file_range refused: copy through a buffer
 _COPY_FALLBACK = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM)
 _COPY_MIN = 128 << 10  # from here on, data moves by copy_file_range
+
+
+class _Truncated(Exception):
+    """The tar file ended before a file's data (it shrank meanwhile)."""
 
 
 def _die_with_parent(parent: int) -> None:
@@ -95,7 +100,7 @@ class Writer:
                     while size:
                         got = os.copy_file_range(self.tar, fd, size, offset)
                         if not got:
-                            raise OSError(errno.EIO, "the tar file ended early")
+                            raise _Truncated
                         offset += got
                         size -= got
                 except OSError as exc:
@@ -105,7 +110,7 @@ class Writer:
             while size:
                 data = os.pread(self.tar, min(size, 1 << 20), offset)
                 if not data:
-                    raise OSError(errno.EIO, "the tar file ended early")
+                    raise _Truncated
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
@@ -149,6 +154,10 @@ class Writer:
                                   chmod, uid, gid, mtime, atime, offset, length)
                     except OSError as exc:
                         self.failed = (exc.errno or errno.EIO, self.index)
+                    except ValueError:  # a NUL byte in a name
+                        self.failed = (errno.EINVAL, self.index)
+                    except _Truncated:
+                        self.failed = (TRUNCATED, self.index)
                 self.index += 1
                 pos = stop
             buf = buf[pos:]
@@ -157,6 +166,7 @@ class Writer:
 def main(argv: list[str]) -> None:
     root, tar, ops, reply, parent = (int(a) for a in argv[1:6])
     _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it ends us
     Writer(root, tar).run(ops, reply)
 
 

@@ -27,11 +27,14 @@ def _cache_size() -> int:
 
 
 class DirFds:
-    """fds of directories below ``root_fd``; ``made(path)`` hears of each one created."""
+    """fds of directories below ``root_fd``; ``made(path)`` hears of each one created,
+    ``making(path)`` (if given) of each one about to be."""
 
-    def __init__(self, root_fd: int, made: Callable[[str], None]) -> None:
+    def __init__(self, root_fd: int, made: Callable[[str], None],
+                 making: Callable[[str], None] | None = None) -> None:
         self.root_fd = root_fd
         self._made = made
+        self._making = making  # hears of a directory about to be made
         self._fds: dict[str, int] = {}
         self._limit = _cache_size()
 
@@ -49,8 +52,14 @@ class DirFds:
             try:
                 fd = safefs.open_dir_at(parent, tail)
             except FileNotFoundError:  # made now; a symlink made meanwhile is refused too
+                if self._making is not None:
+                    self._making(path)
                 fd = safefs.open_dir_at(parent, tail, create=0o755)
-                self._made(path)
+                try:
+                    self._made(path)
+                except BaseException:
+                    os.close(fd)
+                    raise
         except safefs.SymlinkInPathError:
             raise BreakoutError(f"{path!r} is a symlink: extraction never follows one") from None
         except safefs.NotADirectoryInPathError:

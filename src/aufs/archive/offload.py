@@ -68,10 +68,12 @@ class Offload:
                  str(ops_r), str(reply_w), str(os.getpid())],
                 pass_fds=(root_fd, tar_fd, ops_r, reply_w), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        except OSError:
+        except BaseException as exc:
             for fd in (ops_r, ops_w, reply_r, reply_w):
                 os.close(fd)
-            return None
+            if isinstance(exc, OSError):
+                return None
+            raise
         os.close(ops_r)
         os.close(reply_w)
         with contextlib.suppress(OSError):  # room for records while the writer starts
@@ -123,6 +125,9 @@ class Offload:
         names, self._names = self._names, []
         if err:
             name = names[index] if 0 <= index < len(names) else "?"
+            if err == w.TRUNCATED:
+                raise ArchiveError(f"tar entry {name!r}: truncated tar stream (the file "
+                                   "ended meanwhile)")
             raise map_os_error(OSError(err, os.strerror(err), name), name)
 
     def _send(self) -> None:
@@ -150,15 +155,21 @@ class Offload:
         if self._closed:
             return
         self._closed = True
-        if self._names:
-            self._proc.kill()
-        os.close(self._ops)
+        proc = self._proc
         try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+            if self._names:
+                proc.kill()
+            os.close(self._ops)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        except BaseException:  # an interrupt while waiting: it must not outlive us
+            proc.kill()
+            proc.wait()
+            raise
         finally:
             os.close(self._reply)
-            if self._proc.stderr is not None:
-                self._proc.stderr.close()
+            if proc.stderr is not None:
+                proc.stderr.close()

@@ -23,6 +23,7 @@ import contextlib
 import os
 import posixpath
 import stat
+import struct
 from collections.abc import Callable
 
 from aufs._sys import safefs
@@ -106,7 +107,8 @@ class Unpacker:
         self.known = made is not None
         self.made: dict[str, int] = made if made is not None else {}
         self.policy = policy
-        self.dirs = DirFds(root_fd, self._made_dir)  # open directories by cleaned path
+        # open directories by cleaned path
+        self.dirs = DirFds(root_fd, self._made_dir, self._making_dir)
         # (path, (atime, mtime), mode to set at the end or -1)
         self.dir_meta: list[tuple[str, tuple[int, int], int]] = []
         self.plnk: dict[str, str] = {}          # pseudo-link basename -> its name in _PLNK_TMP
@@ -124,6 +126,7 @@ class Unpacker:
         # only where this process knows the whole tree (``made``: it can tell which names
         # the writer may still be making), owns files as root, and reads a tar file.
         self.offload: Offload | None = None
+        self.queued: set[str] = set()  # files the writer may not have made yet
         self.may_offload = self.known and policy.root and source_fd >= 0
         self.source_size = os.fstat(source_fd).st_size if source_fd >= 0 else 0
         self.files_written = 0
@@ -132,22 +135,32 @@ class Unpacker:
 
     def run(self, reader: t.TarReader) -> None:
         on_entry = entry_hook()
-        while True:
-            m = reader.next()
-            if m is None:
-                break
-            try:
-                self.entry(reader, m)
-            except OSError as exc:
-                mapped = map_os_error(exc, m.name)
-                if mapped is exc:
-                    raise
-                raise mapped from exc
-            except ValueError as exc:  # e.g. a NUL byte in a PAX name
-                raise ArchiveError(f"tar entry {m.name!r}: {exc}") from exc
-            if on_entry is not None:
-                on_entry()
-        self.finish()
+        try:
+            while True:
+                m = reader.next()
+                if m is None:
+                    break
+                try:
+                    self.entry(reader, m)
+                except OSError as exc:
+                    mapped = map_os_error(exc, m.name)
+                    if mapped is exc:
+                        raise
+                    raise mapped from exc
+                except (ValueError, OverflowError, struct.error) as exc:
+                    # a NUL byte in a PAX name, an owner or a time out of range
+                    raise ArchiveError(f"tar entry {m.name!r}: {exc}") from exc
+                if on_entry is not None:
+                    on_entry()
+            self.finish()
+        except Exception:
+            self._writer_error_first()
+            raise
+
+    def _writer_error_first(self) -> None:
+        """Raise the writer process's error, if it had one: it met an earlier entry."""
+        if self.offload is not None and self.offload.pending:
+            self.offload.barrier()
 
     def close(self) -> None:
         """Release every fd (and the pseudo-link directory); stop the writer process."""
@@ -163,16 +176,17 @@ class Unpacker:
     # -- directories -------------------------------------------------------------------
 
     def _made_dir(self, path: str) -> None:
-        if self.made.get(path, DIR_FLAG) & DIR_FLAG == 0:
-            # A file the writer process has not made yet: where this process would have
-            # found the file, it refuses the same way.
-            raise ArchiveError(f"{path!r} is not a directory")
         self.made[path] = DIR_FLAG
+
+    def _making_dir(self, path: str) -> None:
+        if path in self.queued:  # a file the writer has not made yet: let it, then refuse
+            self._settle()
 
     def _settle(self) -> None:
         """Wait for the writer process (before touching what it may be making)."""
         if self.offload is not None:
             self.offload.barrier()
+            self.queued.clear()
 
     def dir_fd(self, path: str) -> int:
         """fd of the directory ``path`` (see :meth:`DirFds.get`)."""
@@ -386,6 +400,7 @@ class Unpacker:
         offload.file(m.name, name.rpartition("/")[0], base, 0o600 if chmod else mode,
                      mode if chmod else None, m.uid, m.gid, m.mtime_ns,
                      m.mtime_ns if atime is None else atime, offset, m.size)
+        self.queued.add(name)
 
     def _write(self, reader: t.TarReader, m: t.Member, parent: int, base: str,
                name: str | None) -> None:

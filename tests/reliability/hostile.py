@@ -247,8 +247,10 @@ class ApplyHarness:
     (the process's cwd must be ``workdir`` for the absolute escapes to aim at the victim;
     :meth:`running` sees to it)."""
 
-    def __init__(self, workdir: Path, engine: str = "overlay") -> None:
+    def __init__(self, workdir: Path, engine: str = "overlay", *,
+                 from_file: bool = False) -> None:
         self.workdir = workdir
+        self.from_file = from_file  # apply from a tar file (what the writer process needs)
         workdir.mkdir(parents=True, exist_ok=True)
         self.root = workdir / "store"
         self.victim = workdir / "victim"
@@ -307,7 +309,13 @@ class ApplyHarness:
         outcome = Outcome(ok=False)
         wrong: BaseException | None = None
         try:
-            self.d.apply_diff("L", "P", io.BytesIO(data))
+            if self.from_file:
+                tar = self.workdir / "layer.tar"
+                tar.write_bytes(data)
+                with open(tar, "rb") as f:
+                    self.d.apply_diff("L", "P", f)
+            else:
+                self.d.apply_diff("L", "P", io.BytesIO(data))
             outcome.ok = True
             self.dirty = True
         except ArchiveError as exc:

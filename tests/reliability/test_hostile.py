@@ -52,14 +52,15 @@ def _case_kind(name: str) -> str:
 
 
 def _apply_all(tmp_path: Path, engine: str, cases: dict[str, bytes],
-               judge: Callable[[str, hostile.Outcome], str | None]) -> list[str]:
+               judge: Callable[[str, hostile.Outcome], str | None], *,
+               from_file: bool = False) -> list[str]:
     """Apply every case; collect broken promises and wrong outcomes (a fresh harness
     after each broken promise, since the victim or the store may be damaged)."""
     wrong: list[str] = []
     todo = list(cases.items())
     n = 0
     while todo:
-        h = hostile.ApplyHarness(tmp_path / f"h{n}", engine)
+        h = hostile.ApplyHarness(tmp_path / f"h{n}", engine, from_file=from_file)
         n += 1
         with h.running():
             while todo:
@@ -113,4 +114,29 @@ def test_structured_random_tars(tmp_path: Path, engine: str, seed: int) -> None:
     cases = {f"structured-{n}": hostile.structured_tar(rng.randbytes(rng.randrange(16, 256)))
              for n in range(STRUCTURED_CASES)}
     wrong = _apply_all(tmp_path, engine, cases, lambda name, o: None)
+    assert not wrong, f"seed {seed}:\n" + "\n".join(wrong[:10])
+
+
+@pytest.fixture
+def writer_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every plain regular file through the writer process (aufs.archive.offload)."""
+    from aufs.archive import offload, unpack
+
+    monkeypatch.setattr(unpack, "OFFLOAD_BYTES", 0)
+    monkeypatch.setattr(offload, "_BEHIND", 1 << 40)
+
+
+@pytest.mark.usefixtures("writer_forced")
+def test_breakouts_through_the_writer(tmp_path: Path, engine: str) -> None:
+    wrong = _apply_all(tmp_path, engine, BREAKOUTS, _breakout_verdict, from_file=True)
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.usefixtures("writer_forced")
+def test_structured_random_tars_through_the_writer(tmp_path: Path, engine: str,
+                                                   seed: int) -> None:
+    rng = random.Random(f"{seed}/structured-writer")
+    cases = {f"structured-{n}": hostile.structured_tar(rng.randbytes(rng.randrange(16, 256)))
+             for n in range(STRUCTURED_CASES)}
+    wrong = _apply_all(tmp_path, engine, cases, lambda name, o: None, from_file=True)
     assert not wrong, f"seed {seed}:\n" + "\n".join(wrong[:10])

@@ -1,7 +1,7 @@
 """The file-writing process of an extraction (run as a script: imports nothing of aufs).
 
 Started by :mod:`aufs.archive.offload` as ``python -I -S _writer.py ROOT_FD TAR_FD
-OPS_FD REPLY_FD``. It creates regular files below the directory ``ROOT_FD``, their data
+OPS_FD REPLY_FD PARENT_PID``. It creates regular files below the directory ``ROOT_FD``, their data
 copied from the tar file ``TAR_FD`` at offsets it is told, while the parent process parses
 the archive: the two run on two cores, each with its own interpreter lock.
 
@@ -10,13 +10,15 @@ Protocol (native byte order, both ends are this machine):
 - ``OPS_FD`` carries records. ``FILE``: :data:`FILE` then the directory (relative to the
   root, "" for the root itself) and the file name. ``SYNC``: :data:`SYNC` alone, answered
   on ``REPLY_FD`` by :data:`REPLY` once every earlier record is done: ``(0, 0)``, or the
-  ``errno`` and index (since the previous SYNC) of the first record that failed — the
-  records after a failure are skipped. End of ``OPS_FD``: exit.
+  ``errno`` (or :data:`TRUNCATED`: the tar file ended early) and index (since the previous
+  SYNC) of the first record that failed — the records after a failure are skipped. End of
+  ``OPS_FD``: exit.
 - Directories are opened one component at a time with ``O_NOFOLLOW`` from the root (a
   symlink is never followed) and cached until the next SYNC, after which the parent may
   have removed or replaced them.
 
-The process dies with its parent (``PR_SET_PDEATHSIG``).
+The process dies with its parent (``PR_SET_PDEATHSIG``) and ignores SIGINT: a Ctrl-C
+reaches the parent, which ends it.
 """
 
 import ctypes

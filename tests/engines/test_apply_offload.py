@@ -59,6 +59,43 @@ def _file(tmp_path: Path, data: bytes, name: str = "layer.tar") -> Path:
     return path
 
 
+def _pax_tar(entries: list[tuple[str, bytes, dict[str, str]]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data, pax in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.pax_headers = pax
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _files_tar(files: dict[str, bytes]) -> bytes:
+    return _pax_tar([(name, data, {}) for name, data in files.items()])
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: the writer runs out of space there."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        yield small
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def _extract_new(directory: Path, tar: Path) -> None:
+    """Extract ``tar`` into the empty ``directory`` (no store: no staging copy)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with open(tar, "rb") as f:
+            extract(fd, f, OVERLAY, made={})
+    finally:
+        os.close(fd)
+
+
 def _apply_file(driver: aufs.Driver, id: str, tar: Path) -> int:
     with open(tar, "rb") as f:
         return driver.apply_diff(id, "", f)
@@ -157,13 +194,7 @@ def test_entries_that_touch_the_writers_files_again(driver: aufs.Driver, tmp_pat
 def test_a_path_below_a_file_of_the_writer_is_refused_alike(
         driver: aufs.Driver, tmp_path: Path, offload_on: list[int],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name in ("a", "a/b"):
-            info = tarfile.TarInfo(name)
-            info.size = 1
-            tf.addfile(info, io.BytesIO(b"x"))
-    tar = _file(tmp_path, buf.getvalue())
+    tar = _file(tmp_path, _files_tar({"a": b"x", "a/b": b"x"}))
     driver.create("L")
     messages = []
     for forced in (True, False):
@@ -179,32 +210,16 @@ def test_a_path_below_a_file_of_the_writer_is_refused_alike(
     assert writer_processes() == []
 
 
-def test_the_writers_error_is_raised_and_nothing_is_left(tmp_path: Path,
+def test_the_writers_error_is_raised_and_nothing_is_left(tmp_path: Path, small_fs: Path,
                                                          offload_on: list[int]) -> None:
     """ENOSPC in the writer: the same OSError the extractor would raise itself."""
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
-    try:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tf:
-            for i in range(40):
-                info = tarfile.TarInfo(f"f{i}")
-                info.size = 100_000
-                tf.addfile(info, io.BytesIO(os.urandom(info.size)))
-        tar = _file(tmp_path, buf.getvalue())
-        fd = os.open(small, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            with open(tar, "rb") as f, pytest.raises(OSError) as failed:
-                extract(fd, f, OVERLAY, made={})
-        finally:
-            os.close(fd)
-        assert failed.value.errno == 28  # ENOSPC, with the name of the file that failed
-        assert str(failed.value.filename).startswith("f")
-        assert len(offload_on) == 1
-        assert writer_processes() == []
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
+    tar = _file(tmp_path, _files_tar({f"f{i}": os.urandom(100_000) for i in range(40)}))
+    with pytest.raises(OSError) as failed:
+        _extract_new(small_fs, tar)
+    assert failed.value.errno == 28  # ENOSPC, with the name of the file that failed
+    assert str(failed.value.filename).startswith("f")
+    assert len(offload_on) == 1
+    assert writer_processes() == []
 
 
 def test_a_writer_that_dies_is_an_archive_error(driver: aufs.Driver, tmp_path: Path,
@@ -218,13 +233,7 @@ def test_a_writer_that_dies_is_an_archive_error(driver: aufs.Driver, tmp_path: P
             os.kill(self._proc.pid, signal.SIGKILL)
 
     monkeypatch.setattr(offload.Offload, "file", file_then_die)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for i in range(20):
-            info = tarfile.TarInfo(f"f{i}")
-            info.size = 10
-            tf.addfile(info, io.BytesIO(b"0123456789"))
-    tar = _file(tmp_path, buf.getvalue())
+    tar = _file(tmp_path, _files_tar({f"f{i}": b"0123456789" for i in range(20)}))
     driver.create("L")
     with open(f"{driver.layout.diff('L')}/old", "w") as f:
         f.write("old")
@@ -252,13 +261,7 @@ def test_kill_9_mid_apply_takes_the_writer_along(driver: aufs.Driver, engine: st
                                                 tmp_path: Path) -> None:
     root = driver.layout.root
     driver.create("L")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for i in range(3000):
-            info = tarfile.TarInfo(f"f{i:05}")
-            info.size = 30_000
-            tf.addfile(info, io.BytesIO(bytes(info.size)))
-    tar = _file(tmp_path, buf.getvalue())
+    tar = _file(tmp_path, _files_tar({f"f{i:05}": bytes(30_000) for i in range(3000)}))
     child = subprocess.Popen([sys.executable, "-c", _CHILD, root, engine, str(tar)])
     writers: list[int] = []
     try:
@@ -346,13 +349,7 @@ finally:
 
 def test_many_directories_under_a_low_fd_limit(engine: str, tmp_path: Path) -> None:
     """The writer keeps a bounded number of directories open."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for i in range(300):
-            info = tarfile.TarInfo(f"d{i}/f")
-            info.size = 3
-            tf.addfile(info, io.BytesIO(b"abc"))
-    tar = _file(tmp_path, buf.getvalue())
+    tar = _file(tmp_path, _files_tar({f"d{i}/f": b"abc" for i in range(300)}))
     out = subprocess.run([sys.executable, "-c", _LOW_FDS_CHILD, str(tmp_path / "store"), engine,
                           str(tar)], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
@@ -364,29 +361,12 @@ def test_big_files_from_a_tar_on_another_filesystem(driver: aufs.Driver, tmpfs: 
     """copy_file_range may refuse across filesystems: the writer then copies through a
     buffer, and the data is the same."""
     blobs = {f"big{i}": os.urandom(300_000 + i) for i in range(3)}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, data in blobs.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    tar = _file(tmpfs, buf.getvalue())
+    tar = _file(tmpfs, _files_tar(blobs))
     driver.create("L")
     assert _apply_file(driver, "L", tar) == sum(len(b) for b in blobs.values())
     assert len(offload_on) == 1
     for name, data in blobs.items():
         assert Path(driver.layout.diff("L"), name).read_bytes() == data
-
-
-def _pax_tar(entries: list[tuple[str, bytes, dict[str, str]]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name, data, pax in entries:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.pax_headers = pax
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def test_a_directory_whited_out_then_made_again_below(driver: aufs.Driver, tmp_path: Path,
@@ -445,24 +425,13 @@ def test_a_tar_file_that_shrinks_under_the_writer(driver: aufs.Driver, tmp_path:
     assert os.listdir(driver.layout.diff("L")) == []
 
 
-def test_the_writers_earlier_error_wins_over_a_later_one(tmp_path: Path,
+def test_the_writers_earlier_error_wins_over_a_later_one(tmp_path: Path, small_fs: Path,
                                                          offload_on: list[int]) -> None:
     """ENOSPC met by the writer at an early entry, a breakout later: ENOSPC is raised, as
     it would be had one process done both in order."""
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
-    try:
-        entries: list[tuple[str, bytes, dict[str, str]]] = [
-            (f"f{i}", os.urandom(100_000), {}) for i in range(30)]
-        tar = _file(tmp_path, _pax_tar([*entries, ("../evil", b"x", {})]))
-        fd = os.open(small, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            with open(tar, "rb") as f, pytest.raises(OSError) as failed:
-                extract(fd, f, OVERLAY, made={})
-        finally:
-            os.close(fd)
-        assert failed.value.errno == 28
-        assert writer_processes() == []
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
+    files = {f"f{i}": os.urandom(100_000) for i in range(30)}
+    tar = _file(tmp_path, _files_tar({**files, "../evil": b"x"}))
+    with pytest.raises(OSError) as failed:
+        _extract_new(small_fs, tar)
+    assert failed.value.errno == 28
+    assert writer_processes() == []

@@ -299,9 +299,8 @@ def test_without_a_python_to_run_files_are_written_here(driver: aufs.Driver, tmp
     assert Path(f"{driver.layout.diff('L')}/d/f6").read_bytes() == b"second version"
 
 
-@pytest.mark.parametrize(("directory", "name"), [("..", "x"), ("a/../..", "x"), ("", ".."),
-                                                 ("", "a/b"), ("", "")])
-def test_the_writer_never_steps_out(tmp_path: Path, directory: str, name: str) -> None:
+@pytest.mark.parametrize("path", ["../x", "a/../../x", "..", "a/..", "a//x", "", "a/"])
+def test_the_writer_never_steps_out(tmp_path: Path, path: str) -> None:
     """Names come cleaned from the extractor; the writer refuses any other all the same."""
     root = tmp_path / "root"
     (root / "a").mkdir(parents=True)
@@ -312,7 +311,7 @@ def test_the_writer_never_steps_out(tmp_path: Path, directory: str, name: str) -
         writer = offload.Offload.start(root_fd, tar_fd)
         assert writer is not None
         try:
-            writer.file("entry", directory, name, 0o644, None, 0, 0, 0, 0, 0, 4)
+            writer.file("entry", path, 0o644, None, 0, 0, 0, 0, 0, 4)
             with pytest.raises(ArchiveError, match=r"Errno 22"):  # EINVAL, refused
                 writer.barrier()
         finally:

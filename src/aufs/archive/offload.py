@@ -54,6 +54,7 @@ class Offload:
         self._reply = reply
         self._out = bytearray()
         self._names: list[str] = []  # entries sent since the last barrier, for errors
+        self.queued: set[str] = set()  # their paths: files the writer may not have made
         self._closed = False
 
     @classmethod
@@ -80,12 +81,12 @@ class Offload:
             fcntl.fcntl(ops_w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         return cls(proc, ops_w, reply_r)
 
-    def file(self, name: str, dir_path: str, base: str, mode: int, chmod: int | None,
-             uid: int, gid: int, mtime_ns: int, atime_ns: int, offset: int,
-             size: int) -> None:
-        """Queue the regular file ``base`` in the directory ``dir_path`` (relative to the
-        root; made already), created with ``mode``, then owned, ``chmod``-ed and timed;
-        its ``size`` bytes are at ``offset`` of the tar file. ``name``: for errors."""
+    def file(self, name: str, path: str, mode: int, chmod: int | None, uid: int, gid: int,
+             mtime_ns: int, atime_ns: int, offset: int, size: int) -> None:
+        """Queue the regular file ``path`` (relative to the root; its directory made
+        already), created with ``mode``, then owned, ``chmod``-ed and timed; its ``size``
+        bytes are at ``offset`` of the tar file. ``name``: the entry, for errors."""
+        dir_path, _, base = path.rpartition("/")
         d = dir_path.encode("utf-8", "surrogateescape")
         b = base.encode("utf-8", "surrogateescape")
         out = self._out
@@ -95,6 +96,7 @@ class Offload:
         out += d
         out += b
         self._names.append(name)
+        self.queued.add(path)
         if len(out) >= _FLUSH:
             self._send()
 
@@ -103,11 +105,6 @@ class Offload:
         caller had better write the next file itself (both processes stay busy)."""
         buf = fcntl.ioctl(self._ops, termios.FIONREAD, b"\0\0\0\0")
         return int.from_bytes(buf, sys.byteorder) + len(self._out) > _BEHIND
-
-    @property
-    def pending(self) -> bool:
-        """Files were queued since the last barrier."""
-        return bool(self._names)
 
     def barrier(self) -> None:
         """Wait until every queued file is written; raise the first error among them."""
@@ -123,6 +120,7 @@ class Offload:
             data += chunk
         err, index = w.REPLY.unpack(data)
         names, self._names = self._names, []
+        self.queued.clear()
         if err:
             name = names[index] if 0 <= index < len(names) else "?"
             if err == w.TRUNCATED:

@@ -126,7 +126,6 @@ class Unpacker:
         # only where this process knows the whole tree (``made``: it can tell which names
         # the writer may still be making), owns files as root, and reads a tar file.
         self.offload: Offload | None = None
-        self.queued: set[str] = set()  # files the writer may not have made yet
         self.may_offload = self.known and policy.root and source_fd >= 0
         self.source_size = os.fstat(source_fd).st_size if source_fd >= 0 else 0
         self.files_written = 0
@@ -154,13 +153,8 @@ class Unpacker:
                     on_entry()
             self.finish()
         except Exception:
-            self._writer_error_first()
+            self._settle()  # the writer's error, if any, met an earlier entry: it wins
             raise
-
-    def _writer_error_first(self) -> None:
-        """Raise the writer process's error, if it had one: it met an earlier entry."""
-        if self.offload is not None and self.offload.pending:
-            self.offload.barrier()
 
     def close(self) -> None:
         """Release every fd (and the pseudo-link directory); stop the writer process."""
@@ -179,14 +173,13 @@ class Unpacker:
         self.made[path] = DIR_FLAG
 
     def _making_dir(self, path: str) -> None:
-        if path in self.queued:  # a file the writer has not made yet: let it, then refuse
-            self._settle()
+        if self.offload is not None and path in self.offload.queued:
+            self._settle()  # a file the writer has not made yet: let it, then refuse
 
     def _settle(self) -> None:
         """Wait for the writer process (before touching what it may be making)."""
         if self.offload is not None:
             self.offload.barrier()
-            self.queued.clear()
 
     def dir_fd(self, path: str) -> int:
         """fd of the directory ``path`` (see :meth:`DirFds.get`)."""
@@ -363,16 +356,13 @@ class Unpacker:
 
     def _regular(self, reader: t.TarReader, m: t.Member, name: str, parent: int,
                  base: str) -> None:
-        if self.may_offload and not m.xattrs and name not in self.made:
-            if (self._offload_pays(reader) if self.offload is None
-                    else not self.offload.behind()):
-                self._offload(reader, m, name, parent, base)
-                self.made[name] = ENTRY_FLAG
-                if self.inodes is not None:
-                    self.inodes[name] = self._new_inode(m.size)
-                return
+        if self.may_offload and not m.xattrs and name not in self.made and (
+                self._offload_pays(reader) if self.offload is None
+                else not self.offload.behind()):
+            self._offload(reader, m, name, parent, base)
+        else:
             self.files_written += 1
-        self._write(reader, m, parent, base, name)
+            self._write(reader, m, parent, base, name)
         self.made[name] = ENTRY_FLAG
         if self.inodes is not None:
             self.inodes[name] = self._new_inode(m.size)
@@ -397,10 +387,9 @@ class Unpacker:
         if m.size:
             reader.take(m.size)  # the writer reads the data from the file
         atime = m.atime_ns
-        offload.file(m.name, name.rpartition("/")[0], base, 0o600 if chmod else mode,
-                     mode if chmod else None, m.uid, m.gid, m.mtime_ns,
-                     m.mtime_ns if atime is None else atime, offset, m.size)
-        self.queued.add(name)
+        offload.file(m.name, name, 0o600 if chmod else mode, mode if chmod else None, m.uid,
+                     m.gid, m.mtime_ns, m.mtime_ns if atime is None else atime, offset,
+                     m.size)
 
     def _write(self, reader: t.TarReader, m: t.Member, parent: int, base: str,
                name: str | None) -> None:

@@ -464,9 +464,7 @@ def test_read_ahead_hints_until_warm_and_again_after_a_wait(tmp_path: Path) -> N
     _many_files(root, dirs=2, per_dir=40)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        ahead = ReadAhead(_walk_tree(fd), files=4)
-        ahead.WARM = 10
-        ahead._warm = 10
+        ahead = ReadAhead(_walk_tree(fd), files=4, warm=10)
         advising = []
         for _, data_fd, _, _ in ahead:
             advising.append(ahead._advise)

@@ -1,11 +1,21 @@
-"""Small, careful file operations: atomic replace, same-filesystem removal."""
+"""Small, careful file operations: atomic replace, same-filesystem removal, fd budgets."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import resource
 import stat
+
+
+def fd_budget(share: int, most: int, least: int = 1) -> int:
+    """How many fds one cache may keep open: 1/``share`` of the soft fd limit, within
+    [``least``, ``most``] (``most`` without a limit)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return most
+    return max(least, min(most, soft // share))
 
 
 def write_atomic(path: str, data: bytes, *, fsync: bool = True) -> None:

@@ -10,20 +10,13 @@ The cache is bounded by the fd limit: past it, every fd is closed and reopened o
 from __future__ import annotations
 
 import os
-import resource
 from collections.abc import Callable
 
 from aufs._sys import safefs
+from aufs._sys.files import fd_budget
 from aufs.archive import ArchiveError, BreakoutError
 
 __all__ = ["DirFds"]
-
-
-def _cache_size() -> int:
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return 256
-    return max(8, min(256, soft // 4))
 
 
 class DirFds:
@@ -36,7 +29,7 @@ class DirFds:
         self._made = made
         self._making = making  # hears of a directory about to be made
         self._fds: dict[str, int] = {}
-        self._limit = _cache_size()
+        self._limit = fd_budget(4, 256, 8)
 
     def get(self, path: str) -> int:
         """fd of the directory ``path`` (cleaned; "" = root), made if missing, never

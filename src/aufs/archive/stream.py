@@ -27,10 +27,10 @@ import contextlib
 import errno
 import io
 import os
-import resource
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from aufs._sys.files import fd_budget
 from aufs.archive import ArchiveError
 from aufs.archive.tarwrite import BLOCK, END_OF_ARCHIVE
 from aufs.observe import entry_hook
@@ -42,6 +42,7 @@ _ZEROS = memoryview(bytes(1 << 20))  # calloc'ed: costs no memory until read
 
 AHEAD_FILES = 64
 AHEAD_BYTES = 32 << 20
+WARM_FILES = 256  # files read without waiting, after which hints stop
 _FADVISE_MAX = 4 << 20  # per file: the kernel's own readahead takes over after this
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 
@@ -51,25 +52,23 @@ class ReadAhead:
     consumer, each file's data asked for (``POSIX_FADV_WILLNEED``) as it is queued.
 
     The hint costs a system call per file, which buys nothing when the data is cached
-    already: after ``WARM`` files in a row read without waiting it stops, and the first
+    already: after ``warm`` files in a row read without waiting it stops, and the first
     read that would wait (:meth:`missed`) starts it again, queued files included.
     Closing closes the files still queued, then ``members``.
     """
 
-    WARM = 256
-
     def __init__(self, members: Iterator[Member], *, files: int = AHEAD_FILES,
-                 size: int = AHEAD_BYTES) -> None:
+                 size: int = AHEAD_BYTES, warm: int = WARM_FILES) -> None:
         self._members = members
         self._queue: deque[Member] = deque()
         self._files = 0
         self._bytes = 0
         # A low fd limit leaves room for the walk's directories and the caller's files.
-        self._max_files = min(files, _fd_budget())
+        self._max_files = fd_budget(8, files)
         self._max_bytes = size
         self._advise = True
         self._since_miss = 0
-        self._warm = self.WARM
+        self._warm = warm
 
     def __iter__(self) -> Iterator[Member]:
         return self
@@ -122,11 +121,6 @@ class ReadAhead:
         close = getattr(self._members, "close", None)
         if close is not None:
             close()
-
-
-def _fd_budget() -> int:
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return AHEAD_FILES if soft == resource.RLIM_INFINITY else max(1, soft // 8)
 
 
 def _advise(member: Member) -> None:

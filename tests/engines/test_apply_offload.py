@@ -10,6 +10,7 @@ would prove nothing).
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import os
 import signal
@@ -434,3 +435,20 @@ def test_the_writers_earlier_error_wins_over_a_later_one(tmp_path: Path, small_f
         _extract_new(small_fs, tar)
     assert failed.value.errno == 28
     assert writer_processes() == []
+
+
+def test_no_writer_for_a_small_layer(driver: aufs.Driver, tmp_path: Path,
+                                     offload_on: list[int],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's promise: a writer only for an uncompressed tar file with 32 MiB (or
+    2,048 files) to go; a small one, or a compressed one, is written in process."""
+    monkeypatch.setattr(unpack, "OFFLOAD_BYTES", 32 << 20)  # the shipped thresholds
+    monkeypatch.setattr(unpack, "OFFLOAD_FILES", 2048)
+    data = _files_tar({f"f{i}": b"x" * 1000 for i in range(300)})
+    driver.create("small")
+    _apply_file(driver, "small", _file(tmp_path, data))
+    monkeypatch.setattr(unpack, "OFFLOAD_BYTES", 0)  # big enough, but compressed
+    driver.create("gz")
+    _apply_file(driver, "gz", _file(tmp_path, gzip.compress(data), "layer.tar.gz"))
+    assert offload_on == []
+    assert driver.diff_size("small") == driver.diff_size("gz") == 300_000

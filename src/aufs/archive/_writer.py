@@ -8,7 +8,7 @@ the archive: the two run on two cores, each with its own interpreter lock.
 Protocol (native byte order, both ends are this machine):
 
 - ``OPS_FD`` carries records. ``FILE``: :data:`FILE` then the directory (relative to the
-  root, "" for the root itself) and the file name. ``SYNC``: :data:`SYNC` alone, answered
+  root, "" for the root itself) and the file name. ``SYNC``: :data:`SYNC_RECORD` alone, answered
   on ``REPLY_FD`` by :data:`REPLY` once every earlier record is done: ``(0, 0)``, or the
   ``errno`` (or :data:`TRUNCATED`: the tar file ended early) and index (since the previous
   SYNC) of the first record that failed — the records after a failure are skipped. End of
@@ -32,10 +32,10 @@ import sys
 # kind, dir length, name length, create mode, chmod mode (or 0xFFFF_FFFF: none), uid, gid,
 # mtime ns, atime ns, data offset in the tar file, data size
 FILE = struct.Struct("=BHHIIIIqqqq")
-SYNC = struct.Struct("=BHHIIIIqqqq")  # same size: kind 2, the rest zero
 REPLY = struct.Struct("=ii")
 TRUNCATED = -1  # the error of a reply when the tar file ended early
 K_FILE, K_SYNC = 1, 2
+SYNC_RECORD = FILE.pack(K_SYNC, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # a FILE-sized record
 NO_CHMOD = 0xFFFF_FFFF
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

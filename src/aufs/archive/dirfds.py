@@ -48,11 +48,7 @@ class DirFds:
                 if self._making is not None:
                     self._making(path)
                 fd = safefs.open_dir_at(parent, tail, create=0o755)
-                try:
-                    self._made(path)
-                except BaseException:
-                    os.close(fd)
-                    raise
+                self._made(path)
         except safefs.SymlinkInPathError:
             raise BreakoutError(f"{path!r} is a symlink: extraction never follows one") from None
         except safefs.NotADirectoryInPathError:

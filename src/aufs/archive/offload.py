@@ -35,6 +35,7 @@ __all__ = ["Offload"]
 _FLUSH = 4 << 10  # bytes of records collected before they are sent
 _PIPE_SIZE = 1 << 20
 _BEHIND = 16 << 10  # about 200 files
+_ASK_EVERY = 16
 
 
 def _can_run_writer() -> bool:
@@ -56,6 +57,8 @@ class Offload:
         self._names: list[str] = []  # entries sent since the last barrier, for errors
         self.queued: set[str] = set()  # their paths: files the writer may not have made
         self._closed = False
+        self._asks = 0
+        self._behind = False
 
     @classmethod
     def start(cls, root_fd: int, tar_fd: int) -> Offload | None:
@@ -102,15 +105,20 @@ class Offload:
 
     def behind(self) -> bool:
         """The writer has more than :data:`_BEHIND` bytes of records still to read: the
-        caller had better write the next file itself (both processes stay busy)."""
-        buf = fcntl.ioctl(self._ops, termios.FIONREAD, b"\0\0\0\0")
-        return int.from_bytes(buf, sys.byteorder) + len(self._out) > _BEHIND
+        caller had better write the next file itself (both processes stay busy). Asked
+        of the pipe every :data:`_ASK_EVERY` calls, not every file."""
+        self._asks -= 1
+        if self._asks <= 0:
+            self._asks = _ASK_EVERY
+            buf = fcntl.ioctl(self._ops, termios.FIONREAD, b"\0\0\0\0")
+            self._behind = int.from_bytes(buf, sys.byteorder) + len(self._out) > _BEHIND
+        return self._behind
 
     def barrier(self) -> None:
         """Wait until every queued file is written; raise the first error among them."""
         if not self._names:
             return
-        self._out += w.SYNC.pack(w.K_SYNC, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        self._out += w.SYNC_RECORD
         self._send()
         data = b""
         while len(data) < w.REPLY.size:

@@ -173,8 +173,12 @@ class Unpacker:
         self.made[path] = DIR_FLAG
 
     def _making_dir(self, path: str) -> None:
+        self._wait_for(path)  # a file the writer has not made yet: let it, then refuse
+
+    def _wait_for(self, path: str) -> None:
+        """Wait for the writer process if ``path`` is a file it may still be making."""
         if self.offload is not None and path in self.offload.queued:
-            self._settle()  # a file the writer has not made yet: let it, then refuse
+            self.offload.barrier()
 
     def _settle(self) -> None:
         """Wait for the writer process (before touching what it may be making)."""
@@ -222,8 +226,7 @@ class Unpacker:
         if len(name) >= _PATH_MAX or name.count("/") >= _MAX_DEPTH:
             raise ArchiveError(f"tar entry {m.name[:100]!r}…: a path longer than "
                                f"{_PATH_MAX - 1} bytes or deeper than {_MAX_DEPTH} levels")
-        if name in self.made:
-            self._settle()  # the writer process may be making it
+        self._wait_for(name)
         head, _, base = name.rpartition("/")
         if WH_PREFIX in name and self._special(reader, m, name, head, base):
             return
@@ -496,7 +499,7 @@ class Unpacker:
                 raise ArchiveError(f"hard link {m.name!r} to itself or below it")
             head, _, src_base = target.rpartition("/")
             try:
-                self._settle()  # the target may be the writer's to make
+                self._wait_for(target)
                 src_fd, owned = self.dirs.lookup(head), True
             except FileNotFoundError:
                 raise BreakoutError(f"hard link {m.name!r} to missing "

@@ -293,6 +293,40 @@ def test_whiteout_owner_and_time_survive_a_round_trip(driver: aufs.Driver) -> No
         f"{WH_PREFIX}gone", 1234, 5678, 1_500_000_000, 0o644)  # whatever the engine
 
 
+@pytest.mark.parametrize("same_archive", [True, False])
+def test_a_path_below_a_whited_out_directory_makes_it_again_opaque(
+        driver: aufs.Driver, same_archive: bool) -> None:
+    """``.wh.d`` then ``d/x/y`` with no ``d/`` entry (Docker makes the missing ``d`` as
+    ``MkdirAll`` would): ``d`` is made again where its whiteout was, as an explicit entry
+    makes it — opaque, the whiteout gone — so the parent's ``d/old`` stays hidden. Before,
+    an overlay-format store refused it ("'d' is not a directory"): the whiteout device was
+    in the way."""
+    driver.create("P")
+    driver.apply_diff("P", "", io.BytesIO(tar_of([("d", None), ("d/old", b"o")])))
+    driver.create("L", "P")
+    if same_archive:
+        driver.apply_diff("L", "P", io.BytesIO(tar_of([(f"{WH_PREFIX}d", b""),
+                                                       ("d/x/y", b"new")])))
+    else:  # the whiteout was already in the layer (the seeded staging path)
+        driver.apply_diff("L", "P", io.BytesIO(tar_of([(f"{WH_PREFIX}d", b"")])))
+        driver.apply_diff("L", "P", io.BytesIO(tar_of([("d/x/y", b"new")])))
+    diff = Path(driver.layout.diff("L"))
+    assert os.listdir(diff) == ["d"]
+    assert stat.S_ISDIR((diff / "d").lstat().st_mode)
+    if driver.whiteouts.name == "overlay":
+        assert os.getxattr(diff / "d", OVERLAY_OPAQUE_XATTR) == b"y"
+    else:
+        assert sorted(os.listdir(diff / "d")) == [WH_OPAQUE, "x"]
+    assert (diff / "d/x/y").read_bytes() == b"new"
+    mnt = driver.get("L")
+    try:
+        assert os.listdir(os.path.join(mnt, "d")) == ["x"]  # not the parent's d/old
+    finally:
+        driver.put("L")
+    assert [str(c) for c in driver.changes("L", "P")] == [
+        "C /d", "D /d/old", "A /d/x", "A /d/x/y"]
+
+
 def test_a_new_entry_replaces_the_layers_whiteout_of_its_name(driver: aufs.Driver) -> None:
     """Applied into a non-empty layer (the seeded staging path): an entry whose name the
     layer had whited out drops that whiteout, and a directory made there is opaque."""

@@ -21,13 +21,17 @@ __all__ = ["DirFds"]
 
 class DirFds:
     """fds of directories below ``root_fd``; ``made(path)`` hears of each one created,
-    ``making(path)`` (if given) of each one about to be."""
+    ``making(path)`` (if given) of each one about to be. ``in_the_way(parent_fd, path,
+    name)`` (if given) is asked about a non-directory where a directory is wanted: True
+    if it removed it (an overlay whiteout), and the directory is then made there."""
 
     def __init__(self, root_fd: int, made: Callable[[str], None],
-                 making: Callable[[str], None] | None = None) -> None:
+                 making: Callable[[str], None] | None = None,
+                 in_the_way: Callable[[int, str, str], bool] | None = None) -> None:
         self.root_fd = root_fd
         self._made = made
         self._making = making  # hears of a directory about to be made
+        self._in_the_way = in_the_way
         self._fds: dict[str, int] = {}
         self._limit = fd_budget(4, 256, 8)
 
@@ -44,16 +48,27 @@ class DirFds:
         try:
             try:
                 fd = safefs.open_dir_at(parent, tail)
-            except FileNotFoundError:  # made now; a symlink made meanwhile is refused too
-                if self._making is not None:
-                    self._making(path)
-                fd = safefs.open_dir_at(parent, tail, create=0o755)
-                self._made(path)
+            except FileNotFoundError:
+                return self._make(parent, path, tail)
+            except safefs.NotADirectoryInPathError:
+                if self._in_the_way is None or not self._in_the_way(parent, path, tail):
+                    raise
+                return self._make(parent, path, tail)
         except safefs.SymlinkInPathError:
             raise BreakoutError(f"{path!r} is a symlink: extraction never follows one") from None
         except safefs.NotADirectoryInPathError:
             raise ArchiveError(f"{path!r} is not a directory") from None
         self._fds[path] = fd
+        return fd
+
+    def _make(self, parent: int, path: str, name: str) -> int:
+        """Make the missing directory; a symlink made meanwhile is refused too. Cached
+        before ``made`` hears of it, which may ask for it again."""
+        if self._making is not None:
+            self._making(path)
+        fd = safefs.open_dir_at(parent, name, create=0o755)
+        self._fds[path] = fd
+        self._made(path)
         return fd
 
     def lookup(self, path: str) -> int:

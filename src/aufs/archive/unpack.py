@@ -108,7 +108,7 @@ class Unpacker:
         self.made: dict[str, int] = made if made is not None else {}
         self.policy = policy
         # open directories by cleaned path
-        self.dirs = DirFds(root_fd, self._made_dir, self._making_dir)
+        self.dirs = DirFds(root_fd, self._made_dir, self._making_dir, self._in_the_way)
         # (path, (atime, mtime), mode to set at the end or -1)
         self.dir_meta: list[tuple[str, tuple[int, int], int]] = []
         self.plnk: dict[str, str] = {}          # pseudo-link basename -> its name in _PLNK_TMP
@@ -129,6 +129,7 @@ class Unpacker:
         self.may_offload = self.known and policy.root and source_fd >= 0
         self.source_size = os.fstat(source_fd).st_size if source_fd >= 0 else 0
         self.files_written = 0
+        self.over_whiteout: str | None = None  # an overlay whiteout just removed for a directory
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -170,7 +171,39 @@ class Unpacker:
     # -- directories -------------------------------------------------------------------
 
     def _made_dir(self, path: str) -> None:
+        """A directory made because a path below it came first (Docker: ``MkdirAll``).
+        Where the layer had a whiteout of its name, it is made as an explicit entry
+        would be: opaque, the whiteout gone."""
         self.made[path] = DIR_FLAG
+        head, _, base = path.rpartition("/")
+        if (path == self.over_whiteout
+                or self._drop_stale_marker(self.dir_fd(head), head, base)):
+            self.over_whiteout = None
+            self._opaque_new(path)
+
+    def _in_the_way(self, parent_fd: int, path: str, base: str) -> bool:
+        """An overlay whiteout where a directory is wanted goes (see ``_made_dir``)."""
+        if self.whiteouts is None or self.marker_named:
+            return False
+        st = os.lstat(base, dir_fd=parent_fd)
+        if not is_overlay_whiteout_mode(st.st_mode, st.st_rdev):
+            return False
+        self.remove(parent_fd, path, base)
+        self.over_whiteout = path
+        return True
+
+    def _drop_stale_marker(self, parent_fd: int, head: str, base: str) -> bool:
+        """Remove the AUFS whiteout of ``base`` (in ``head``) if there is one: the layer
+        has the name again."""
+        if not self.stale_whiteouts:
+            return False
+        assert self.whiteouts is not None
+        marker = self.whiteouts.whiteout_path_name(base)
+        # A known tree (the staging clone) lists every marker in ``made``: no unlink
+        # attempt per entry where there is nothing to unlink.
+        if self.known and (f"{head}/{marker}" if head else marker) not in self.made:
+            return False
+        return safefs.remove_at(parent_fd, marker)
 
     def _making_dir(self, path: str) -> None:
         self._wait_for(path)  # a file the writer has not made yet: let it, then refuse
@@ -242,15 +275,8 @@ class Unpacker:
             self._symlink(m, name, parent, base)
         else:
             self._node(m, name, parent, base)
-        if self.stale_whiteouts:
-            assert self.whiteouts is not None
-            marker = self.whiteouts.whiteout_path_name(base)
-            # A known tree (the staging clone) lists every marker in ``made``: no unlink
-            # attempt per entry where there is nothing to unlink.
-            if self.known and (f"{head}/{marker}" if head else marker) not in self.made:
-                return
-            if safefs.remove_at(parent, marker) and kind == t.DIR:
-                self._opaque_new(name)
+        if self._drop_stale_marker(parent, head, base) and kind == t.DIR:
+            self._opaque_new(name)
 
     def _opaque_new(self, name: str) -> None:
         """A directory made where this layer had a whiteout of its name: the lower

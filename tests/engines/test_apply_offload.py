@@ -373,10 +373,7 @@ def test_big_files_from_a_tar_on_another_filesystem(driver: aufs.Driver, tmpfs: 
 def test_a_directory_whited_out_then_made_again_below(driver: aufs.Driver, tmp_path: Path,
                                                       offload_on: list[int]) -> None:
     """``.wh.d`` then ``d/x/y`` where the layer had the file ``d/x``: ``d/x`` is a new
-    directory (the removal took the old tree, and its names, along). In the AUFS format;
-    an overlay whiteout is a device named ``d``, which a path below it cannot cross."""
-    if driver.whiteouts is OVERLAY:
-        pytest.skip("the overlay whiteout of d is a device in the way of d/x/y")
+    directory (the removal took the old tree, and its names, along)."""
     driver.create("L")
     _apply_file(driver, "L", _file(tmp_path, _pax_tar([("d/x", b"old", {})]), "one.tar"))
     _apply_file(driver, "L", _file(tmp_path, _pax_tar(
@@ -454,3 +451,39 @@ def test_no_writer_for_a_small_layer(driver: aufs.Driver, tmp_path: Path,
     _apply_file(driver, "gz", _file(tmp_path, gzip.compress(data), "layer.tar.gz"))
     assert offload_on == []
     assert driver.diff_size("small") == driver.diff_size("gz") == 300_000
+
+
+def test_shipped_thresholds_start_after_2048_files_and_share_the_load(
+        driver: aufs.Driver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the shipped settings (no fixture forcing the writer): a small tar of many
+    files is written in this process up to ``OFFLOAD_FILES``, then by the writer and by
+    this process whenever the writer is behind. The layer is the same as written without
+    the writer."""
+    order: list[str] = []
+    real_write, real_offload = unpack.Unpacker._write, unpack.Unpacker._offload
+
+    def write(self: unpack.Unpacker, *args: object) -> None:
+        order.append("here")
+        real_write(self, *args)  # type: ignore[arg-type]
+
+    def offload_file(self: unpack.Unpacker, *args: object) -> None:
+        order.append("writer")
+        real_offload(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(unpack.Unpacker, "_write", write)
+    monkeypatch.setattr(unpack.Unpacker, "_offload", offload_file)
+    files = {f"d{i % 7}/f{i:04}": b"%d\n" % i * (i % 300) for i in range(3000)}
+    tar = _file(tmp_path, _files_tar(files))
+    assert tar.stat().st_size < unpack.OFFLOAD_BYTES  # the file count starts it
+    driver.create("shared")
+    assert _apply_file(driver, "shared", tar) == sum(len(d) for d in files.values())
+    assert order.index("writer") == unpack.OFFLOAD_FILES == 2048
+    assert len(order) == 3000 and order.count("writer") > 0
+    _no_offload(monkeypatch)
+    driver.create("alone")
+    _apply_file(driver, "alone", tar)
+    # the files (the directories, made implicitly, have the time of the apply)
+    got, want = ({k: v for k, v in snapshot(driver.layout.diff(id)).items() if "/" in k}
+                 for id in ("shared", "alone"))
+    assert got == want and len(got) == 3000
+    assert writer_processes() == []

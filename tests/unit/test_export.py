@@ -436,10 +436,34 @@ def test_read_ahead_keeps_the_order_and_bounds_open_files(tmp_path: Path) -> Non
         assert seen == plain and len(seen) == 6 + 6 * 30
         # 8 queued files + the one handed out + the walk's directory fd (+1 for listdir)
         assert 8 <= most <= 8 + 1 + 2
-        small = ReadAhead(_walk_tree(fd), files=100, size=200)  # the byte bound rules
-        next(small)
-        assert sum(1 for m in small._queue if m[1] >= 0) <= 2
-        small.close()
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("size, most", [(250, 3), (1 << 30, 40)])
+def test_read_ahead_bounds_the_bytes_queued(tmp_path: Path, size: int, most: int) -> None:
+    """40 files of 100 bytes: with a 250-byte bound, at most 3 are open at a time, the
+    one handed out and those queued (the queue fills until it holds 250 bytes or more);
+    unbounded, all 40 (the control)."""
+    from aufs.archive.export import _walk_tree
+    from aufs.archive.stream import ReadAhead
+
+    root = tmp_path / "l"
+    root.mkdir()
+    for i in range(40):
+        (root / f"f{i:02d}").write_bytes(b"x" * 100)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    base = _open_fds()
+    try:
+        ahead = ReadAhead(_walk_tree(fd), files=100, size=size)
+        held, files = [], 0
+        for _, data_fd, _, _ in ahead:
+            if data_fd >= 0:
+                files += 1
+                held.append(1 + sum(1 for m in ahead._queue if m[1] >= 0))  # + queued
+                os.close(data_fd)
+        ahead.close()
+        assert files == 40 and max(held) == most
         assert _open_fds() == base
     finally:
         os.close(fd)

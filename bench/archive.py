@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import aufs
 from aufs.driver import Driver
-from bench import corpus
+from bench import corpus, floors
 from bench.child import ChildResult, drain, run_child
 from bench.common import (
     Job,
@@ -172,6 +172,15 @@ class Bench:
             goal=GOALS["changes"],
             note=f"warm caches, {CHANGES_PAIRS} interleaved calls a round; the driver also "
                  "looks names up in the parent, find walks the upper only"))
+        # The floors: what any Python changes must do, with none of the work of an answer.
+        lower = self.d.layout.diff(self.d.parents(id)[0])
+        for label, fn in (
+                ("list the upper's directories", lambda: floors.list_dirs(upper)),
+                ("... and lstat each name in the parent",
+                 lambda: floors.list_and_look_up(upper, lower))):
+            self.report.add(compare_interleaved(
+                f"changes floor: {label}", Job("skeleton", fn), ref, rounds=self.reps,
+                pairs=CHANGES_PAIRS, note="bench/floors.py: no answer made"))
 
     # -- memory -------------------------------------------------------------------------------
 

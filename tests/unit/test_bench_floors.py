@@ -1,0 +1,23 @@
+"""The changes floors of the bench do the work they claim (else the floor is no floor)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bench import floors
+
+
+def test_the_skeletons_see_every_name_and_find_those_of_the_parent(tmp_path: Path) -> None:
+    upper, lower = tmp_path / "upper", tmp_path / "lower"
+    for d in ("a/b", "c"):
+        (upper / d).mkdir(parents=True)
+    (lower / "a").mkdir(parents=True)
+    for f in ("a/b/new", "a/both", "c/new", "top"):
+        (upper / f).write_text("u")
+    (lower / "a/both").write_text("l")
+    (lower / "top").write_text("l")
+    os.symlink("/etc", upper / "link")  # listed, not followed
+    assert floors.list_dirs(str(upper)) == 8  # a a/b a/b/new a/both c c/new top link
+    # a, a/both, top: found; a/b and below, c and below, link: not in the parent
+    assert floors.list_and_look_up(str(upper), str(lower)) == 3

@@ -258,34 +258,67 @@ with open(sys.argv[3], "rb") as f:
 """
 
 
+def _child_with_writer(root: str, engine: str, tar: Path) -> tuple[subprocess.Popen[bytes],
+                                                                     int]:
+    """A process applying ``tar`` to layer L, once its writer is running; its pid."""
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, root, engine, str(tar)],
+                             stderr=subprocess.PIPE)
+    writers: list[int] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not writers and child.poll() is None:
+        with contextlib.suppress(OSError), open(
+                f"/proc/{child.pid}/task/{child.pid}/children") as f:
+            writers = [int(p) for p in f.read().split()]
+        time.sleep(0.005)
+    if not writers:
+        child.kill()
+        child.communicate()
+        pytest.fail("the child never started its writer")
+    return child, writers[0]
+
+
+def _gone(pid: int) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.01)
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def _big_tar(tmp_path: Path) -> Path:
+    return _file(tmp_path, _files_tar({f"f{i:05}": bytes(30_000) for i in range(3000)}))
+
+
 def test_kill_9_mid_apply_takes_the_writer_along(driver: aufs.Driver, engine: str,
                                                 tmp_path: Path) -> None:
     root = driver.layout.root
     driver.create("L")
-    tar = _file(tmp_path, _files_tar({f"f{i:05}": bytes(30_000) for i in range(3000)}))
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, root, engine, str(tar)])
-    writers: list[int] = []
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not writers:
-            with contextlib.suppress(OSError), open(
-                    f"/proc/{child.pid}/task/{child.pid}/children") as f:
-                writers = [int(p) for p in f.read().split()]
-            time.sleep(0.005)
-        assert writers, "the child never started its writer"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and os.path.exists(f"/proc/{writers[0]}"):
-        time.sleep(0.01)
-    assert not os.path.exists(f"/proc/{writers[0]}"), "the writer outlived its parent"
+    child, writer = _child_with_writer(root, engine, _big_tar(tmp_path))
+    child.send_signal(signal.SIGKILL)
+    child.communicate()
+    assert _gone(writer), "the writer outlived its parent"
     d2 = aufs.init(root, [f"aufs.engine={engine}"])
     try:
         assert os.listdir(d2.layout.diff("L")) == []
         assert os.listdir(d2.layout.staging_dir) == []
     finally:
         d2.cleanup()
+
+
+def test_ctrl_c_mid_apply_stops_the_writer_and_undoes_the_apply(
+        driver: aufs.Driver, engine: str, tmp_path: Path) -> None:
+    """SIGINT reaches the whole foreground group: the writer ignores it, the parser's
+    KeyboardInterrupt stops the writer, removes the staging tree and leaves the layer as
+    it was — all before the process exits (no ``init`` needed, unlike ``kill -9``)."""
+    root = driver.layout.root
+    driver.create("L")
+    child, writer = _child_with_writer(root, engine, _big_tar(tmp_path))
+    os.kill(writer, signal.SIGINT)  # as a terminal's ^C: to both
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGINT and b"KeyboardInterrupt" in err
+    assert _gone(writer)
+    assert os.listdir(driver.layout.diff("L")) == []
+    assert os.listdir(driver.layout.staging_dir) == []
 
 
 def test_without_a_python_to_run_files_are_written_here(driver: aufs.Driver, tmp_path: Path,
@@ -487,3 +520,21 @@ def test_shipped_thresholds_start_after_2048_files_and_share_the_load(
                  for id in ("shared", "alone"))
     assert got == want and len(got) == 3000
     assert writer_processes() == []
+
+
+def test_a_tar_that_starts_inside_the_file(driver: aufs.Driver, tmp_path: Path,
+                                           offload_on: list[int]) -> None:
+    """A stream positioned past other bytes of its file (a tar inside a bigger file):
+    the writer reads each file's data where it lies in the file, not at its offset in
+    the tar."""
+    blobs = {f"f{i}": os.urandom(1000 * i + 7) for i in range(1, 40)}
+    blobs["big"] = os.urandom(300_000)  # copy_file_range's path too
+    prefix = os.urandom(12_345)  # not a multiple of the tar block
+    path = _file(tmp_path, prefix + _files_tar(blobs) + b"trailing bytes")
+    driver.create("L")
+    with open(path, "rb") as f:
+        f.seek(len(prefix))
+        driver.apply_diff("L", "", f)
+    assert len(offload_on) == 1
+    for name, data in blobs.items():
+        assert Path(driver.layout.diff("L"), name).read_bytes() == data

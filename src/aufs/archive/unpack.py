@@ -465,11 +465,12 @@ class Unpacker:
         mode, chmod = policy.create_mode(m.mode | 0o700 if defer else m.mode)
         if chmod:
             mode = 0o700
-        over_whiteout = False
+        over_whiteout = existed = False
         try:
             os.mkdir(base, mode, dir_fd=parent)
             chmod = chmod or mode != m.mode
         except FileExistsError:
+            existed = True
             # An existing directory is merged, its metadata replaced; anything else goes.
             known_dir = self.known and self.made.get(name, 0) & DIR_FLAG
             if not known_dir:
@@ -484,6 +485,8 @@ class Unpacker:
             self._opaque_new(name)
         policy.chown(base, m.uid, m.gid, dir_fd=parent)
         if m.xattrs:
+            if existed:  # files queued for it must not see a default ACL set now
+                self._settle()  # (they would inherit it)
             set_xattrs(self.dir_fd(name), m.xattrs)
         if chmod and not defer:  # just made or checked: a directory, not a symlink
             os.chmod(base, m.mode, dir_fd=parent)

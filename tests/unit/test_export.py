@@ -6,6 +6,7 @@ read back with Python's tarfile, GNU tar and bsdtar.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -536,3 +537,53 @@ def test_read_ahead_fits_a_low_fd_limit(tmp_path: Path) -> None:
                          text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) > 300 * 512
+
+
+def test_a_read_that_would_wait_turns_the_hints_back_on(tmp_path: Path) -> None:
+    """The export reads with ``RWF_NOWAIT`` first: a file evicted from the page cache
+    makes that read fail, and the read-ahead hears of it (``missed``); the bytes are the
+    same either way. Hinting is off after the first file (``warm=0``), so no hint brings
+    the second file in before its read."""
+    import functools
+
+    from aufs.archive import stream as stream_mod
+
+    root = tmp_path / "l"
+    root.mkdir()
+    for i in range(8):
+        with open(root / f"f{i}", "wb") as f:
+            f.write(os.urandom(64 << 10))
+            os.fsync(f.fileno())  # clean pages: DONTNEED can drop them
+    fd = os.open(root / "f0", os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+    except OSError as exc:
+        if exc.errno == errno.EOPNOTSUPP:
+            pytest.skip("this filesystem cannot read with RWF_NOWAIT")
+    finally:
+        os.close(fd)
+    misses: list[int] = []
+    real_missed = stream_mod.ReadAhead.missed
+
+    def missed(self: stream_mod.ReadAhead) -> None:
+        misses.append(1)
+        real_missed(self)
+
+    def export() -> bytes:
+        with export_layer(str(root)) as s:
+            return s.read()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stream_mod.ReadAhead, "missed", missed)
+        mp.setattr(stream_mod, "ReadAhead",
+                   functools.partial(stream_mod.ReadAhead, files=0, warm=0))
+        warm = export()
+        assert misses == []  # all cached: no read waited
+        for i in range(8):
+            fd = os.open(root / f"f{i}", os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        cold = export()
+    assert misses and cold == warm

@@ -493,7 +493,8 @@ def test_no_writer_for_a_small_layer(driver: aufs.Driver, tmp_path: Path,
                                      offload_on: list[int],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's promise: a writer only for an uncompressed tar file with 32 MiB (or
-    2,048 files) to go; a small one, or a compressed one, is written in process."""
+    2,048 files) to go; a small one, a compressed one or a piped one is written in
+    process."""
     monkeypatch.setattr(unpack, "OFFLOAD_BYTES", 32 << 20)  # the shipped thresholds
     monkeypatch.setattr(unpack, "OFFLOAD_FILES", 2048)
     data = _files_tar({f"f{i}": b"x" * 1000 for i in range(300)})
@@ -502,8 +503,13 @@ def test_no_writer_for_a_small_layer(driver: aufs.Driver, tmp_path: Path,
     monkeypatch.setattr(unpack, "OFFLOAD_BYTES", 0)  # big enough, but compressed
     driver.create("gz")
     _apply_file(driver, "gz", _file(tmp_path, gzip.compress(data), "layer.tar.gz"))
+    driver.create("piped")  # big enough, uncompressed, but not a file: from a pipe
+    with subprocess.Popen(["cat", str(_file(tmp_path, data))], stdout=subprocess.PIPE) as cat:
+        assert cat.stdout is not None
+        driver.apply_diff("piped", "", cat.stdout)
     assert offload_on == []
     assert driver.diff_size("small") == driver.diff_size("gz") == 300_000
+    assert driver.diff_size("piped") == 300_000
 
 
 def test_shipped_thresholds_start_after_2048_files_and_share_the_load(

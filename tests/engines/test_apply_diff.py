@@ -327,6 +327,28 @@ def test_a_path_below_a_whited_out_directory_makes_it_again_opaque(
         "C /d", "D /d/old", "A /d/x", "A /d/x/y"]
 
 
+@pytest.mark.parametrize("below", [f"d/{WH_PREFIX}x", f"d/{WH_OPAQUE}"])
+def test_a_whiteout_below_a_whited_out_directory_does_not_bring_it_back(
+        driver: aufs.Driver, below: str) -> None:
+    """``.wh.d`` then ``d/.wh.x`` (or an opaque marker in ``d``) only deletes: ``d`` is not
+    made again where its whiteout was. In the overlay format the whiteout device is in
+    the way (Docker's overlay2 fails the same: ENOTDIR) and the layer stays as it was; in
+    the AUFS format ``.wh.d`` stays, as in Docker's aufs store."""
+    driver.create("P")
+    driver.apply_diff("P", "", io.BytesIO(tar_of([("d", None), ("d/old", b"o")])))
+    driver.create("L", "P")
+    tar = io.BytesIO(tar_of([(f"{WH_PREFIX}d", b""), (below, b"")]))
+    diff = Path(driver.layout.diff("L"))
+    if driver.whiteouts.name == "overlay":
+        with pytest.raises(ArchiveError, match="'d' is not a directory"):
+            driver.apply_diff("L", "P", tar)
+        assert os.listdir(diff) == []
+    else:
+        driver.apply_diff("L", "P", tar)
+        assert f"{WH_PREFIX}d" in os.listdir(diff)
+        assert "D /d" in [str(c) for c in driver.changes("L", "P")]
+
+
 def test_a_new_entry_replaces_the_layers_whiteout_of_its_name(driver: aufs.Driver) -> None:
     """Applied into a non-empty layer (the seeded staging path): an entry whose name the
     layer had whited out drops that whiteout, and a directory made there is opaque."""

@@ -60,6 +60,7 @@ _WRITE_CHUNK = 1 << 20
 # Names no tool could create through a path (PATH_MAX), and depths that would overflow
 # the recursion of tree walks elsewhere: refused.
 _PATH_MAX = 4096
+_DEFAULT_ACL = "system.posix_acl_default"  # inherited by what is made in the directory
 _MAX_DEPTH = 512
 # A writer process (:mod:`aufs.archive.offload`) is started at the first regular file if
 # the tar file holds OFFLOAD_BYTES from there, else once OFFLOAD_FILES were written here:
@@ -130,6 +131,7 @@ class Unpacker:
         self.source_size = os.fstat(source_fd).st_size if source_fd >= 0 else 0
         self.files_written = 0
         self.over_whiteout: str | None = None  # an overlay whiteout just removed for a directory
+        self.revive = True  # may a directory be made where the layer had a whiteout of it?
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -176,14 +178,14 @@ class Unpacker:
         would be: opaque, the whiteout gone."""
         self.made[path] = DIR_FLAG
         head, _, base = path.rpartition("/")
-        if (path == self.over_whiteout
-                or self._drop_stale_marker(self.dir_fd(head), head, base)):
+        if path == self.over_whiteout or (
+                self.revive and self._drop_stale_marker(self.dir_fd(head), head, base)):
             self.over_whiteout = None
             self._opaque_new(path)
 
     def _in_the_way(self, parent_fd: int, path: str, base: str) -> bool:
         """An overlay whiteout where a directory is wanted goes (see ``_made_dir``)."""
-        if self.whiteouts is None or self.marker_named:
+        if self.whiteouts is None or self.marker_named or not self.revive:
             return False
         st = os.lstat(base, dir_fd=parent_fd)
         if not is_overlay_whiteout_mode(st.st_mode, st.st_rdev):
@@ -201,8 +203,10 @@ class Unpacker:
         marker = self.whiteouts.whiteout_path_name(base)
         # A known tree (the staging clone) lists every marker in ``made``: no unlink
         # attempt per entry where there is nothing to unlink.
-        if self.known and (f"{head}/{marker}" if head else marker) not in self.made:
+        path = f"{head}/{marker}" if head else marker
+        if self.known and path not in self.made:
             return False
+        self.made.pop(path, None)
         return safefs.remove_at(parent_fd, marker)
 
     def _making_dir(self, path: str) -> None:
@@ -261,8 +265,13 @@ class Unpacker:
                                f"{_PATH_MAX - 1} bytes or deeper than {_MAX_DEPTH} levels")
         self._wait_for(name)
         head, _, base = name.rpartition("/")
-        if WH_PREFIX in name and self._special(reader, m, name, head, base):
-            return
+        if WH_PREFIX in name:
+            self.revive = False  # a whiteout or marker below `d` does not bring `d` back
+            try:
+                if self._special(reader, m, name, head, base):
+                    return
+            finally:
+                self.revive = True
         parent = self.dir_fd(head)
         kind = m.kind
         if kind == t.REG:
@@ -321,9 +330,16 @@ class Unpacker:
         fd = self.root_fd
         self.policy.chown(fd, m.uid, m.gid)
         if m.xattrs:
+            self._before_default_acl(m)
             set_xattrs(fd, m.xattrs)
         os.fchmod(fd, m.mode)
         self.dir_meta.append((".", _times(m), -1))
+
+    def _before_default_acl(self, m: t.Member) -> None:
+        """An existing directory given a default ACL: files the writer has queued for it
+        must exist first, or they would inherit it (written here, they did exist)."""
+        if any(key == _DEFAULT_ACL for key, _ in m.xattrs or ()):
+            self._settle()
 
     def _whiteout(self, head: str, parent: int, target: str, m: t.Member) -> None:
         if target in ("", ".", ".."):
@@ -485,8 +501,8 @@ class Unpacker:
             self._opaque_new(name)
         policy.chown(base, m.uid, m.gid, dir_fd=parent)
         if m.xattrs:
-            if existed:  # files queued for it must not see a default ACL set now
-                self._settle()  # (they would inherit it)
+            if existed:
+                self._before_default_acl(m)
             set_xattrs(self.dir_fd(name), m.xattrs)
         if chmod and not defer:  # just made or checked: a directory, not a symlink
             os.chmod(base, m.mode, dir_fd=parent)

@@ -9,8 +9,11 @@ parent. These two skeletons do only that, without any of the work that makes an 
 from __future__ import annotations
 
 import os
+import stat
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+_ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # a layer's root may be a symlink
+_DIR = _ROOT | os.O_NOFOLLOW
+_S_IFMT = 0o170000
 
 
 def list_dirs(upper: str) -> int:
@@ -19,7 +22,7 @@ def list_dirs(upper: str) -> int:
     stack = [upper]
     while stack:
         path = stack.pop()
-        fd = os.open(path, _DIR)
+        fd = os.open(path, _ROOT if path == upper else _DIR)
         try:
             with os.scandir(fd) as it:
                 for e in it:
@@ -32,22 +35,31 @@ def list_dirs(upper: str) -> int:
 
 
 def list_and_look_up(upper: str, lower: str) -> int:
-    """:func:`list_dirs` plus one ``lstat`` of each name in ``lower``; the names found."""
+    """:func:`list_dirs` plus one ``lstat`` in ``lower`` of each name ``changes`` must
+    look up: not whiteouts nor AUFS housekeeping (``.wh.*``), nothing below a directory
+    the parent does not have as a directory. Returns the names found."""
     found = 0
-    stack = [(upper, lower)]
+    stack: list[tuple[str, str | None]] = [(upper, lower)]
     while stack:
         path, low = stack.pop()
-        fd = os.open(path, _DIR)
+        fd = os.open(path, _ROOT if path == upper else _DIR)
         try:
             with os.scandir(fd) as it:
                 for e in it:
-                    try:
-                        os.lstat(low + "/" + e.name)
-                        found += 1
-                    except (FileNotFoundError, NotADirectoryError):
-                        pass
-                    if e.is_dir(follow_symlinks=False):
-                        stack.append((path + "/" + e.name, low + "/" + e.name))
+                    name = e.name
+                    is_dir = e.is_dir(follow_symlinks=False)
+                    sub_low = None
+                    if low is not None and not name.startswith(".wh."):
+                        try:
+                            st = os.lstat(low + "/" + name)
+                        except (FileNotFoundError, NotADirectoryError):
+                            pass
+                        else:
+                            found += 1
+                            if st.st_mode & _S_IFMT == stat.S_IFDIR:
+                                sub_low = low + "/" + name
+                    if is_dir:
+                        stack.append((path + "/" + name, sub_low))
         finally:
             os.close(fd)
     return found

@@ -18,6 +18,12 @@ def test_the_skeletons_see_every_name_and_find_those_of_the_parent(tmp_path: Pat
     (lower / "a/both").write_text("l")
     (lower / "top").write_text("l")
     os.symlink("/etc", upper / "link")  # listed, not followed
-    assert floors.list_dirs(str(upper)) == 8  # a a/b a/b/new a/both c c/new top link
-    # a, a/both, top: found; a/b and below, c and below, link: not in the parent
+    (upper / ".wh.gone").write_text("")  # a whiteout: listed, not looked up
+    (lower / ".wh.gone").write_text("")
+    (upper / "new").mkdir()  # nothing below it is looked up
+    (upper / "new/top").write_text("u")
+    assert floors.list_dirs(str(upper)) == 11
+    # a, a/both, top: found; a/b and below, c and below, link, new: not in the parent
     assert floors.list_and_look_up(str(upper), str(lower)) == 3
+    os.symlink(upper, tmp_path / "migrated")  # a layer's own directory may be a link
+    assert floors.list_dirs(str(tmp_path / "migrated")) == 11

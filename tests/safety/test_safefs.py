@@ -141,7 +141,7 @@ def test_dirfds_refuses_a_symlink_made_while_it_creates(tmp_path: Path,
     monkeypatch.setattr(safefs, "open_dir_at", racing)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     made: list[str] = []
-    cache = DirFds(fd, made.append)
+    cache = DirFds(fd, lambda path, replaced: made.append(path))
     try:
         with pytest.raises(BreakoutError, match="symlink"):
             cache.get("d")

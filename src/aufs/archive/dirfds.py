@@ -20,12 +20,13 @@ __all__ = ["DirFds"]
 
 
 class DirFds:
-    """fds of directories below ``root_fd``; ``made(path)`` hears of each one created,
-    ``making(path)`` (if given) of each one about to be. ``in_the_way(parent_fd, path,
-    name)`` (if given) is asked about a non-directory where a directory is wanted: True
-    if it removed it (an overlay whiteout), and the directory is then made there."""
+    """fds of directories below ``root_fd``; ``made(path, replaced)`` hears of each one
+    created, ``making(path)`` (if given) of each one about to be. ``in_the_way(parent_fd,
+    path, name)`` (if given) is asked about a non-directory where a directory is wanted:
+    True if it removed it (an overlay whiteout), and the directory is then made there
+    (``replaced``)."""
 
-    def __init__(self, root_fd: int, made: Callable[[str], None],
+    def __init__(self, root_fd: int, made: Callable[[str, bool], None],
                  making: Callable[[str], None] | None = None,
                  in_the_way: Callable[[int, str, str], bool] | None = None) -> None:
         self.root_fd = root_fd
@@ -49,11 +50,11 @@ class DirFds:
             try:
                 fd = safefs.open_dir_at(parent, tail)
             except FileNotFoundError:
-                return self._make(parent, path, tail)
+                return self._make(parent, path, tail, False)
             except safefs.NotADirectoryInPathError:
                 if self._in_the_way is None or not self._in_the_way(parent, path, tail):
                     raise
-                return self._make(parent, path, tail)
+                return self._make(parent, path, tail, True)
         except safefs.SymlinkInPathError:
             raise BreakoutError(f"{path!r} is a symlink: extraction never follows one") from None
         except safefs.NotADirectoryInPathError:
@@ -61,14 +62,14 @@ class DirFds:
         self._fds[path] = fd
         return fd
 
-    def _make(self, parent: int, path: str, name: str) -> int:
+    def _make(self, parent: int, path: str, name: str, replaced: bool) -> int:
         """Make the missing directory; a symlink made meanwhile is refused too. Cached
         before ``made`` hears of it, which may ask for it again."""
         if self._making is not None:
             self._making(path)
         fd = safefs.open_dir_at(parent, name, create=0o755)
         self._fds[path] = fd
-        self._made(path)
+        self._made(path, replaced)
         return fd
 
     def lookup(self, path: str) -> int:

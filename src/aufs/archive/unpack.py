@@ -109,7 +109,7 @@ class Unpacker:
         self.made: dict[str, int] = made if made is not None else {}
         self.policy = policy
         # open directories by cleaned path
-        self.dirs = DirFds(root_fd, self._made_dir, self._making_dir, self._in_the_way)
+        self.dirs = DirFds(root_fd, self._made_dir, self._wait_for, self._in_the_way)
         # (path, (atime, mtime), mode to set at the end or -1)
         self.dir_meta: list[tuple[str, tuple[int, int], int]] = []
         self.plnk: dict[str, str] = {}          # pseudo-link basename -> its name in _PLNK_TMP
@@ -130,7 +130,6 @@ class Unpacker:
         self.may_offload = self.known and policy.root and source_fd >= 0
         self.source_size = os.fstat(source_fd).st_size if source_fd >= 0 else 0
         self.files_written = 0
-        self.over_whiteout: str | None = None  # an overlay whiteout just removed for a directory
         self.revive = True  # may a directory be made where the layer had a whiteout of it?
 
     # -- the loop ----------------------------------------------------------------------
@@ -172,15 +171,15 @@ class Unpacker:
 
     # -- directories -------------------------------------------------------------------
 
-    def _made_dir(self, path: str) -> None:
+    def _made_dir(self, path: str, replaced: bool) -> None:
         """A directory made because a path below it came first (Docker: ``MkdirAll``).
-        Where the layer had a whiteout of its name, it is made as an explicit entry
-        would be: opaque, the whiteout gone."""
+        Where the layer had a whiteout of its name (``replaced``: an overlay one, see
+        ``_in_the_way``), it is made as an explicit entry would be: opaque, the whiteout
+        gone."""
         self.made[path] = DIR_FLAG
         head, _, base = path.rpartition("/")
-        if path == self.over_whiteout or (
+        if replaced or (
                 self.revive and self._drop_stale_marker(self.dir_fd(head), head, base)):
-            self.over_whiteout = None
             self._opaque_new(path)
 
     def _in_the_way(self, parent_fd: int, path: str, base: str) -> bool:
@@ -191,7 +190,6 @@ class Unpacker:
         if not is_overlay_whiteout_mode(st.st_mode, st.st_rdev):
             return False
         self.remove(parent_fd, path, base)
-        self.over_whiteout = path
         return True
 
     def _drop_stale_marker(self, parent_fd: int, head: str, base: str) -> bool:
@@ -209,9 +207,6 @@ class Unpacker:
         self.made.pop(path, None)
         return safefs.remove_at(parent_fd, marker)
 
-    def _making_dir(self, path: str) -> None:
-        self._wait_for(path)  # a file the writer has not made yet: let it, then refuse
-
     def _wait_for(self, path: str) -> None:
         """Wait for the writer process if ``path`` is a file it may still be making."""
         if self.offload is not None and path in self.offload.queued:
@@ -228,15 +223,17 @@ class Unpacker:
 
     def remove(self, parent_fd: int, path: str, base: str) -> bool:
         """Remove ``path`` (``base`` in ``parent_fd``), a whole tree if a directory."""
-        if not self.known or path in self.made:  # else nothing is there, nor coming
-            self._settle()
+        is_dir = self.made.pop(path, 0) & DIR_FLAG
+        if is_dir:
+            self._settle()  # the writer may be making files below it
+        else:
+            self._wait_for(path)
         self.dirs.forget(path)
         if self.inodes is not None:
-            if self.made.get(path, 0) & DIR_FLAG:
+            if is_dir:
                 self.inodes = None  # a tree goes: count at the end instead
             else:
                 self.inodes.pop(path, None)
-        self.made.pop(path, None)
         return safefs.remove_at(parent_fd, base)
 
     @property

@@ -18,27 +18,19 @@ _S_IFMT = 0o170000
 
 def list_dirs(upper: str) -> int:
     """Open and list every directory under ``upper`` (no ``stat``); the entries seen."""
-    seen = 0
-    stack = [upper]
-    while stack:
-        path = stack.pop()
-        fd = os.open(path, _ROOT if path == upper else _DIR)
-        try:
-            with os.scandir(fd) as it:
-                for e in it:
-                    seen += 1
-                    if e.is_dir(follow_symlinks=False):
-                        stack.append(path + "/" + e.name)
-        finally:
-            os.close(fd)
-    return seen
+    return _walk(upper, None)[0]
 
 
 def list_and_look_up(upper: str, lower: str) -> int:
     """:func:`list_dirs` plus one ``lstat`` in ``lower`` of each name ``changes`` must
     look up: not whiteouts nor AUFS housekeeping (``.wh.*``), nothing below a directory
     the parent does not have as a directory. Returns the names found."""
-    found = 0
+    return _walk(upper, lower)[1]
+
+
+def _walk(upper: str, lower: str | None) -> tuple[int, int]:
+    """Entries seen, names found in ``lower`` (None: nothing looked up)."""
+    seen = found = 0
     stack: list[tuple[str, str | None]] = [(upper, lower)]
     while stack:
         path, low = stack.pop()
@@ -46,8 +38,8 @@ def list_and_look_up(upper: str, lower: str) -> int:
         try:
             with os.scandir(fd) as it:
                 for e in it:
+                    seen += 1
                     name = e.name
-                    is_dir = e.is_dir(follow_symlinks=False)
                     sub_low = None
                     if low is not None and not name.startswith(".wh."):
                         try:
@@ -58,8 +50,8 @@ def list_and_look_up(upper: str, lower: str) -> int:
                             found += 1
                             if st.st_mode & _S_IFMT == stat.S_IFDIR:
                                 sub_low = low + "/" + name
-                    if is_dir:
+                    if e.is_dir(follow_symlinks=False):
                         stack.append((path + "/" + name, sub_low))
         finally:
             os.close(fd)
-    return found
+    return seen, found

@@ -62,14 +62,19 @@ def _file(tmp_path: Path, data: bytes, name: str = "layer.tar") -> Path:
     return path
 
 
-def _pax_tar(entries: list[tuple[str, bytes, dict[str, str]]]) -> bytes:
+def _pax_tar(entries: list[tuple[str, bytes | None, dict[str, str]]]) -> bytes:
+    """Regular files (bytes) and directories (None, mode 0755), each with PAX headers."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for name, data, pax in entries:
             info = tarfile.TarInfo(name)
-            info.size = len(data)
             info.pax_headers = pax
-            tf.addfile(info, io.BytesIO(data))
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(info)
+            else:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 
@@ -606,20 +611,12 @@ def test_a_directory_given_a_default_acl_after_its_files(driver: aufs.Driver, tm
                                                          directory: str) -> None:
     """``d/`` (or the root), files in it, then ``d/`` again with a default ACL: the files
     existed before the ACL, so they do not inherit it — also when the writer makes them."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for acl in (None, _default_acl()):
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            if acl is not None:
-                info.pax_headers = {"SCHILY.xattr.system.posix_acl_default": acl}
-                for i in range(50):
-                    f = tarfile.TarInfo(f"{directory}/f{i}")
-                    f.size = 3
-                    tf.addfile(f, io.BytesIO(b"abc"))
-            tf.addfile(info)
+    acl = {"SCHILY.xattr.system.posix_acl_default": _default_acl()}
+    tar = _pax_tar([(directory, None, {}),
+                    *((f"{directory}/f{i}", b"abc", {}) for i in range(50)),
+                    (directory, None, acl)])
     driver.create("L")
-    _apply_file(driver, "L", _file(tmp_path, buf.getvalue()))
+    _apply_file(driver, "L", _file(tmp_path, tar))
     assert len(offload_on) == 1
     d = Path(driver.layout.diff("L"), directory)
     assert "system.posix_acl_default" in os.listxattr(d)  # the ACL is there

@@ -87,46 +87,67 @@ def _json(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
+@dataclass(frozen=True, slots=True)
+class ImageBlobs:
+    """An image as blobs: its layers (compressed, on disk), config and manifest."""
+
+    layers: list[Blob]
+    diff_ids: list[str]
+    config: Blob
+    manifest: Blob
+    layer_media_type: str = OCI_LAYER_GZIP
+    manifest_media_type: str = OCI_MANIFEST
+
+
+def image_blobs(driver: Driver, layer_id: str, scratch: str, *,
+                on_bytes: OnBytes | None = None) -> ImageBlobs:
+    """The image whose top layer is ``layer_id`` as blobs; layer blobs are written into
+    the directory ``scratch`` (the caller removes it). ``export`` and ``push`` share this."""
+    chain = [*reversed(driver.parents(layer_id)), layer_id]
+    layers: list[Blob] = []
+    diff_ids: list[str] = []
+    for i, lid in enumerate(chain):
+        blob, diff_id = _layer_blob(driver, lid, os.path.join(scratch, f"layer{i}"),
+                                    on_bytes)
+        layers.append(blob)
+        diff_ids.append(diff_id)
+    config = _memory_blob(_json({
+        "architecture": host_arch(),
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created_by": f"aufs layer {lid}"} for lid in chain],
+    }))
+    manifest = _memory_blob(_json({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config.descriptor(OCI_CONFIG),
+        "layers": [b.descriptor(OCI_LAYER_GZIP) for b in layers],
+    }))
+    return ImageBlobs(layers, diff_ids, config, manifest)
+
+
 def export_image(driver: Driver, layer_id: str, output: str, *, tag: str = "latest",
                  on_bytes: OnBytes | None = None) -> str:
     """Write the image whose top layer is ``layer_id`` to ``output``; return the
     manifest digest."""
-    chain = [*reversed(driver.parents(layer_id)), layer_id]
     out_dir = os.path.dirname(os.path.abspath(output))
     scratch = tempfile.mkdtemp(prefix=".aufs-export-", dir=out_dir)
     try:
-        layers: list[Blob] = []
-        diff_ids: list[str] = []
-        for i, lid in enumerate(chain):
-            blob, diff_id = _layer_blob(driver, lid, os.path.join(scratch, f"layer{i}"),
-                                        on_bytes)
-            layers.append(blob)
-            diff_ids.append(diff_id)
-        config = _memory_blob(_json({
-            "architecture": host_arch(),
-            "os": "linux",
-            "config": {},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            "history": [{"created_by": f"aufs layer {lid}"} for lid in chain],
-        }))
-        manifest = _memory_blob(_json({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": config.descriptor(OCI_CONFIG),
-            "layers": [b.descriptor(OCI_LAYER_GZIP) for b in layers],
-        }))
+        image = image_blobs(driver, layer_id, scratch, on_bytes=on_bytes)
         index = _json({
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,
-            "manifests": [manifest.descriptor(OCI_MANIFEST, annotations={REF_NAME: tag})],
+            "manifests": [image.manifest.descriptor(OCI_MANIFEST,
+                                                    annotations={REF_NAME: tag})],
         })
         tmp = os.path.join(scratch, "image.tar")
-        _write_tar(tmp, index, [*layers, config, manifest])
+        _write_tar(tmp, index, [*image.layers, image.config, image.manifest])
         os.replace(tmp, output)
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(scratch)
-    return manifest.digest
+    return image.manifest.digest
 
 
 def _info(name: str, size: int, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:

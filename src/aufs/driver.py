@@ -26,7 +26,7 @@ from aufs.graphdriver import (
     LayerNotFoundError,
     Status,
 )
-from aufs.store import layers, meta, recover, refs
+from aufs.store import images, layers, meta, recover, refs
 from aufs.store.layout import Layout, is_valid_id, validate_id
 from aufs.store.lock import StoreLock
 from aufs.union import select
@@ -212,6 +212,7 @@ class Driver:
                     os.replace(path, lay.removing(path))
                     doomed.append(lay.removing(path))
             refs.clear(lay.refs(id))
+            images.forget(lay, id)
             for path in doomed:
                 rmtree(path)
             os.unlink(lay.removing(lay.layers(id)))

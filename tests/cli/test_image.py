@@ -101,10 +101,10 @@ def test_shared_base_is_stored_once(cli: Aufs, tmp_path: Path) -> None:
     (root,) = cli.ok("tree", "--json").json()
     assert root["id"] == base
     assert sorted(c["id"] for c in root["children"]) == sorted([top_a, top_b])
-    text = cli.ok("tree").out
-    assert "[a]" in text and "[b]" in text
-    cli.ok("rm", "b")  # rm by name drops the name too
-    assert {n for r in cli.ok("ls", "--json").json() for n in r["names"]} == {"a"}
+    text = cli.ok("tree").out  # --name and the archives' own references
+    assert "[a, latest]" in text and "[b, sample:latest]" in text
+    cli.ok("rm", "b")  # rm by name drops the names too
+    assert {n for r in cli.ok("ls", "--json").json() for n in r["names"]} == {"a", "latest"}
 
 
 def test_corrupted_blob_leaves_nothing_behind(cli: Aufs, tmp_path: Path) -> None:
@@ -233,3 +233,13 @@ def test_import_what_skopeo_writes(cli: Aufs, tmp_path: Path) -> None:
         finally:
             other.ok("cleanup")
     assert len(tops) == 1  # the same chain ids from both formats
+
+
+def test_import_keeps_the_config_until_the_layer_goes(cli: Aufs, tmp_path: Path) -> None:
+    files = docker_save_files([BASE, APP])
+    config_name = json.loads(files["manifest.json"])[0]["Config"]
+    top = cli.ok("import", str(write_tar(files, tmp_path / "s.tar"))).out.strip()
+    kept = json.loads((cli.root / ".aufs" / "images" / f"{top}.json").read_text())
+    assert kept["config"].encode() == files[config_name]  # byte for byte
+    cli.ok("rm", top)
+    assert not (cli.root / ".aufs" / "images" / f"{top}.json").exists()

@@ -82,9 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
              "prints the top layer id")
     sp.add_argument("archive", metavar="ARCHIVE")
     sp.add_argument("--name", metavar="NAME", help="record a name for the top layer")
-    sp = cmd("export", streams.export, "write the chain base..ID as an OCI image layout tar")
+    sp = cmd("export", streams.export, "write the chain base..ID as an image tar (OCI layout "
+             "or docker-archive) with the config it came with")
     layer(sp)
     sp.add_argument("-o", "--output", metavar="FILE", required=True)
-    sp.add_argument("--tag", help="reference name in index.json (default: from the layer's "
-                    "name, else latest)")
+    sp.add_argument("--format", choices=("oci", "docker-archive"), default="oci",
+                    help="oci (default) or docker-archive (for docker load before Docker 25)")
+    sp.add_argument("--tag", metavar="REF", help="the image's reference, repo:tag (default: "
+                    "the layer's name, else latest for oci, none for docker-archive)")
+    sp.add_argument("--compress", choices=("gzip", "zstd", "none"),
+                    help="layer compression (default: gzip for oci, none for docker-archive)")
     return p

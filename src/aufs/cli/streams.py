@@ -118,11 +118,13 @@ def import_(ctx: Context) -> None:
 def export(ctx: Context) -> None:
     from aufs.image import save
 
+    a = ctx.args
     d = ctx.driver
-    layer_id = ctx.layer(ctx.args.id)
-    tag = ctx.args.tag
+    layer_id = ctx.layer(a.id)
+    tag = a.tag
     if tag is None:
         own = names.by_layer(names.read(d.layout)).get(layer_id, [])
-        tag = own[0].rsplit(":", 1)[-1] if own and ":" in own[0] else "latest"
+        tag = names.reference(own)
     with progress.bar("export", sys.stderr) as bar:
-        save.export_image(d, layer_id, ctx.args.output, tag=tag, on_bytes=bar.update)
+        save.export_image(d, layer_id, a.output, format=a.format, tag=tag,
+                          compress=a.compress, on_bytes=bar.update)

@@ -6,6 +6,13 @@ base shared by two images is stored once: a layer that exists is skipped. Every 
 is checked against its digest (OCI descriptors; docker-save files named by digest), and
 every layer's diff id (sha256 of the uncompressed tar) against the config's
 ``rootfs.diff_ids``. On any failure every layer this import created is removed again.
+
+When the layers are in, the image's config and manifest are kept for the top layer
+(:mod:`aufs.store.images`) and its references become names of it: every ``RepoTags``
+entry of a ``docker save``, an OCI index's ``org.opencontainers.image.ref.name`` (and
+containerd's ``io.containerd.image.name``). ``aufs pull`` hands its images to
+:func:`store_image` the same way: an :class:`Image` (layers, config, manifest, names)
+and a :class:`~aufs.image.source.Source` of its blobs.
 """
 
 from __future__ import annotations
@@ -22,10 +29,16 @@ from typing import IO, Any
 
 from aufs.archive.compression import open_decompressed
 from aufs.driver import Driver
-from aufs.image import ImageError
+from aufs.image import ImageError, names
 from aufs.image.source import Source, open_source
+from aufs.store import images
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_SAVE_MANIFEST = "application/x.docker-save.manifest+json"  # ours: a manifest.json entry
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 _DIGEST_RE = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
 _NAMED_BY_DIGEST = re.compile(r"(?:^|/)(?:blobs/(sha256|sha512)/)?([0-9a-f]{64}|[0-9a-f]{128})"
@@ -46,7 +59,13 @@ class LayerRef:
 
 @dataclass(frozen=True, slots=True)
 class Image:
+    """An image to store: its layers (bottom first), and what is kept beside them."""
+
     layers: tuple[LayerRef, ...]
+    config: bytes = b""                   # the config JSON as it came ("": keep none)
+    manifest: bytes | None = None         # the manifest as it came
+    manifest_media_type: str | None = None
+    names: tuple[str, ...] = ()           # references that become names of the top layer
 
 
 # -- public ----------------------------------------------------------------------------
@@ -80,6 +99,9 @@ def read_image(src: Source) -> Image:
 
 def store_image(driver: Driver, src: Source, image: Image, *,
                 on_bytes: OnBytes | None = None) -> str:
+    """Store ``image``'s layers read from ``src`` (those not in the store yet), keep its
+    config and manifest for the top layer and record its names; return the top layer id.
+    Names that are not usable layer names are left out."""
     if not image.layers:
         raise ImageError("the image has no layers")
     chains = chain_ids([layer.diff_id for layer in image.layers])
@@ -98,7 +120,20 @@ def store_image(driver: Driver, src: Source, image: Image, *,
             with contextlib.suppress(Exception):
                 driver.remove(layer_id)
         raise
+    keep(driver, parent, image)
     return parent
+
+
+def keep(driver: Driver, top: str, image: Image) -> None:
+    """Keep ``image``'s config and manifest for the layer ``top`` and make its names
+    names of ``top``."""
+    with driver.locked():
+        if image.config:
+            images.write(driver.layout, top, images.ImageMeta(
+                image.config, image.manifest, image.manifest_media_type))
+        for name in image.names:
+            with contextlib.suppress(names.InvalidNameError):
+                names.set_name(driver.layout, name, top)
 
 
 # -- one layer -------------------------------------------------------------------------
@@ -161,6 +196,13 @@ def _apply(driver: Driver, layer_id: str, src: Source, layer: LayerRef,
 
 def _read_json(src: Source, name: str, digest: str | None = None,
                size: int | None = None) -> Any:
+    return json.loads(_read_raw(src, name, digest, size))
+
+
+def _read_raw(src: Source, name: str, digest: str | None = None,
+              size: int | None = None) -> bytes:
+    """The bytes of a JSON document of the archive (checked against ``digest``/``size``
+    and parsed once, so that a broken one fails here)."""
     with src.open(name) as f:
         data = f.read(_MAX_JSON + 1)
     if len(data) > _MAX_JSON:
@@ -174,9 +216,10 @@ def _read_json(src: Source, name: str, digest: str | None = None,
     if size is not None and len(data) != size:
         raise ImageError(f"{name}: size mismatch (expected {size}, got {len(data)})")
     try:
-        return json.loads(data)
+        json.loads(data)
     except ValueError as exc:
         raise ImageError(f"{name}: not valid JSON ({exc})") from exc
+    return data
 
 
 def _digest(desc: Any, where: str) -> str:
@@ -232,6 +275,7 @@ def _read_oci(src: Source) -> Image:
         raise ImageError("oci-layout: no imageLayoutVersion")
     index = _read_json(src, "index.json")
     desc = _pick(index.get("manifests", []) if isinstance(index, dict) else [], "index.json")
+    refs = _ref_names(desc)
     for _ in range(8):  # nested indexes (multi-platform images)
         if desc.get("mediaType") not in (OCI_INDEX, DOCKER_LIST):
             break
@@ -239,23 +283,35 @@ def _read_oci(src: Source) -> Image:
         nested = _read_json(src, _blob(digest), digest, _size(desc))
         desc = _pick(nested.get("manifests", []) if isinstance(nested, dict) else [], digest)
     digest = _digest(desc, "index.json")
-    manifest = _read_json(src, _blob(digest), digest, _size(desc))
+    raw_manifest = _read_raw(src, _blob(digest), digest, _size(desc))
+    manifest = json.loads(raw_manifest)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), list):
         raise ImageError(f"manifest {digest}: no layers list")
     config_desc = manifest.get("config")
     config_digest = _digest(config_desc, f"manifest {digest} config")
     assert isinstance(config_desc, dict)
-    config = _read_json(src, _blob(config_digest), config_digest, _size(config_desc))
-    diff_ids = _diff_ids(config, f"config {config_digest}")
+    raw_config = _read_raw(src, _blob(config_digest), config_digest, _size(config_desc))
+    diff_ids = _diff_ids(json.loads(raw_config), f"config {config_digest}")
     layers = manifest["layers"]
     if len(layers) != len(diff_ids):
         raise ImageError(f"manifest {digest} has {len(layers)} layers, its config "
                          f"{len(diff_ids)} diff ids")
-    refs = []
+    layer_refs = []
     for i, (ld, diff_id) in enumerate(zip(layers, diff_ids, strict=True)):
         ldigest = _digest(ld, f"manifest {digest} layer {i}")
-        refs.append(LayerRef(_blob(ldigest), ldigest, _size(ld), diff_id))
-    return Image(tuple(refs))
+        layer_refs.append(LayerRef(_blob(ldigest), ldigest, _size(ld), diff_id))
+    media_type = manifest.get("mediaType") or desc.get("mediaType") or OCI_MANIFEST
+    return Image(tuple(layer_refs), raw_config, raw_manifest,
+                 media_type if isinstance(media_type, str) else OCI_MANIFEST, refs)
+
+
+def _ref_names(desc: dict[str, Any]) -> tuple[str, ...]:
+    """The references an OCI index gives a manifest (containerd's full name first)."""
+    notes = desc.get("annotations")
+    if not isinstance(notes, dict):
+        return ()
+    found = [notes.get(CONTAINERD_NAME), notes.get(REF_NAME)]
+    return tuple(dict.fromkeys(n for n in found if isinstance(n, str) and n))
 
 
 def _named_digest(name: str) -> str | None:
@@ -279,10 +335,13 @@ def _read_docker(src: Source) -> Image:
     if not isinstance(config_name, str) or not isinstance(layers, list) or not all(
             isinstance(x, str) for x in layers):
         raise ImageError("manifest.json: needs Config and Layers")
-    config = _read_json(src, config_name, _named_digest(config_name))
-    diff_ids = _diff_ids(config, config_name)
+    raw_config = _read_raw(src, config_name, _named_digest(config_name))
+    diff_ids = _diff_ids(json.loads(raw_config), config_name)
     if len(layers) != len(diff_ids):
         raise ImageError(f"manifest.json lists {len(layers)} layers, the config "
                          f"{len(diff_ids)} diff ids")
+    tags = entry.get("RepoTags")
+    refs = tuple(t for t in tags if isinstance(t, str) and t) if isinstance(tags, list) else ()
     return Image(tuple(LayerRef(name, _named_digest(name), None, diff_id)
-                       for name, diff_id in zip(layers, diff_ids, strict=True)))
+                       for name, diff_id in zip(layers, diff_ids, strict=True)),
+                 raw_config, json.dumps(entry).encode(), DOCKER_SAVE_MANIFEST, refs)

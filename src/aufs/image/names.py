@@ -1,4 +1,5 @@
-"""Names given to layers (``aufs import --name``), kept in ``.aufs/names.json``.
+"""Names given to layers, kept in ``.aufs/names.json``: ``aufs import --name``, and the
+references an image came with (``RepoTags``, OCI ref names, the ``pull`` reference).
 
 The file maps a name to a layer id. Callers hold the store lock while they change it;
 readers need no lock (the file is replaced atomically).
@@ -63,3 +64,12 @@ def by_layer(names: dict[str, str]) -> dict[str, list[str]]:
     for name, layer_id in sorted(names.items()):
         out.setdefault(layer_id, []).append(name)
     return out
+
+
+def reference(names: list[str]) -> str | None:
+    """The name to export a layer under: the first that is an image reference
+    (``repo:tag``, ``host/repo@sha256:…``), else the first name, else None."""
+    for name in names:
+        if "/" in name or ":" in name:
+            return name
+    return names[0] if names else None

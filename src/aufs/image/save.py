@@ -1,10 +1,23 @@
-"""``aufs export ID -o FILE``: the chain base..ID as an OCI image layout tar.
+"""``aufs export ID -o FILE``: the chain base..ID as an image tar, OCI layout or docker-archive.
 
-The tar holds ``oci-layout``, ``index.json`` (one manifest, tagged with
-``org.opencontainers.image.ref.name``) and ``blobs/sha256/``: gzip layers (deterministic:
-no name, mtime 0), an image config with ``rootfs.diff_ids`` and the host's architecture,
-and the manifest. Layers are compressed into a scratch directory beside ``FILE``; the tar
-is written under a temporary name and renamed to ``FILE`` when whole.
+:func:`image_blobs` turns the chain into blobs — each layer's tar (compressed as asked,
+into a scratch directory), the image config and an OCI manifest — and is shared by
+``export`` and ``push``. The config is the one the image came in with
+(:mod:`aufs.store.images`, :mod:`aufs.image.config`): unchanged when the chain is that
+image, else extended by the layers made here. Each layer's tar is rebuilt byte for byte
+from its tar-split when it has one and is unchanged (:mod:`aufs.image.tarsplit`), so the
+diff ids match the ones the image came with; otherwise it is generated from the layer.
+
+Formats:
+
+- ``oci`` (default): ``oci-layout``, ``index.json`` (one manifest, its reference in
+  ``org.opencontainers.image.ref.name``), ``blobs/sha256/``; layers gzip by default.
+- ``docker-archive``: what ``docker save`` (before Docker 25) writes and ``docker load`` /
+  ``podman load`` read: ``manifest.json`` (``Config``, ``RepoTags``, ``Layers``), the
+  config as ``<hex>.json``, each layer as ``<hex>/layer.tar``; uncompressed by default.
+
+Compressed blobs are deterministic (gzip: no name, mtime 0). The tar is written under a
+temporary name beside ``FILE`` and renamed to ``FILE`` when whole.
 """
 
 from __future__ import annotations
@@ -18,17 +31,25 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from aufs.driver import Driver
-from aufs.image.load import OCI_INDEX, host_arch
+from aufs.image import ImageError
+from aufs.image.config import Added, image_config, minimal_config
+from aufs.image.load import OCI_INDEX, OCI_MANIFEST, REF_NAME, host_arch
+from aufs.store import images
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-REF_NAME = "org.opencontainers.image.ref.name"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = OCI_LAYER + "+gzip"
+OCI_LAYER_ZSTD = OCI_LAYER + "+zstd"
+LAYER_MEDIA_TYPES = {"none": OCI_LAYER, "gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}
+FORMATS = ("oci", "docker-archive")
+COMPRESSIONS = ("gzip", "zstd", "none")
+DEFAULT_COMPRESSION = {"oci": "gzip", "docker-archive": "none"}
 _CHUNK = 1 << 20
 
 OnBytes = Callable[[int], None]
@@ -43,6 +64,10 @@ class Blob:
 
     def descriptor(self, media_type: str, **extra: Any) -> dict[str, Any]:
         return {"mediaType": media_type, "digest": self.digest, "size": self.size, **extra}
+
+    @property
+    def hex(self) -> str:
+        return self.digest.removeprefix("sha256:")
 
 
 def _memory_blob(data: bytes) -> Blob:
@@ -66,21 +91,72 @@ class _HashingWriter(io.RawIOBase):
         return len(view)
 
 
-def _layer_blob(driver: Driver, layer_id: str, path: str,
-                on_bytes: OnBytes | None) -> tuple[Blob, str]:
-    """Gzip the layer's diff into ``path``: its blob and its diff id."""
+class _Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def _compressor(out: IO[bytes], compress: str) -> _Sink:
+    if compress == "gzip":
+        return gzip.GzipFile(filename="", fileobj=out, mode="wb", mtime=0)
+    if compress == "zstd":
+        import zstandard
+
+        writer: _Sink = zstandard.ZstdCompressor().stream_writer(out, closefd=False)
+        return writer
+    if compress == "none":
+        return _Uncompressed(out)
+    raise ValueError(f"unknown compression {compress!r} (use gzip, zstd or none)")
+
+
+class _Uncompressed:
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+
+    def write(self, data: bytes, /) -> int:
+        return self._out.write(data)
+
+    def close(self) -> None:
+        pass
+
+
+def _write_layer(stream: _Readable, path: str, compress: str,
+                 on_bytes: OnBytes | None) -> tuple[Blob, str]:
+    """Write the tar ``stream`` (compressed) into the new file ``path``: its blob and
+    the tar's diff id."""
     diff_id = hashlib.sha256()
     with open(path, "xb") as f:
         sink = _HashingWriter(f)
-        with driver.diff(layer_id) as stream, \
-                gzip.GzipFile(filename="", fileobj=sink, mode="wb", mtime=0) as gz:
-            while chunk := stream.read(_CHUNK):
-                diff_id.update(chunk)
-                gz.write(chunk)
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
-    blob = Blob("sha256:" + sink.hash.hexdigest(), sink.size, path=path)
-    return blob, "sha256:" + diff_id.hexdigest()
+        out = _compressor(sink, compress)  # type: ignore[arg-type]
+        while chunk := stream.read(_CHUNK):
+            diff_id.update(chunk)
+            out.write(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+        out.close()
+    return (Blob("sha256:" + sink.hash.hexdigest(), sink.size, path=path),
+            "sha256:" + diff_id.hexdigest())
+
+
+def _layer_blob(driver: Driver, layer_id: str, path: str, compress: str,
+                on_bytes: OnBytes | None) -> tuple[Blob, str]:
+    """The layer's tar as a blob in ``path`` and its diff id: rebuilt from its tar-split
+    when that gives the tar it came as, else generated from the layer."""
+    from aufs.image import tarsplit
+
+    with contextlib.suppress(tarsplit.Unusable):
+        with tarsplit.open_rebuilt(driver.layout, layer_id) as rebuilt:
+            blob, diff_id = _write_layer(rebuilt, path, compress, on_bytes)
+        if diff_id == rebuilt.diff_id:
+            return blob, diff_id
+        os.unlink(path)  # changed in a way the fingerprint missed: generate it
+    with driver.diff(layer_id) as stream:
+        return _write_layer(stream, path, compress, on_bytes)
 
 
 def _json(obj: object) -> bytes:
@@ -97,52 +173,73 @@ class ImageBlobs:
     manifest: Blob
     layer_media_type: str = OCI_LAYER_GZIP
     manifest_media_type: str = OCI_MANIFEST
+    config_media_type: str = OCI_CONFIG
 
 
-def image_blobs(driver: Driver, layer_id: str, scratch: str, *,
+def _created(driver: Driver, layer_id: str) -> str | None:
+    """When the layer was made (its ``layers/<id>`` file), RFC 3339 UTC."""
+    try:
+        mtime = os.stat(driver.layout.layers(layer_id)).st_mtime
+    except OSError:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
+
+
+def chain_config(driver: Driver, chain: list[str], diff_ids: list[str]) -> bytes:
+    """The config of the image ``chain`` (bottom first) with these diff ids."""
+    found = images.nearest(driver.layout, list(reversed(chain)))
+    if found is None:
+        return minimal_config(diff_ids, chain, host_arch())
+    from_top, meta = found
+    depth = len(chain) - from_top
+    added = [Added(lid, _created(driver, lid)) for lid in chain[depth:]]
+    return image_config(meta.config, depth, diff_ids, added)
+
+
+def image_blobs(driver: Driver, layer_id: str, scratch: str, *, compress: str = "gzip",
                 on_bytes: OnBytes | None = None) -> ImageBlobs:
     """The image whose top layer is ``layer_id`` as blobs; layer blobs are written into
     the directory ``scratch`` (the caller removes it). ``export`` and ``push`` share this."""
+    if compress not in LAYER_MEDIA_TYPES:
+        raise ValueError(f"unknown compression {compress!r} (use gzip, zstd or none)")
     chain = [*reversed(driver.parents(layer_id)), layer_id]
     layers: list[Blob] = []
     diff_ids: list[str] = []
     for i, lid in enumerate(chain):
         blob, diff_id = _layer_blob(driver, lid, os.path.join(scratch, f"layer{i}"),
-                                    on_bytes)
+                                    compress, on_bytes)
         layers.append(blob)
         diff_ids.append(diff_id)
-    config = _memory_blob(_json({
-        "architecture": host_arch(),
-        "os": "linux",
-        "config": {},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": [{"created_by": f"aufs layer {lid}"} for lid in chain],
-    }))
+    config = _memory_blob(chain_config(driver, chain, diff_ids))
+    media_type = LAYER_MEDIA_TYPES[compress]
     manifest = _memory_blob(_json({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": config.descriptor(OCI_CONFIG),
-        "layers": [b.descriptor(OCI_LAYER_GZIP) for b in layers],
+        "layers": [b.descriptor(media_type) for b in layers],
     }))
-    return ImageBlobs(layers, diff_ids, config, manifest)
+    return ImageBlobs(layers, diff_ids, config, manifest, media_type)
 
 
-def export_image(driver: Driver, layer_id: str, output: str, *, tag: str = "latest",
+def export_image(driver: Driver, layer_id: str, output: str, *, format: str = "oci",
+                 tag: str | None = None, compress: str | None = None,
                  on_bytes: OnBytes | None = None) -> str:
-    """Write the image whose top layer is ``layer_id`` to ``output``; return the
-    manifest digest."""
+    """Write the image whose top layer is ``layer_id`` to ``output`` in ``format``;
+    return its manifest digest. ``tag``: its reference (``repo:tag``; OCI default
+    ``latest``, docker-archive default none)."""
+    if format not in FORMATS:
+        raise ImageError(f"unknown image format {format!r} (use oci or docker-archive)")
     out_dir = os.path.dirname(os.path.abspath(output))
     scratch = tempfile.mkdtemp(prefix=".aufs-export-", dir=out_dir)
     try:
-        image = image_blobs(driver, layer_id, scratch, on_bytes=on_bytes)
-        index = _json({
-            "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
-            "manifests": [image.manifest.descriptor(OCI_MANIFEST,
-                                                    annotations={REF_NAME: tag})],
-        })
+        image = image_blobs(driver, layer_id, scratch,
+                            compress=compress or DEFAULT_COMPRESSION[format],
+                            on_bytes=on_bytes)
         tmp = os.path.join(scratch, "image.tar")
-        _write_tar(tmp, index, [*image.layers, image.config, image.manifest])
+        if format == "oci":
+            _write_oci(tmp, image, tag or "latest")
+        else:
+            _write_docker_archive(tmp, image, tag)
         os.replace(tmp, output)
     finally:
         with contextlib.suppress(OSError):
@@ -161,7 +258,21 @@ def _info(name: str, size: int, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInf
     return info
 
 
-def _write_tar(path: str, index: bytes, blobs: list[Blob]) -> None:
+def _add(tar: tarfile.TarFile, name: str, blob: Blob) -> None:
+    if blob.data is not None:
+        tar.addfile(_info(name, blob.size), io.BytesIO(blob.data))
+        return
+    assert blob.path is not None
+    with open(blob.path, "rb") as f:
+        tar.addfile(_info(name, blob.size), f)
+
+
+def _write_oci(path: str, image: ImageBlobs, tag: str) -> None:
+    index = _json({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [image.manifest.descriptor(OCI_MANIFEST, annotations={REF_NAME: tag})],
+    })
     layout = _json({"imageLayoutVersion": "1.0.0"})
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(_info("oci-layout", len(layout)), io.BytesIO(layout))
@@ -169,14 +280,25 @@ def _write_tar(path: str, index: bytes, blobs: list[Blob]) -> None:
         tar.addfile(_info("blobs", 0, tarfile.DIRTYPE))
         tar.addfile(_info("blobs/sha256", 0, tarfile.DIRTYPE))
         seen: set[str] = set()
-        for blob in blobs:
+        for blob in [*image.layers, image.config, image.manifest]:
             if blob.digest in seen:
                 continue  # two identical layers: one blob
             seen.add(blob.digest)
-            name = "blobs/sha256/" + blob.digest.removeprefix("sha256:")
-            if blob.data is not None:
-                tar.addfile(_info(name, blob.size), io.BytesIO(blob.data))
-            else:
-                assert blob.path is not None
-                with open(blob.path, "rb") as f:
-                    tar.addfile(_info(name, blob.size), f)
+            _add(tar, "blobs/sha256/" + blob.hex, blob)
+
+
+def _write_docker_archive(path: str, image: ImageBlobs, tag: str | None) -> None:
+    config_name = image.config.hex + ".json"
+    layer_names = [f"{blob.hex}/layer.tar" for blob in image.layers]
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [tag] if tag else [],
+                            "Layers": layer_names}]).encode()
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        seen: set[str] = set()
+        for blob, name in zip(image.layers, layer_names, strict=True):
+            if blob.digest in seen:
+                continue
+            seen.add(blob.digest)
+            tar.addfile(_info(blob.hex, 0, tarfile.DIRTYPE))
+            _add(tar, name, blob)
+        _add(tar, config_name, image.config)
+        tar.addfile(_info("manifest.json", len(manifest)), io.BytesIO(manifest))

@@ -14,6 +14,8 @@
         ├── l/          short symlinks to diff dirs (overlay, old kernels, long chains)
         ├── staging/    things being built; renamed into place when whole
         ├── names.json  names given to layers (``aufs import --name``): {name: id}
+        ├── images/<id>.json  the config and manifest of the image whose top layer is <id>
+        ├── tar-split/<id>  how to rebuild the tar <id> was applied from, byte for byte
         ├── convert.json  journal of an unfinished ``aufs convert`` (aufs.convert)
         ├── convert/<id>.json  a layer's directory times while it is being converted
         └── attic/<id>/ AUFS housekeeping set aside while the store is in overlay format
@@ -135,6 +137,21 @@ class Layout:
     @property
     def names_file(self) -> str:
         return f"{self.root}/.aufs/names.json"
+
+    # Images (aufs.store.images): config and manifest per top layer; tar-split per layer.
+    @property
+    def images_dir(self) -> str:
+        return f"{self.root}/.aufs/images"
+
+    def image(self, layer_id: str) -> str:
+        return f"{self.root}/.aufs/images/{layer_id}.json"
+
+    @property
+    def tar_split_dir(self) -> str:
+        return f"{self.root}/.aufs/tar-split"
+
+    def tar_split(self, layer_id: str) -> str:
+        return f"{self.root}/.aufs/tar-split/{layer_id}"
 
     # Format conversion (aufs.convert).
     @property

@@ -10,7 +10,7 @@ error — malformed input, a breakout, ENOSPC, KeyboardInterrupt, a kill — lea
 recovery (``aufs.init``). A layer whose union is mounted is refused
 (:class:`LayerMountedError`): its files would change under the union's users.
 
-:func:`extract_into_dir` extracts in place, for :class:`aufs.naive.NaiveDiffDriver`
+:func:`extract_into_dir` extracts in place, for :class:`aufs.graphdriver.NaiveDiffDriver`
 (whose target is a mounted union, where atomicity is not to be had).
 
 Speed: the tar stream is parsed by :mod:`aufs.archive.tarread` (decompressed by a thread
@@ -105,7 +105,7 @@ def extract_into_dir(directory: str, stream: IO[bytes],
                      whiteouts: WhiteoutFormat | None = None) -> None:
     """Extract a layer tar straight into ``directory`` (not atomic).
 
-    For :class:`aufs.naive.NaiveDiffDriver`, whose ``directory`` is a mounted layer:
+    For :class:`aufs.graphdriver.NaiveDiffDriver`, whose ``directory`` is a mounted layer:
     a ``.wh.`` entry removes what it names and an opaque marker empties the directory,
     and the union records those deletions itself (Docker's UnpackLayer on a mount).
     Pass ``whiteouts`` to also write whiteouts of that format.

@@ -126,4 +126,4 @@ def get_driver(name: str, home: str | os.PathLike[str], options: Sequence[str] =
     return init(os.path.join(os.fspath(home), name), options)
 
 
-from aufs.naive import NaiveDiffDriver  # noqa: E402  (needs the errors above)
+from aufs.graphdriver.naive import NaiveDiffDriver  # noqa: E402  (needs the errors above)

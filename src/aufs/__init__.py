@@ -12,7 +12,7 @@ from __future__ import annotations
 from aufs import graphdriver
 from aufs._sys.mount import MS_REMOUNT
 from aufs.driver import Driver, init
-from aufs.union.aufs import AufsNotSupportedError
+from aufs.errors import AufsNotSupportedError
 from aufs.unmount import unmount
 
 __all__ = ["MS_REMOUNT", "AufsNotSupportedError", "Driver", "init", "unmount"]

@@ -38,29 +38,22 @@ other target converts every layer to that one instead (also a way to undo).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aufs._sys import mountinfo
-from aufs._sys.files import ensure_dir, rmtree, write_atomic
-from aufs.graphdriver import DriverError, LayerInUseError
+from aufs._sys.files import ensure_dir, rmtree
+from aufs.errors import ConversionPendingError, DriverError, LayerInUseError
 from aufs.layer_format import LayerRewrite, normalize_layer
 from aufs.store import layers, meta, refs
 from aufs.store.layout import Layout
 from aufs.store.lock import StoreLock
+from aufs.store.meta import check_not_pending, pending
 from aufs.store.recover import pid_alive, staging_owner
 from aufs.whiteout import AUFS, get_format
 
 __all__ = ["ConversionPendingError", "ConvertReport", "check_not_pending", "convert",
            "pending"]
-
-JOURNAL_VERSION = 1
-
-
-class ConversionPendingError(DriverError):
-    """The store's whiteouts are half converted; ``aufs convert`` must finish first."""
-
 
 @dataclass(frozen=True, slots=True)
 class ConvertReport:
@@ -85,57 +78,6 @@ class ConvertReport:
         return text
 
 
-@dataclass(slots=True)
-class _Journal:
-    target: str
-    source: str
-    done: list[str] = field(default_factory=list)
-
-
-# -- the journal -----------------------------------------------------------------------
-
-
-def _read_journal(layout: Layout) -> _Journal | None:
-    try:
-        with open(layout.convert_journal, encoding="utf-8") as f:
-            raw = json.load(f)
-        journal = _Journal(target=str(raw["to"]), source=str(raw["from"]),
-                           done=[str(i) for i in raw["done"]])
-        get_format(journal.target)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DriverError(f"{layout.convert_journal}: unreadable conversion journal: {exc}; "
-                          f"run aufs convert --to overlay or --to aufs to redo the "
-                          f"conversion") from exc
-    return journal
-
-
-def _write_journal(layout: Layout, journal: _Journal) -> None:
-    body = {"version": JOURNAL_VERSION, "to": journal.target, "from": journal.source,
-            "done": journal.done}
-    write_atomic(layout.convert_journal, (json.dumps(body) + "\n").encode())
-
-
-def pending(layout: Layout) -> str | None:
-    """The target format of an unfinished conversion of the store, or None."""
-    try:
-        journal = _read_journal(layout)
-    except DriverError:
-        return "overlay or aufs"
-    return None if journal is None else journal.target
-
-
-def check_not_pending(layout: Layout) -> None:
-    """Raise :class:`ConversionPendingError` if a conversion of the store is unfinished."""
-    target = pending(layout)
-    if target is not None:
-        to = target if target in ("aufs", "overlay") else "overlay"
-        raise ConversionPendingError(
-            f"{layout.root}: a conversion of the store's whiteouts to {target} was "
-            f"interrupted; finish it with: aufs --root {layout.root} convert --to {to}")
-
-
 # -- the whole store -------------------------------------------------------------------
 
 
@@ -156,13 +98,14 @@ def convert(root: str | os.PathLike[str], to: str) -> ConvertReport:
         stored = meta.read(layout.meta_file)
         source = stored.whiteouts if stored is not None else AUFS.name
         try:
-            journal = _read_journal(layout)
+            journal = meta.read_journal(layout.convert_journal)
         except DriverError:
             journal = None  # unreadable: start over (every step is idempotent)
         resumed = journal is not None and journal.target == fmt.name
         if journal is None or journal.target != fmt.name:
-            journal = _Journal(target=fmt.name, source=source)
-            _write_journal(layout, journal)  # from here on, init refuses the store
+            journal = meta.Journal(target=fmt.name, source=source)
+            meta.write_journal(layout.convert_journal,
+                               journal)  # from here on, init refuses the store
         ids = layers.list_ids(layout.layers_dir)
         done = set(journal.done)
         counts = LayerRewrite()
@@ -174,7 +117,7 @@ def convert(root: str | os.PathLike[str], to: str) -> ConvertReport:
             if path is not None:
                 counts.add(normalize_layer(layout, layer_id, path, fmt))
             journal.done.append(layer_id)
-            _write_journal(layout, journal)
+            meta.write_journal(layout.convert_journal, journal)
             converted += 1
         engine = stored.engine if stored is not None and stored.whiteouts == fmt.name else ""
         meta.write(layout.meta_file, meta.StoreMeta(whiteouts=fmt.name, engine=engine))

@@ -14,18 +14,12 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING
 
-from aufs import convert
 from aufs import options as options_mod
 from aufs._sys import fsinfo, libc, mountinfo
 from aufs._sys import mount as sysmount
 from aufs._sys.files import ensure_dir, rmtree
-from aufs.graphdriver import (
-    DriverError,
-    LayerExistsError,
-    LayerInUseError,
-    LayerNotFoundError,
-    Status,
-)
+from aufs.errors import DriverError, LayerExistsError, LayerInUseError, LayerNotFoundError
+from aufs.graphdriver.protocol import Status
 from aufs.store import images, layers, meta, recover, refs
 from aufs.store.layout import Layout, is_valid_id, validate_id
 from aufs.store.lock import StoreLock
@@ -34,7 +28,7 @@ from aufs.union.base import Branches, UnionEngine
 from aufs.whiteout import WhiteoutFormat, get_format
 
 if TYPE_CHECKING:
-    from aufs.archive import Change
+    from aufs.archive.types import Change
 
 
 def init(root: str | os.PathLike[str], options: Sequence[str] = ()) -> Driver:
@@ -57,7 +51,7 @@ def init(root: str | os.PathLike[str], options: Sequence[str] = ()) -> Driver:
         bound = os.geteuid() == 0 and sysmount.bind_private(layout.root)
         try:
             recover.finish(layout)
-            convert.check_not_pending(layout)  # half-converted whiteouts: no engine reads them
+            meta.check_not_pending(layout)  # half-converted whiteouts: no engine reads them
             stored = meta.read(layout.meta_file)
             if stored is not None:
                 store_format: str | None = stored.whiteouts
@@ -355,28 +349,31 @@ class Driver:
 
     def diff(self, id: str, parent: str = "") -> IO[bytes]:
         from aufs.archive import export
+        from aufs.graphdriver import naive
 
         with self._reading(id, parent):
             if self._direct_chain(id, parent) is None:
-                return export.naive_diff(self, id, parent)
+                return naive.naive_diff(self, id, parent)
             return export.export_layer(self.layout.diff(id))
 
     def changes(self, id: str, parent: str = "") -> list[Change]:
         from aufs.archive import changes
+        from aufs.graphdriver import naive
 
         with self._reading(id, parent):
             chain = self._direct_chain(id, parent)
             if chain is None:
-                return changes.naive_changes(self, id, parent)
+                return naive.naive_changes(self, id, parent)
             lowers = [self.layout.diff(p) for p in chain]
             return changes.layer_changes(lowers, self.layout.diff(id))
 
     def diff_size(self, id: str, parent: str = "") -> int:
         from aufs.archive import changes
+        from aufs.graphdriver import naive
 
         with self._reading(id, parent):
             if self._direct_chain(id, parent) is None:
-                return changes.naive_diff_size(self, id, parent)
+                return naive.naive_diff_size(self, id, parent)
             return changes.diff_size(self.layout.diff(id))
 
     def apply_diff(self, id: str, parent: str, stream: IO[bytes]) -> int:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from aufs._sys import safefs
 from aufs._sys.files import ensure_dir, rmtree, write_atomic
-from aufs.graphdriver import DriverError
+from aufs.errors import DriverError
 from aufs.store.layout import Layout
 from aufs.whiteout import (
     AUFS,

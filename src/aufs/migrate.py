@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aufs._sys import safefs
-from aufs.graphdriver import DriverError, InvalidLayerIDError
+from aufs.errors import DriverError, InvalidLayerIDError
 from aufs.layer_format import normalize_layer
 from aufs.store.layout import is_valid_id
 

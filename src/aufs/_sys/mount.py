@@ -1,4 +1,4 @@
-"""Executes :class:`~aufs.union.base.MountSpec` and unmounts; the only module that mounts."""
+"""Executes :class:`~aufs._sys.mountspec.MountSpec` and unmounts; the only module that mounts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import time
 
 from aufs._sys import daemon, libc
-from aufs.union.base import MountMethod, MountSpec
+from aufs._sys.mountspec import MountMethod, MountSpec
 
 MS_RDONLY = 0x1
 MS_REMOUNT = 0x20

@@ -1,9 +1,16 @@
-"""Layer tarballs with whiteouts, and change detection (Docker's ``pkg/archive``)."""
+"""Layer tarballs with whiteouts, and change detection (Docker's ``pkg/archive``).
+
+This package only re-exports: the types are in :mod:`aufs.archive.types` (errors in
+:mod:`aufs.errors`), the work in the submodules. No submodule imports this package.
+"""
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
+from aufs.archive.apply import extract_into_dir
+from aufs.archive.changes import diff_size, layer_changes
+from aufs.archive.export import export_changes, export_dir, export_layer
+from aufs.archive.treediff import changes_dirs, changes_size
+from aufs.archive.types import ArchiveError, BreakoutError, Change, ChangeKind
 
 __all__ = [
     "ArchiveError",
@@ -19,37 +26,3 @@ __all__ = [
     "extract_into_dir",
     "layer_changes",
 ]
-
-
-class ArchiveError(Exception):
-    """Malformed, truncated or unusable archive input."""
-
-
-class BreakoutError(ArchiveError):
-    """An archive entry would write, link or resolve outside the layer."""
-
-
-class ChangeKind(enum.IntEnum):
-    MODIFY = 0
-    ADD = 1
-    DELETE = 2
-
-    @property
-    def letter(self) -> str:
-        return "CAD"[self.value]
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Change:
-    path: str
-    kind: ChangeKind
-
-    def __str__(self) -> str:
-        return f"{self.kind.letter} {self.path}"
-
-
-# Tar export and change detection of plain directories (need Change, defined above).
-from aufs.archive.apply import extract_into_dir  # noqa: E402
-from aufs.archive.changes import diff_size, layer_changes  # noqa: E402
-from aufs.archive.export import export_changes, export_dir, export_layer  # noqa: E402
-from aufs.archive.treediff import changes_dirs, changes_size  # noqa: E402

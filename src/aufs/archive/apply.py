@@ -35,7 +35,7 @@ from aufs.archive.compression import open_chunks
 from aufs.archive.tarread import TarReader
 from aufs.archive.unpack import DIR_FLAG, Unpacker
 from aufs.archive.writefile import Policy
-from aufs.graphdriver import DriverError, LayerInUseError
+from aufs.errors import DriverError, LayerInUseError, LayerMountedError
 
 if TYPE_CHECKING:
     from aufs.driver import Driver
@@ -43,10 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LayerMountedError", "apply_layer", "clone_tree", "extract", "extract_into_dir"]
 
-
-
-class LayerMountedError(LayerInUseError):
-    """apply_diff into a layer whose union is mounted (it would change under its users)."""
 
 
 # -- the driver entry point ---------------------------------------------------------------

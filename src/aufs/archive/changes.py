@@ -19,8 +19,8 @@ format) replaces what the parents showed in it: a name it still has is ``MODIFY`
 ``ADD`` if new), each name it lacks is a ``DELETE`` — as comparing the two mounted trees
 would say.
 
-Also here: :func:`diff_size` and the naive (mount both trees) variants for a parent
-that is not the direct one.
+Also here: :func:`diff_size`. The naive (mount both trees) variants for a parent that is
+not the direct one are in :mod:`aufs.graphdriver.naive`.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from aufs.archive import Change, ChangeKind
 from aufs.archive.treediff import changes_dirs, changes_size, same_fs_time
+from aufs.archive.types import Change, ChangeKind
 from aufs.whiteout import (
     WH_OPAQUE,
     WH_PREFIX,
@@ -40,16 +39,11 @@ from aufs.whiteout import (
     has_opaque_xattr,
 )
 
-if TYPE_CHECKING:
-    from aufs.graphdriver import ProtoDriver
-
 __all__ = [
     "changes_dirs",
     "changes_size",
     "diff_size",
     "layer_changes",
-    "naive_changes",
-    "naive_diff_size",
     "same_fs_time",
 ]
 
@@ -292,34 +286,3 @@ def diff_size(directory: str) -> int:
                     total += st.st_size
     return total
 
-
-def naive_changes(driver: ProtoDriver, id: str, parent: str) -> list[Change]:
-    """Changes of ``id`` against ``parent`` (any layer, or none), from mounted trees."""
-    layer_fs = driver.get(id)
-    try:
-        if not parent:
-            return changes_dirs(layer_fs, None)
-        parent_fs = driver.get(parent)
-        try:
-            return changes_dirs(layer_fs, parent_fs)
-        finally:
-            driver.put(parent)
-    finally:
-        driver.put(id)
-
-
-def naive_diff_size(driver: ProtoDriver, id: str, parent: str) -> int:
-    """Size of what changed in ``id`` against ``parent``, from mounted trees."""
-    layer_fs = driver.get(id)
-    try:
-        if parent:
-            parent_fs = driver.get(parent)
-            try:
-                changes = changes_dirs(layer_fs, parent_fs)
-            finally:
-                driver.put(parent)
-        else:
-            changes = changes_dirs(layer_fs, None)
-        return changes_size(layer_fs, changes)
-    finally:
-        driver.put(id)

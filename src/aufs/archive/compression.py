@@ -25,7 +25,7 @@ from collections.abc import Callable, Generator, Iterator
 from typing import IO, Protocol
 
 from aufs._sys import zstd as libzstd
-from aufs.archive import ArchiveError
+from aufs.errors import ArchiveError
 
 __all__ = ["CHUNK", "MAGIC_LEN", "Chunks", "Compression", "detect", "open_chunks",
            "open_decompressed"]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from aufs._sys import safefs
 from aufs._sys.files import fd_budget
-from aufs.archive import ArchiveError, BreakoutError
+from aufs.errors import ArchiveError, BreakoutError
 
 __all__ = ["DirFds"]
 

@@ -17,13 +17,11 @@ nothing happens until the caller reads, and memory stays constant whatever the l
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
-from aufs.archive import Change, ChangeKind
 from aufs.archive.entries import (
     O_DIR,
     O_FILE,
@@ -35,12 +33,10 @@ from aufs.archive.entries import (
 )
 from aufs.archive.stream import Member, tar_stream
 from aufs.archive.tarwrite import REGTYPE, simple_header
+from aufs.archive.types import Change, ChangeKind
 from aufs.whiteout import WH_PREFIX, Kind, classify_entry, classify_name, whiteout_tar_mode
 
-if TYPE_CHECKING:
-    from aufs.graphdriver import ProtoDriver
-
-__all__ = ["export_changes", "export_dir", "export_layer", "naive_diff"]
+__all__ = ["export_changes", "export_dir", "export_layer"]
 
 _O_ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -256,25 +252,3 @@ def export_changes(root: str, changes: Iterable[Change], *,
     ordered = sorted(changes, key=lambda c: c.path)
     return _stream(root, _walk_changes(ordered), on_close)
 
-
-def naive_diff(driver: ProtoDriver, id: str, parent: str) -> IO[bytes]:
-    """The diff of ``id`` against ``parent`` (any ancestor, or none), from mounted trees.
-
-    ``id`` stays mounted until the stream is closed; ``parent`` only while comparing.
-    """
-    from aufs.archive.changes import changes_dirs
-
-    layer_fs = driver.get(id)
-    try:
-        if not parent:
-            return export_dir(layer_fs, on_close=[lambda: driver.put(id)])
-        parent_fs = driver.get(parent)
-        try:
-            changes = changes_dirs(layer_fs, parent_fs)
-        finally:
-            driver.put(parent)
-        return export_changes(layer_fs, changes, on_close=[lambda: driver.put(id)])
-    except BaseException:
-        with contextlib.suppress(Exception):
-            driver.put(id)
-        raise

@@ -26,9 +26,9 @@ import subprocess
 import sys
 import termios
 
-from aufs.archive import ArchiveError
 from aufs.archive import _writer as w
 from aufs.archive.writefile import map_os_error
+from aufs.errors import ArchiveError
 
 __all__ = ["Offload"]
 

@@ -31,8 +31,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 from aufs._sys.files import fd_budget
-from aufs.archive import ArchiveError
 from aufs.archive.tarwrite import BLOCK, END_OF_ARCHIVE
+from aufs.errors import ArchiveError
 from aufs.observe import entry_hook
 
 # (header bytes, fd of the file's data or -1, data size, sparse?). The reader owns fd.

@@ -10,7 +10,7 @@ import base64
 import urllib.parse
 import zlib
 
-from aufs.archive import ArchiveError
+from aufs.errors import ArchiveError
 
 __all__ = ["PAX_PLAIN", "check_sum", "cstr", "decode", "number", "parse_pax", "pax_extras",
            "pax_int", "pax_time"]

@@ -23,8 +23,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from aufs.archive import ArchiveError
 from aufs.archive import tarheader as h
+from aufs.errors import ArchiveError
 
 __all__ = ["BLK", "CHR", "DIR", "FIFO", "LNK", "REG", "SYM", "Member", "TarReader"]
 

@@ -20,7 +20,7 @@ import os
 import stat
 from collections.abc import Iterable
 
-from aufs.archive import Change, ChangeKind
+from aufs.archive.types import Change, ChangeKind
 from aufs.whiteout import WH_META_PREFIX
 
 __all__ = ["changes_dirs", "changes_size"]

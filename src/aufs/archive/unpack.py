@@ -27,7 +27,6 @@ import struct
 from collections.abc import Callable
 
 from aufs._sys import safefs
-from aufs.archive import ArchiveError, BreakoutError
 from aufs.archive import tarread as t
 from aufs.archive.dirfds import DirFds
 from aufs.archive.offload import Offload
@@ -39,6 +38,7 @@ from aufs.archive.writefile import (
     set_xattrs,
     write_views,
 )
+from aufs.errors import ArchiveError, BreakoutError
 from aufs.observe import entry_hook
 from aufs.whiteout import (
     WH_META_PREFIX,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 
-from aufs.archive import ArchiveError
+from aufs.errors import ArchiveError
 from aufs.whiteout import OVERLAY_XATTR_PREFIX
 
 __all__ = ["Policy", "copy_range", "map_os_error",

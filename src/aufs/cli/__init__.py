@@ -20,11 +20,10 @@ import contextlib
 import os
 import sys
 
-from aufs.archive import ArchiveError
 from aufs.cli.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Context, UsageError
 from aufs.cli.parser import build_parser
-from aufs.graphdriver import DriverError, InvalidLayerIDError
-from aufs.image import ImageError, names
+from aufs.errors import ArchiveError, DriverError, ImageError, InvalidLayerIDError
+from aufs.image import names
 
 __all__ = ["entry", "main"]
 

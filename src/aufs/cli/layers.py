@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from aufs.cli.context import Context, human_size
 from aufs.driver import Driver
-from aufs.graphdriver import LayerNotFoundError
+from aufs.errors import LayerNotFoundError
 from aufs.image import names
 
 

@@ -1,6 +1,8 @@
 """The graph-driver contract: errors, the ``Driver`` protocol, the registry.
 
-Exception tree::
+The errors are defined in :mod:`aufs.errors`, the protocols in
+:mod:`aufs.graphdriver.protocol`, ``NaiveDiffDriver`` in :mod:`aufs.graphdriver.naive`;
+all are re-exported here (their public home). Exception tree::
 
     DriverError
     ├── NotSupportedError          no union engine can work on this host
@@ -17,10 +19,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import IO, TYPE_CHECKING, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from aufs.archive import Change
+from aufs.errors import (
+    DriverError,
+    IncompatibleFSError,
+    InvalidLayerIDError,
+    LayerExistsError,
+    LayerInUseError,
+    LayerNotFoundError,
+    NotSupportedError,
+    PrerequisitesError,
+)
+from aufs.graphdriver.naive import NaiveDiffDriver
+from aufs.graphdriver.protocol import Driver, ProtoDriver, Status
 
 __all__ = [
     "Driver",
@@ -35,69 +46,11 @@ __all__ = [
     "NotSupportedError",
     "PrerequisitesError",
     "ProtoDriver",
+    "Status",
     "drivers",
     "get_driver",
     "register",
 ]
-
-
-class DriverError(Exception):
-    """Base of every error a graph driver raises on purpose."""
-
-
-class NotSupportedError(DriverError):
-    """The driver cannot work on this host."""
-
-
-class PrerequisitesError(DriverError):
-    """A prerequisite of the driver is missing."""
-
-
-class IncompatibleFSError(DriverError):
-    """The backing filesystem is not compatible with the driver."""
-
-
-class LayerNotFoundError(DriverError, LookupError):
-    """No layer with that id."""
-
-
-class LayerExistsError(DriverError):
-    """A layer with that id already exists."""
-
-
-class LayerInUseError(DriverError):
-    """The layer is in use (a parent of other layers, or busy)."""
-
-
-class InvalidLayerIDError(DriverError, ValueError):
-    """Not a valid layer id."""
-
-
-Status = list[tuple[str, str]]
-
-
-@runtime_checkable
-class ProtoDriver(Protocol):
-    """What every driver implements (the seed's ``ProtoDriver``)."""
-
-    def __str__(self) -> str: ...
-    def create(self, id: str, parent: str = "") -> None: ...
-    def remove(self, id: str) -> None: ...
-    def get(self, id: str, mount_label: str = "") -> str: ...
-    def put(self, id: str) -> None: ...
-    def exists(self, id: str) -> bool: ...
-    def status(self) -> Status: ...
-    def cleanup(self) -> None: ...
-
-
-@runtime_checkable
-class Driver(ProtoDriver, Protocol):
-    """A full graph driver: ``ProtoDriver`` plus the layer-diff methods."""
-
-    def diff(self, id: str, parent: str = "") -> IO[bytes]: ...
-    def changes(self, id: str, parent: str = "") -> list[Change]: ...
-    def apply_diff(self, id: str, parent: str, stream: IO[bytes]) -> int: ...
-    def diff_size(self, id: str, parent: str = "") -> int: ...
 
 
 InitFunc = Callable[[str, Sequence[str]], ProtoDriver]
@@ -124,6 +77,3 @@ def get_driver(name: str, home: str | os.PathLike[str], options: Sequence[str] =
             f"graph driver {name!r} is not registered (known: {', '.join(drivers()) or 'none'})"
         ) from None
     return init(os.path.join(os.fspath(home), name), options)
-
-
-from aufs.graphdriver.naive import NaiveDiffDriver  # noqa: E402  (needs the errors above)

@@ -6,8 +6,6 @@ A layer of an image becomes the store layer whose id is its OCI chain id (hex, w
 
 from __future__ import annotations
 
+from aufs.errors import ImageError
+
 __all__ = ["ImageError"]
-
-
-class ImageError(Exception):
-    """A malformed, unsupported or corrupted image archive."""

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from aufs.image import ImageError
+from aufs.errors import ImageError
 
 __all__ = ["Added", "image_config", "minimal_config"]
 

@@ -29,7 +29,8 @@ from typing import IO, Any
 
 from aufs.archive.compression import open_decompressed
 from aufs.driver import Driver
-from aufs.image import ImageError, names
+from aufs.errors import ImageError
+from aufs.image import names
 from aufs.image.source import Source, open_source
 from aufs.store import images
 

@@ -11,13 +11,10 @@ import json
 import re
 
 from aufs._sys.files import write_atomic
+from aufs.errors import InvalidNameError as InvalidNameError  # re-export
 from aufs.store.layout import Layout
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,254}")
-
-
-class InvalidNameError(ValueError):
-    """Not a usable layer name."""
 
 
 def validate_name(name: str) -> str:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 from aufs.driver import Driver
-from aufs.image import ImageError
+from aufs.errors import ImageError
 from aufs.image.config import Added, image_config, minimal_config
 from aufs.image.load import OCI_INDEX, OCI_MANIFEST, REF_NAME, host_arch
 from aufs.store import images

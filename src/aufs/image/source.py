@@ -14,7 +14,7 @@ import tarfile
 from collections.abc import Iterator
 from typing import IO, Protocol
 
-from aufs.image import ImageError
+from aufs.errors import ImageError
 
 
 class Source(Protocol):

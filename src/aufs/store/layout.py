@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from aufs.graphdriver import InvalidLayerIDError
+from aufs.errors import InvalidLayerIDError
 
 REMOVING_SUFFIX = "-removing"
 _ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")

@@ -17,21 +17,13 @@ from dataclasses import dataclass
 from aufs._sys import fsinfo
 from aufs._sys import mount as sysmount
 from aufs._sys.files import rmtree
-from aufs.graphdriver import IncompatibleFSError, NotSupportedError
+from aufs.errors import AufsNotSupportedError, IncompatibleFSError
 from aufs.store.layout import Layout
 from aufs.union.base import Branches, MountSpec
 
 XINO = "/dev/shm/aufs.xino"
 INCOMPATIBLE = {fsinfo.MAGIC_BTRFS: "btrfs", fsinfo.MAGIC_AUFS: "aufs",
                 fsinfo.MAGIC_ECRYPTFS: "ecryptfs"}
-NOT_FOUND_MESSAGE = "AUFS was not found in /proc/filesystems"
-
-
-class AufsNotSupportedError(NotSupportedError):
-    """Kernel AUFS is not available (the seed's ``ErrAufsNotSupported``)."""
-
-    def __init__(self, message: str = NOT_FOUND_MESSAGE) -> None:
-        super().__init__(message)
 
 
 def format_mount_label(src: str, label: str) -> str:

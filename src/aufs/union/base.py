@@ -1,55 +1,29 @@
-"""What every union engine shares: the mount as data, and the engine protocol.
+"""What every union engine shares: the branches of a union, and the engine protocol.
 
-A :class:`MountSpec` is a serialized mount call (type, source, target, options,
-flags, and how to issue it). Engines *build* specs with pure functions; only
-:mod:`aufs._sys.mount` executes them. Specs print themselves in every mount error.
+Engines *build* :class:`~aufs._sys.mountspec.MountSpec` values (the mount as data,
+defined on the system floor and re-exported here) with pure functions; only
+:mod:`aufs._sys.mount` executes them.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from aufs.graphdriver import DriverError
+from aufs._sys.mountspec import MountMethod, MountSpec
+from aufs.errors import ChainTooLongError
 
-
-class MountMethod(enum.Enum):
-    MOUNT = "mount"        # one mount(2), options joined with ","
-    FSCONFIG = "fsconfig"  # the new mount API: one fsconfig() per option (no page limit)
-    HELPER = "helper"      # run argv (a FUSE daemon, foreground) until the target is mounted
-
-
-class ChainTooLongError(DriverError, ValueError):
-    """The layer has more ancestors than the engine can stack."""
-
-
-@dataclass(frozen=True, slots=True)
-class MountSpec:
-    fstype: str
-    source: str
-    target: str
-    options: tuple[str, ...] = ()
-    flags: int = 0
-    method: MountMethod = MountMethod.MOUNT
-    argv: tuple[str, ...] = ()
-    cwd: str | None = None  # MOUNT with paths relative to this directory
-
-    @property
-    def data(self) -> str:
-        return ",".join(self.options)
-
-    def __str__(self) -> str:
-        if self.method is MountMethod.HELPER:
-            return " ".join(self.argv)
-        where = f" (in {self.cwd})" if self.cwd else ""
-        flags = f" flags=0x{self.flags:x}" if self.flags else ""
-        data = self.data
-        if len(data) > 300:
-            data = f"{data[:140]}…{data[-140:]} ({len(data)} bytes)"
-        head = f"{self.method.value} -t {self.fstype} {self.source} {self.target}"
-        return f"{head} -o {data}{flags}{where}"
+__all__ = [
+    "Branches",
+    "ChainTooLongError",
+    "MountMethod",
+    "MountSpec",
+    "UnionEngine",
+    "escape_overlay_path",
+    "joined_length",
+    "selinux_option",
+]
 
 
 @dataclass(frozen=True, slots=True)

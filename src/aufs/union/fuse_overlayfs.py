@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from aufs._sys import daemon, fsinfo
 from aufs._sys import mount as sysmount
 from aufs._sys.files import ensure_dir, rmtree
-from aufs.graphdriver import IncompatibleFSError, NotSupportedError
+from aufs.errors import IncompatibleFSError, NotSupportedError
 from aufs.store.layout import Layout
 from aufs.union.base import Branches, MountMethod, MountSpec, escape_overlay_path
 from aufs.whiteout import WhiteoutFormat

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from aufs._sys import fsinfo
 from aufs._sys import mount as sysmount
 from aufs._sys.files import ensure_dir, rmtree
-from aufs.graphdriver import DriverError, IncompatibleFSError, NotSupportedError
+from aufs.errors import ChainTooLongError, DriverError, IncompatibleFSError, NotSupportedError
 from aufs.store.layout import Layout
 from aufs.union.base import (
     Branches,
-    ChainTooLongError,
     MountMethod,
     MountSpec,
     escape_overlay_path,

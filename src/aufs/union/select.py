@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aufs.graphdriver import IncompatibleFSError, NotSupportedError
+from aufs.errors import IncompatibleFSError, NotSupportedError
 from aufs.store.layout import Layout
 from aufs.union import aufs as aufs_engine
 from aufs.union import fuse_overlayfs, overlay

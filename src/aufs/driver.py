@@ -382,7 +382,8 @@ class Driver:
             validate_id(parent)
         from aufs.archive import apply
 
-        size = apply.apply_layer(self, id, stream)  # counted as it went, if it could
+        size = apply.apply_layer(self.layout, id, stream, self.whiteouts,  # counted as it
+                                mounted=self.mounted, locked=self.locked)  # went, if it could
         if size is not None and self._direct_chain(id, parent) is not None:
             return size
         return self.diff_size(id, parent)

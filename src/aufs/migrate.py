@@ -34,8 +34,9 @@ import contextlib
 import json
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aufs._sys import safefs
 from aufs.errors import DriverError, InvalidLayerIDError
@@ -43,10 +44,27 @@ from aufs.layer_format import normalize_layer
 from aufs.store.layout import is_valid_id
 
 if TYPE_CHECKING:
-    from aufs.driver import Driver
+    from aufs.store.layout import Layout
+    from aufs.whiteout import WhiteoutFormat
 
 REPOSITORIES = "repositories"
 MIGRATED_REPOSITORIES = "repositories-aufs"
+
+
+class Driver(Protocol):
+    """What migration needs of the store it moves the graph into (:class:`aufs.Driver`
+    has it): the ``ProtoDriver`` methods it calls, the store's layout and whiteout
+    format, and a way to hold the store lock with the root's private bind released."""
+
+    @property
+    def layout(self) -> Layout: ...
+    @property
+    def whiteouts(self) -> WhiteoutFormat: ...
+    def exists(self, id: str) -> bool: ...
+    def create(self, id: str, parent: str = "") -> None: ...
+    def get(self, id: str, mount_label: str = "") -> str: ...
+    def put(self, id: str) -> None: ...
+    def root_unbound(self) -> AbstractContextManager[None]: ...
 
 
 @dataclass(frozen=True, slots=True)

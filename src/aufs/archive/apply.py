@@ -28,6 +28,8 @@ import errno
 import os
 import stat
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import IO, TYPE_CHECKING
 
 from aufs._sys import safefs
@@ -38,7 +40,7 @@ from aufs.archive.writefile import Policy
 from aufs.errors import DriverError, LayerInUseError, LayerMountedError
 
 if TYPE_CHECKING:
-    from aufs.driver import Driver
+    from aufs.store.layout import Layout
     from aufs.whiteout import WhiteoutFormat
 
 __all__ = ["LayerMountedError", "apply_layer", "clone_tree", "extract", "extract_into_dir"]
@@ -47,13 +49,16 @@ __all__ = ["LayerMountedError", "apply_layer", "clone_tree", "extract", "extract
 
 # -- the driver entry point ---------------------------------------------------------------
 
-def apply_layer(driver: Driver, id: str, stream: IO[bytes]) -> int | None:
+def apply_layer(layout: Layout, id: str, stream: IO[bytes], whiteouts: WhiteoutFormat, *,
+                mounted: Callable[[str], bool],
+                locked: Callable[[], AbstractContextManager[None]]) -> int | None:
     """Extract the layer tar ``stream`` into ``diff/<id>``: all of it, or nothing.
 
-    Returns the layer's diff size (as :func:`aufs.archive.diff_size` counts it) when
-    the extraction could keep count (an empty layer, nothing removed), else None."""
-    layout = driver.layout
-    _refuse_mounted(driver, id)
+    ``mounted(id)`` tells whether the layer's union is mounted, ``locked()`` holds the
+    store lock (the driver's). Returns the layer's diff size (as
+    :func:`aufs.archive.diff_size` counts it) when the extraction could keep count (an
+    empty layer, nothing removed), else None."""
+    _refuse_mounted(mounted, id)
     diff = layout.diff(id)
     if os.path.islink(diff):
         raise DriverError(f"layer {id} lives outside the store ({diff} is a symlink, left "
@@ -67,11 +72,11 @@ def apply_layer(driver: Driver, id: str, stream: IO[bytes]) -> int | None:
         made = clone_tree(diff, staging)
         root_fd = os.open(staging, safefs.O_DIR)
         try:
-            size = extract(root_fd, stream, driver.whiteouts, made=made)
+            size = extract(root_fd, stream, whiteouts, made=made)
         finally:
             os.close(root_fd)
-        with driver.locked():
-            _refuse_mounted(driver, id)
+        with locked():
+            _refuse_mounted(mounted, id)
             if os.lstat(diff).st_ino != seed_ino:
                 raise LayerInUseError(f"layer {id} was changed by another apply meanwhile")
             safefs.exchange(staging, diff)
@@ -92,8 +97,8 @@ def _discard(path: str) -> None:
         os.close(fd)
 
 
-def _refuse_mounted(driver: Driver, id: str) -> None:
-    if driver.mounted(id):
+def _refuse_mounted(mounted: Callable[[str], bool], id: str) -> None:
+    if mounted(id):
         raise LayerMountedError(f"layer {id} is mounted: apply_diff needs it unmounted")
 
 

@@ -23,6 +23,8 @@ Exception tree::
     └── BreakoutError              an entry would write, link or resolve outside the layer
     ImageError                     a malformed, unsupported or corrupted image archive
     InvalidNameError               (a ValueError) not a usable layer name
+    RegistryError                  a registry refused, failed, or sent what it did not promise
+    InvalidReferenceError          (a ValueError) not an image reference
 
 Errors of the system floor stay beside their system calls, as ``OSError`` subclasses
 (``aufs._sys.mount.MountError``, ``aufs._sys.safefs.SymlinkInPathError``, …), and so do
@@ -43,12 +45,14 @@ __all__ = [
     "IncompatibleFSError",
     "InvalidLayerIDError",
     "InvalidNameError",
+    "InvalidReferenceError",
     "LayerExistsError",
     "LayerInUseError",
     "LayerMountedError",
     "LayerNotFoundError",
     "NotSupportedError",
     "PrerequisitesError",
+    "RegistryError",
 ]
 
 AUFS_NOT_FOUND_MESSAGE = "AUFS was not found in /proc/filesystems"
@@ -125,3 +129,13 @@ class ImageError(Exception):
 
 class InvalidNameError(ValueError):
     """Not a usable layer name."""
+
+
+# -- registries (aufs.registry) ----------------------------------------------------------
+
+class RegistryError(Exception):
+    """The registry refused, failed or sent something that is not what it promised."""
+
+
+class InvalidReferenceError(ValueError):
+    """Not an image reference."""

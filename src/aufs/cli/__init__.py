@@ -22,7 +22,13 @@ import sys
 
 from aufs.cli.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Context, UsageError
 from aufs.cli.parser import build_parser
-from aufs.errors import ArchiveError, DriverError, ImageError, InvalidLayerIDError
+from aufs.errors import (
+    ArchiveError,
+    DriverError,
+    ImageError,
+    InvalidLayerIDError,
+    RegistryError,
+)
 from aufs.image import names
 
 __all__ = ["entry", "main"]
@@ -36,7 +42,7 @@ def _failure(exc: BaseException) -> tuple[int, str]:
         return EXIT_USAGE, str(exc)
     if isinstance(exc, InvalidLayerIDError | names.InvalidNameError):
         return EXIT_USAGE, str(exc)
-    if isinstance(exc, DriverError | ArchiveError | ImageError | ValueError):
+    if isinstance(exc, DriverError | ArchiveError | ImageError | RegistryError | ValueError):
         return EXIT_FAILED, str(exc) or type(exc).__name__
     if isinstance(exc, OSError):
         what = exc.strerror or str(exc)

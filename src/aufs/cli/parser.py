@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from aufs import __version__
-from aufs.cli import layers, streams
+from aufs.cli import layers, registry, streams
 from aufs.cli.context import DEFAULT_ROOT, EXIT_USAGE, Context
 from aufs.options import ENGINES
 
@@ -92,4 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "the layer's name, else latest for oci, none for docker-archive)")
     sp.add_argument("--compress", choices=("gzip", "zstd", "none"),
                     help="layer compression (default: gzip for oci, none for docker-archive)")
+    sp = cmd("pull", registry.pull, "pull an image from a registry; prints the top layer id",
+             json_out=True)
+    sp.add_argument("ref", metavar="REF", help="[host[:port]/]repo[:tag][@digest]")
+    sp.add_argument("--platform", metavar="P", help="os/arch[/variant] (default: this host's)")
+    sp.add_argument("--insecure", action="store_true",
+                    help="allow plain HTTP and unverified TLS for this registry")
+    sp = cmd("push", registry.push, "push the chain base..ID to a registry; prints the "
+             "manifest digest", json_out=True)
+    layer(sp)
+    sp.add_argument("ref", metavar="REF", help="[host[:port]/]repo[:tag]")
+    sp.add_argument("--insecure", action="store_true",
+                    help="allow plain HTTP and unverified TLS for this registry")
     return p

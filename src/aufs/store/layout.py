@@ -16,6 +16,7 @@
         ├── names.json  names given to layers (``aufs import --name``): {name: id}
         ├── images/<id>.json  the config and manifest of the image whose top layer is <id>
         ├── tar-split/<id>  how to rebuild the tar <id> was applied from, byte for byte
+        ├── blobs.json  where layers' blobs are on registries (pull/push): {diff id: [...]}
         ├── convert.json  journal of an unfinished ``aufs convert`` (aufs.convert)
         ├── convert/<id>.json  a layer's directory times while it is being converted
         └── attic/<id>/ AUFS housekeeping set aside while the store is in overlay format
@@ -152,6 +153,12 @@ class Layout:
 
     def tar_split(self, layer_id: str) -> str:
         return f"{self.root}/.aufs/tar-split/{layer_id}"
+
+    # Registries (aufs.registry.blobinfo).
+    @property
+    def blob_sources_file(self) -> str:
+        """Where layers' blobs were seen on registries (``aufs.registry.blobinfo``)."""
+        return f"{self.root}/.aufs/blobs.json"
 
     # Format conversion (aufs.convert).
     @property

@@ -14,7 +14,6 @@ the layers this pull created are removed and the staging directory goes with it.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import json
 import os
 import secrets
@@ -183,9 +182,9 @@ def _store(driver: Driver, repo: Repository, image: manifest.Manifest, data: byt
             if cause is not None and isinstance(exc, Cancelled | RegistryError):
                 raise cause from None
             raise
-    for chain in chains:
+    for layer, chain in zip(image.layers, chains, strict=True):
         if chain not in have:
-            events.layer("", "extracted", id=chain)
+            events.layer(layer.digest, "extracted", id=chain)
     return top, len(wanted)
 
 
@@ -198,5 +197,3 @@ def _first_failure(pending: dict[str, cf.Future[None]]) -> BaseException | None:
                 return exc
     return None
 
-
-_ = contextlib

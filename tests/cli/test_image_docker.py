@@ -117,6 +117,9 @@ def test_docker_archive_round_trip(original: Original, cli: Aufs, tmp_path: Path
     d = original.d
     try:
         loaded = _load(d, out, TAG)
+        # Byte-exact layers and the config as it came: the very same image.
+        assert loaded["RootFS"]["Layers"] == original.inspect["RootFS"]["Layers"]
+        assert loaded["Id"] == original.inspect["Id"]
         assert _config(loaded) == _config(original.inspect)
         assert _config(loaded)["Labels"] == {"org.example.test": "yes"}
         assert [h["CreatedBy"] for h in _history(d, TAG)] == \
@@ -143,13 +146,38 @@ def test_local_layer_exports_with_base_config(original: Original, cli: Aufs,
         loaded = _load(d, out, "interop:local")
         assert _config(loaded) == _config(original.inspect)
         layers = loaded["RootFS"]["Layers"]
-        assert len(layers) == len(original.inspect["RootFS"]["Layers"]) + 1
+        assert layers[:-1] == original.inspect["RootFS"]["Layers"]  # the base: byte-exact
         history = _history(d, "interop:local")
         assert len(history) == len(original.history) + 1
         assert history[0]["CreatedBy"] == "aufs layer local"  # newest first
         assert _run(d, "interop:local") == EXPECTED_OUTPUT.replace("layer two", "changed here")
     finally:
         d.run("rmi", "--force", "interop:local", check=False)
+
+
+def test_a_changed_layer_exports_regenerated(original: Original, cli: Aufs,
+                                             tmp_path: Path) -> None:
+    """The imported top layer changed in place: its tar is generated anew (another diff
+    id, the config's rootfs follows), the layer below stays byte-exact, docker runs it."""
+    top = cli.ok("import", str(original.saved)).out.strip()
+    mnt = Path(cli.ok("mount", top).out.strip())
+    try:
+        (mnt / "srv" / "f").write_text("LAYER TWO\n")  # the same size
+    finally:
+        cli.ok("umount", top)
+    out = tmp_path / "changed.tar"
+    cli.ok("export", top, "-o", str(out), "--format", "docker-archive",
+           "--tag", "interop:changed", "--compress", "gzip")
+    d = original.d
+    try:
+        loaded = _load(d, out, "interop:changed")
+        was = original.inspect["RootFS"]["Layers"]
+        assert loaded["RootFS"]["Layers"][:-1] == was[:-1]
+        assert loaded["RootFS"]["Layers"][-1] != was[-1]
+        assert _config(loaded) == _config(original.inspect)
+        assert _run(d, "interop:changed") == EXPECTED_OUTPUT.replace("layer two", "LAYER TWO")
+    finally:
+        d.run("rmi", "--force", "interop:changed", check=False)
 
 
 def _podman(base: Path, *args: str) -> str:
@@ -175,6 +203,7 @@ def test_podman_loads_the_export(original: Original, cli: Aufs, tmp_path: Path,
         loaded = _podman(base, "load", "-i", str(out))
         assert f"localhost/{TAG}" in loaded or f"docker.io/library/{TAG}" in loaded, loaded
         info = json.loads(_podman(base, "image", "inspect", TAG))[0]
+        assert info["RootFS"]["Layers"] == original.inspect["RootFS"]["Layers"]
         assert {k: info["Config"].get(k) for k in CONFIG_KEYS if info["Config"].get(k)} == \
             {k: v for k, v in _config(original.inspect).items() if v}
     finally:

@@ -13,6 +13,10 @@ recovery (``aufs.init``). A layer whose union is mounted is refused
 :func:`extract_into_dir` extracts in place, for :class:`aufs.graphdriver.NaiveDiffDriver`
 (whose target is a mounted union, where atomicity is not to be had).
 
+An apply into an empty layer also records the tar (:mod:`aufs.archive.tarsplit`, kept
+as ``.aufs/tar-split/<id>``), so that an export can give the same bytes back; an apply
+into a layer that has content drops the record (it no longer describes the layer).
+
 Speed: the tar stream is parsed by :mod:`aufs.archive.tarread` (decompressed by a thread
 of its own, :mod:`aufs.archive.compression`; data of a tar *file* moved by
 ``copy_file_range``), entries made by :mod:`aufs.archive.unpack` with few system calls
@@ -33,6 +37,7 @@ from contextlib import AbstractContextManager
 from typing import IO, TYPE_CHECKING
 
 from aufs._sys import safefs
+from aufs.archive import tarsplit
 from aufs.archive.compression import open_chunks
 from aufs.archive.tarread import TarReader
 from aufs.archive.unpack import DIR_FLAG, Unpacker
@@ -66,26 +71,47 @@ def apply_layer(layout: Layout, id: str, stream: IO[bytes], whiteouts: WhiteoutF
     staging = layout.staging(f"apply-{id}-{threading.get_ident()}-{os.getpid()}")
     os.makedirs(layout.staging_dir, exist_ok=True)
     _discard(staging)  # our own leftover (same pid and thread): never a live apply
+    split: tarsplit.Recorder | None = None
     try:
         os.mkdir(staging, 0o700)
         seed_ino = os.lstat(diff).st_ino
         made = clone_tree(diff, staging)
+        if not made:  # the tar is the whole layer: record it
+            split_path = layout.staging(
+                f"tar-split-{id}-{threading.get_ident()}-{os.getpid()}")
+            _discard(split_path)
+            split = tarsplit.Recorder(split_path)
         root_fd = os.open(staging, safefs.O_DIR)
         try:
-            size = extract(root_fd, stream, whiteouts, made=made)
+            size = extract(root_fd, stream, whiteouts, made=made, split=split)
         finally:
             os.close(root_fd)
+        recorded = split is not None and split.finish(staging)
         with locked():
             _refuse_mounted(mounted, id)
             if os.lstat(diff).st_ino != seed_ino:
                 raise LayerInUseError(f"layer {id} was changed by another apply meanwhile")
             safefs.exchange(staging, diff)
+            _keep_split(layout.tar_split_dir, layout.tar_split(id),
+                        split.path if recorded and split is not None else None)
         return size
     finally:
         # The old tree once swapped, else the unfinished one; recovery removes it after
         # a crash. A failed removal must not hide the outcome.
         with contextlib.suppress(OSError):
             _discard(staging)
+        if split is not None:
+            split.discard()
+
+
+def _keep_split(directory: str, path: str, recorded: str | None) -> None:
+    """The layer's tar-split: the one just ``recorded``, or none."""
+    if recorded is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    os.makedirs(directory, exist_ok=True)
+    os.replace(recorded, path)
 
 
 def _discard(path: str) -> None:
@@ -119,7 +145,8 @@ def extract_into_dir(directory: str, stream: IO[bytes],
 
 
 def extract(root_fd: int, stream: IO[bytes], whiteouts: WhiteoutFormat | None, *,
-            made: dict[str, int] | None = None) -> int | None:
+            made: dict[str, int] | None = None,
+            split: tarsplit.Recorder | None = None) -> int | None:
     """Extract the (possibly compressed) layer tar ``stream`` below the directory
     ``root_fd``. ``whiteouts``: the format to write deletions in (None: only remove).
 
@@ -127,14 +154,20 @@ def extract(root_fd: int, stream: IO[bytes], whiteouts: WhiteoutFormat | None, *
     them (``{}`` for an empty directory), if the caller knows them (it saves lookups);
     None: the tree is unknown (a live directory).
 
+    ``split``: records the tar (:mod:`aufs.archive.tarsplit`).
+
     Returns the diff size of the tree if it started empty and nothing was removed (else
     None: count it with a walk).
     """
     _, chunks = open_chunks(stream)
+    read, skip = chunks.read, chunks.skip
+    if split is not None:
+        read, skip = split.tap(read, skip, chunks.fd)
     unpacker = Unpacker(root_fd, whiteouts, made=made, policy=Policy(),
-                        source_fd=chunks.fd, source_origin=chunks.origin)
+                        source_fd=chunks.fd, source_origin=chunks.origin,
+                        on_content=None if split is None else split.payload)
     try:
-        unpacker.run(TarReader(chunks.read, chunks.skip))
+        unpacker.run(TarReader(read, skip))
         return unpacker.size
     finally:
         unpacker.close()

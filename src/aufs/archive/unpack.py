@@ -94,12 +94,17 @@ class Unpacker:
     (it made the tree, e.g. a clone), else None — then the tree is searched as needed.
     ``source_fd``: the tar file, where the reader leaves data in it (``take``), and where
     a writer process reads file data (the stream starts at ``source_origin`` of it).
+    ``on_content(offset, size, path)``: told, before its data is read, that a regular
+    file's content is at ``offset`` of the stream and becomes the file ``path``
+    (:mod:`aufs.archive.tarsplit` records the tar by it).
     """
 
     def __init__(self, root_fd: int, whiteouts: WhiteoutFormat | None, *,
                  made: dict[str, int] | None, policy: Policy, source_fd: int = -1,
-                 source_origin: int = 0) -> None:
+                 source_origin: int = 0,
+                 on_content: Callable[[int, int, str], None] | None = None) -> None:
         self.root_fd = root_fd
+        self.on_content = on_content
         self.source_fd = source_fd
         self.source_origin = source_origin
         self.root = policy.root
@@ -398,6 +403,8 @@ class Unpacker:
 
     def _regular(self, reader: t.TarReader, m: t.Member, name: str, parent: int,
                  base: str) -> None:
+        if self.on_content is not None:
+            self.on_content(reader.offset, m.size, name)
         if self.may_offload and not m.xattrs and name not in self.made and (
                 self._offload_pays(reader) if self.offload is None
                 else not self.offload.behind()):

@@ -5,7 +5,7 @@ into a scratch directory), the image config and an OCI manifest — and is share
 ``export`` and ``push``. The config is the one the image came in with
 (:mod:`aufs.store.images`, :mod:`aufs.image.config`): unchanged when the chain is that
 image, else extended by the layers made here. Each layer's tar is rebuilt byte for byte
-from its tar-split when it has one and is unchanged (:mod:`aufs.image.tarsplit`), so the
+from its tar-split when it has one and is unchanged (:mod:`aufs.archive.tarsplit`), so the
 diff ids match the ones the image came with; otherwise it is generated from the layer.
 
 Formats:
@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
+from aufs.archive import tarsplit
 from aufs.driver import Driver
 from aufs.errors import ImageError
 from aufs.image.config import Added, image_config, minimal_config
@@ -147,14 +148,16 @@ def _layer_blob(driver: Driver, layer_id: str, path: str, compress: str,
                 on_bytes: OnBytes | None) -> tuple[Blob, str]:
     """The layer's tar as a blob in ``path`` and its diff id: rebuilt from its tar-split
     when that gives the tar it came as, else generated from the layer."""
-    from aufs.image import tarsplit
-
-    with contextlib.suppress(tarsplit.Unusable):
-        with tarsplit.open_rebuilt(driver.layout, layer_id) as rebuilt:
-            blob, diff_id = _write_layer(rebuilt, path, compress, on_bytes)
-        if diff_id == rebuilt.diff_id:
+    layout = driver.layout
+    try:
+        with tarsplit.open_rebuilt(layout.tar_split(layer_id), layout.diff(layer_id)) as tar:
+            blob, diff_id = _write_layer(tar, path, compress, on_bytes)
+        if diff_id == tar.diff_id:
             return blob, diff_id
-        os.unlink(path)  # changed in a way the fingerprint missed: generate it
+    except tarsplit.Unusable:
+        pass
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a rebuild that failed half-way, or gave other bytes
     with driver.diff(layer_id) as stream:
         return _write_layer(stream, path, compress, on_bytes)
 

@@ -43,6 +43,7 @@ from aufs.archive.tarread import TarReader
 from aufs.archive.unpack import DIR_FLAG, Unpacker
 from aufs.archive.writefile import Policy
 from aufs.errors import DriverError, LayerInUseError, LayerMountedError
+from aufs.observe import EntryHook, counting_entries, entry_hook
 
 if TYPE_CHECKING:
     from aufs.store.layout import Layout
@@ -161,17 +162,31 @@ def extract(root_fd: int, stream: IO[bytes], whiteouts: WhiteoutFormat | None, *
     """
     _, chunks = open_chunks(stream)
     read, skip = chunks.read, chunks.skip
+    counting: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if split is not None:
         read, skip = split.tap(read, skip, chunks.fd)
+        counting = counting_entries(_both(entry_hook(), split.counted))
     unpacker = Unpacker(root_fd, whiteouts, made=made, policy=Policy(),
                         source_fd=chunks.fd, source_origin=chunks.origin,
                         on_content=None if split is None else split.payload)
     try:
-        unpacker.run(TarReader(read, skip))
+        with counting:
+            unpacker.run(TarReader(read, skip))
         return unpacker.size
     finally:
         unpacker.close()
         chunks.close()
+
+
+def _both(first: EntryHook | None, second: EntryHook) -> EntryHook:
+    if first is None:
+        return second
+
+    def both() -> None:
+        first()
+        second()
+
+    return both
 
 
 # -- the seed: a hard-link clone ----------------------------------------------------------

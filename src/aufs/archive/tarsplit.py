@@ -23,6 +23,7 @@ File (``.aufs/tar-split/<id>``)::
     then a gzip stream of records:
       b"R" <u32 n> <n bytes>            bytes of the tar as they were
       b"F" <u64 size> <u16 n> <n bytes> a file's content: ``size`` bytes of that path
+      b"N" <u32 n>                      n more tar entries passed (for a progress bar)
 
 Recording holds in memory only the bytes not yet known to be content (a header, at most
 a chunk of the stream); content that is not a file of the layer (an AUFS hard-link
@@ -43,6 +44,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Protocol
 
 from aufs._sys import safefs
+from aufs.observe import entry_hook
 
 __all__ = ["Rebuilt", "Recorder", "Unusable", "fingerprint", "open_rebuilt"]
 
@@ -51,6 +53,7 @@ HEADER_SIZE = 512
 MAX_PENDING = 64 << 20
 _RAW = struct.Struct(">cI")
 _FILE = struct.Struct(">cQH")
+_COUNT = struct.Struct(">cI")
 _CHUNK = 1 << 20
 
 
@@ -121,6 +124,17 @@ class Recorder:
         self._pending = bytearray()  # the bytes [_emitted, pos), when pos > _emitted
         self._fd = -1
         self.broken: str | None = None  # why no record can be made
+        self.entries = 0      # tar entries extracted so far (:meth:`counted`)
+        self._noted = 0       # of them, written as N records
+
+    def counted(self) -> None:
+        """One more tar entry was extracted."""
+        self.entries += 1
+
+    def _note_entries(self) -> None:
+        if self.entries > self._noted:
+            self._gz.write(_COUNT.pack(b"N", self.entries - self._noted))
+            self._noted = self.entries
 
     def tap(self, read: Callable[[], bytes], skip: Callable[[int], int] | None,
             fd: int) -> tuple[Callable[[], bytes], Callable[[int], int] | None]:
@@ -182,6 +196,7 @@ class Recorder:
             self._give_up(f"content of {path!r} at {offset} is out of order")
             return
         self._raw(bytes(self._pending[:cut]))
+        self._note_entries()
         name = os.fsencode(path)
         self._gz.write(_FILE.pack(b"F", size, len(name)) + name)
         end = offset + size
@@ -202,6 +217,7 @@ class Recorder:
         if self.broken is None:
             self._raw(bytes(self._pending))
             self._pending = bytearray()
+            self._note_entries()
         self._gz.close()
         if self.broken is not None:
             self.discard()
@@ -236,7 +252,8 @@ class Rebuilt:
         if not isinstance(diff_id, str):
             raise Unusable("the record has no diff id")
         self.diff_id = diff_id
-        self._chunks = _replay(gzip.GzipFile(fileobj=body, mode="rb"), layer_fd)
+        self._chunks = _replay(gzip.GzipFile(fileobj=body, mode="rb"), layer_fd,
+                               entry_hook())
         self._buf = b""
         self._at = 0
 
@@ -262,9 +279,16 @@ def _read_exact(f: _Readable, n: int) -> bytes:
     return data
 
 
-def _replay(body: _Readable, layer_fd: int) -> Iterator[bytes]:
+def _replay(body: _Readable, layer_fd: int,
+            on_entry: Callable[[], None] | None) -> Iterator[bytes]:
     try:
         while kind := body.read(1):
+            if kind == b"N":
+                (count,) = struct.unpack(">I", _read_exact(body, 4))
+                if on_entry is not None:
+                    for _ in range(count):
+                        on_entry()
+                continue
             if kind == b"R":
                 (size,) = struct.unpack(">I", _read_exact(body, 4))
                 while size:

@@ -33,6 +33,7 @@ tar is not recorded (export then generates it).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gzip
 import hashlib
@@ -55,6 +56,7 @@ _RAW = struct.Struct(">cI")
 _FILE = struct.Struct(">cQH")
 _COUNT = struct.Struct(">cI")
 _CHUNK = 1 << 20
+_FLUSH = 256 << 10
 
 
 class Unusable(Exception):
@@ -118,10 +120,13 @@ class Recorder:
         self._file.write(bytes(HEADER_SIZE))
         self._gz = gzip.GzipFile(filename="", fileobj=self._file, mode="wb", compresslevel=1,
                                  mtime=0)
+        self._out = bytearray()  # records not yet compressed (fewer, bigger writes)
         self._hash = hashlib.sha256()
         self.pos = 0          # stream offset of the next byte the source gives
         self._emitted = 0     # stream offset up to which the record is written
-        self._pending = bytearray()  # the bytes [_emitted, pos), when pos > _emitted
+        # The chunks holding the bytes [_emitted, pos), as (stream offset, chunk); the
+        # first may start before _emitted. Chunks are kept whole, never copied.
+        self._pending: collections.deque[tuple[int, bytes]] = collections.deque()
         self._fd = -1
         self.broken: str | None = None  # why no record can be made
         self.entries = 0      # tar entries extracted so far (:meth:`counted`)
@@ -133,7 +138,7 @@ class Recorder:
 
     def _note_entries(self) -> None:
         if self.entries > self._noted:
-            self._gz.write(_COUNT.pack(b"N", self.entries - self._noted))
+            self._out += _COUNT.pack(b"N", self.entries - self._noted)
             self._noted = self.entries
 
     def tap(self, read: Callable[[], bytes], skip: Callable[[int], int] | None,
@@ -163,8 +168,8 @@ class Recorder:
         start = self.pos
         self.pos += len(chunk)
         if self.broken is None and self.pos > self._emitted:
-            self._pending += chunk[max(self._emitted - start, 0):]
-            if len(self._pending) > MAX_PENDING:
+            self._pending.append((start, chunk))
+            if self.pos - self._emitted > MAX_PENDING:
                 self._give_up(f"more than {MAX_PENDING} bytes that are no file's content")
 
     def _skipped(self, offset: int, n: int) -> None:
@@ -184,7 +189,24 @@ class Recorder:
 
     def _give_up(self, why: str) -> None:
         self.broken = why
-        self._pending = bytearray()
+        self._pending.clear()
+
+    def _emit_raw(self, end: int) -> None:
+        """Write the bytes [_emitted, end) as they were."""
+        at = self._emitted
+        for start, chunk in self._pending:
+            if at >= end:
+                break
+            if start + len(chunk) <= at:
+                continue
+            piece = memoryview(chunk)[at - start:min(end - start, len(chunk))]
+            self._raw(piece)
+            at += len(piece)
+
+    def _drop_below(self, offset: int) -> None:
+        pending = self._pending
+        while pending and pending[0][0] + len(pending[0][1]) <= offset:
+            pending.popleft()
 
     def payload(self, offset: int, size: int, path: str) -> None:
         """The ``size`` bytes at stream ``offset`` are the content of ``path`` (cleaned,
@@ -195,29 +217,31 @@ class Recorder:
         if cut < 0 or offset > self.pos:
             self._give_up(f"content of {path!r} at {offset} is out of order")
             return
-        self._raw(bytes(self._pending[:cut]))
+        if cut:
+            self._emit_raw(offset)
         self._note_entries()
         name = os.fsencode(path)
-        self._gz.write(_FILE.pack(b"F", size, len(name)) + name)
-        end = offset + size
-        if end <= self.pos:
-            del self._pending[:end - self._emitted]
-        else:
-            self._pending.clear()
-        self._emitted = end
+        self._out += _FILE.pack(b"F", size, len(name))
+        self._out += name
+        if len(self._out) >= _FLUSH:
+            self._gz.write(self._out)
+            self._out.clear()
+        self._emitted = offset + size
+        self._drop_below(self._emitted)
 
-    def _raw(self, data: bytes) -> None:
+    def _raw(self, data: bytes | memoryview) -> None:
         if data:
-            self._gz.write(_RAW.pack(b"R", len(data)))
-            self._gz.write(data)
+            self._out += _RAW.pack(b"R", len(data))
+            self._out += data
 
     def finish(self, layer_dir: str) -> bool:
         """Complete the record of a tar that is now extracted into ``layer_dir``; False
         if none could be made (the file is then removed)."""
         if self.broken is None:
-            self._raw(bytes(self._pending))
-            self._pending = bytearray()
+            self._emit_raw(self.pos)
+            self._pending.clear()
             self._note_entries()
+            self._gz.write(self._out)
         self._gz.close()
         if self.broken is not None:
             self.discard()

@@ -230,7 +230,9 @@ def test_push_read_by_skopeo_and_run_by_docker(cli: Aufs, reg: daemons.Registry,
     top = cli.ok("pull", f"{reg.address}/team/app:1").out.strip()
     ref = f"{reg.address}/pushed/app:v1"
     events = _events(cli.ok("push", "--json", top, ref).out)
-    uploaded = [e["digest"] for e in events if e.get("status") == "uploaded"]
+    # Byte-exact layers: what was pulled is mounted from its source repository again.
+    uploaded = [e["digest"] for e in events
+                if e.get("status") in ("uploaded", "mounted", "exists")]
     assert len(uploaded) == 4
     pushed = events[-1]
     assert pushed["event"] == "pushed"
@@ -263,8 +265,12 @@ def _docker_runs_it(reg: daemons.Registry, ref: str, source: dict[str, Any],
         orig = base_dir / "orig-gzip"
         _index(orig, [_oci_image(orig, source["tars"], ["gzip"] * 4)], "1")
         _skopeo("copy", *to, f"oci:{orig}:1", "docker-daemon:orig:1")
-        _skopeo("copy", *to, "--src-tls-verify=false", f"docker://{ref}",
-                "docker-daemon:pushed:1")
+        # The push mounted the source's blobs, zstd ones too, which Docker 20.10 cannot
+        # take: recompressed to gzip on the way (as for the original)
+        regz = base_dir / "pushed-gzip"
+        _skopeo("copy", "--src-tls-verify=false", "--dest-compress-format", "gzip",
+                f"docker://{ref}", f"oci:{regz}:1")
+        _skopeo("copy", *to, f"oci:{regz}:1", "docker-daemon:pushed:1")
         argv = ["run", "--rm", "--network", "none"]
         cmd = ["/bin/busybox", "sh", "-c",
                "cd /; b=/bin/busybox; $b cat app/msg; $b ls etc srv usr/share/doc; "

@@ -45,11 +45,11 @@ from aufs._sys import mountinfo
 from aufs._sys.files import ensure_dir, rmtree
 from aufs.errors import ConversionPendingError, DriverError, LayerInUseError
 from aufs.layer_format import LayerRewrite, normalize_layer
-from aufs.store import layers, meta, refs
+from aufs.store import layers, meta, refs, staging
 from aufs.store.layout import Layout
 from aufs.store.lock import StoreLock
 from aufs.store.meta import check_not_pending, pending
-from aufs.store.recover import pid_alive, staging_owner
+from aufs.store.recover import pid_alive
 from aufs.whiteout import AUFS, get_format
 
 __all__ = ["ConversionPendingError", "ConvertReport", "check_not_pending", "convert",
@@ -146,7 +146,7 @@ def _check_idle(layout: Layout) -> None:
                               f"aufs cleanup")
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(layout.staging_dir):
-            pid = staging_owner(name)
+            pid = staging.owner(name)
             if pid is not None and pid != os.getpid() and pid_alive(pid):
                 raise LayerInUseError(f"cannot convert while process {pid} is writing a "
                                       f"layer ({layout.staging(name)})")

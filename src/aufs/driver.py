@@ -8,16 +8,15 @@ mount and the directories of a layer it creates and removes.
 from __future__ import annotations
 
 import contextlib
-import enum
-import errno
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING
 
 from aufs import options as options_mod
-from aufs._sys import fsinfo, libc, mountinfo
+from aufs._sys import fsinfo, mountinfo
 from aufs._sys import mount as sysmount
 from aufs._sys.files import ensure_dir, rmtree
+from aufs._sys.mountstate import MountState, has_mount, mount_state
 from aufs.errors import DriverError, LayerExistsError, LayerInUseError, LayerNotFoundError
 from aufs.graphdriver.protocol import Status
 from aufs.store import images, layers, meta, recover, refs
@@ -134,7 +133,7 @@ class Driver:
     def mounted(self, id: str) -> bool:
         """True if the layer's union is mounted at ``mnt/<id>``."""
         validate_id(id)
-        return _has_mount(self.layout.mnt(id), self.layout.mnt_dir)
+        return has_mount(self.layout.mnt(id), self.layout.mnt_dir)
 
     def refcount(self, id: str) -> int:
         validate_id(id)
@@ -182,7 +181,7 @@ class Driver:
 
     def _discard(self, path: str) -> None:
         """Remove a leftover path of a half-created or half-removed layer."""
-        if _has_mount(path, os.path.dirname(path)):
+        if has_mount(path, os.path.dirname(path)):
             self.engine.unmount(path)
         rmtree(path)
 
@@ -233,12 +232,12 @@ class Driver:
                 target = lay.mnt(id)
                 count = ref.value
                 mounted_now = False
-                state = _mount_state(target, lay.mnt_dir)
-                if state is _Mount.DEAD:
+                state = mount_state(target, lay.mnt_dir)
+                if state is MountState.DEAD:
                     # The FUSE daemon behind the union died: drop its dead mount, mount anew.
                     self._engine_unmount(id, target)
-                    state = _Mount.NONE
-                if state is _Mount.NONE:
+                    state = MountState.NONE
+                if state is MountState.NONE:
                     count = 0  # the mount table is the truth: a dead holder's count is void
                     ensure_dir(target)
                     self.engine.mount(self._branches(id, chain, mount_label))
@@ -260,20 +259,20 @@ class Driver:
             with refs.Count(lay.refs(id)) as ref:
                 count = ref.value
                 if count > 1:
-                    state = _mount_state(target, lay.mnt_dir) if chain else _Mount.LIVE
-                    if state is _Mount.LIVE:  # other holders remain
+                    state = mount_state(target, lay.mnt_dir) if chain else MountState.LIVE
+                    if state is MountState.LIVE:  # other holders remain
                         ref.set(count - 1)
                         return
-                    mounted = state is _Mount.DEAD
+                    mounted = state is MountState.DEAD
                 else:  # the last holder: no need to ask a FUSE daemon anything
-                    mounted = bool(chain) and _has_mount(target, lay.mnt_dir)
+                    mounted = bool(chain) and has_mount(target, lay.mnt_dir)
                 ref.set(0)
             if mounted:
                 self._engine_unmount(id, target)
 
     def _unmount(self, id: str) -> None:
         target = self.layout.mnt(id)
-        if _has_mount(target, self.layout.mnt_dir):
+        if has_mount(target, self.layout.mnt_dir):
             self._engine_unmount(id, target)
 
     def _engine_unmount(self, id: str, target: str) -> None:
@@ -413,43 +412,6 @@ class Driver:
         """Hold the store lock (for modules that change a layer in place)."""
         with self._lock.hold():
             yield
-
-
-class _Mount(enum.Enum):
-    NONE = "not mounted"
-    LIVE = "mounted"
-    DEAD = "mounted, its FUSE daemon gone"
-
-
-_DEAD_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO)  # a FUSE daemon gone
-
-
-def _has_mount(path: str, parent: str) -> bool:
-    """Is something mounted at ``path`` (a child of ``parent``), live or dead? Unions have
-    their own st_dev. Asks no FUSE daemon (``statx`` with ``AT_STATX_DONT_SYNC``: the
-    device number comes from the superblock)."""
-    try:
-        return libc.cached_dev(path) != os.lstat(parent).st_dev
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        if exc.errno in _DEAD_ERRNOS:
-            return True
-        raise
-
-
-def _mount_state(path: str, parent: str) -> _Mount:
-    """:func:`_has_mount`, and for a mount whether its daemon still answers (statfs goes
-    to a FUSE daemon)."""
-    if not _has_mount(path, parent):
-        return _Mount.NONE
-    try:
-        os.statvfs(path)
-    except OSError as exc:
-        if exc.errno in _DEAD_ERRNOS:
-            return _Mount.DEAD
-        raise
-    return _Mount.LIVE
 
 
 def _inode(path: str) -> int:

@@ -28,9 +28,7 @@ design section has the numbers, and why that is a process and not a pool of thre
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import stat
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -40,17 +38,17 @@ from aufs._sys import safefs
 from aufs.archive import tarsplit
 from aufs.archive.compression import open_chunks
 from aufs.archive.tarread import TarReader
-from aufs.archive.unpack import DIR_FLAG, Unpacker
+from aufs.archive.unpack import Unpacker
 from aufs.archive.writefile import Policy
 from aufs.errors import DriverError, LayerInUseError, LayerMountedError
 from aufs.observe import EntryHook, counting_entries, entry_hook
+from aufs.store import staging
 
 if TYPE_CHECKING:
     from aufs.store.layout import Layout
     from aufs.whiteout import WhiteoutFormat
 
-__all__ = ["LayerMountedError", "apply_layer", "clone_tree", "extract", "extract_into_dir"]
-
+__all__ = ["LayerMountedError", "apply_layer", "extract", "extract_into_dir"]
 
 
 # -- the driver entry point ---------------------------------------------------------------
@@ -69,30 +67,30 @@ def apply_layer(layout: Layout, id: str, stream: IO[bytes], whiteouts: WhiteoutF
     if os.path.islink(diff):
         raise DriverError(f"layer {id} lives outside the store ({diff} is a symlink, left "
                           "by a migration): apply_diff cannot replace it atomically")
-    staging = layout.staging(f"apply-{id}-{threading.get_ident()}-{os.getpid()}")
+    path = layout.staging(f"apply-{id}-{threading.get_ident()}-{os.getpid()}")
     os.makedirs(layout.staging_dir, exist_ok=True)
-    _discard(staging)  # our own leftover (same pid and thread): never a live apply
+    staging.discard(path)  # our own leftover (same pid and thread): never a live apply
     split: tarsplit.Recorder | None = None
     try:
-        os.mkdir(staging, 0o700)
+        os.mkdir(path, 0o700)
         seed_ino = os.lstat(diff).st_ino
-        made = clone_tree(diff, staging)
+        made = staging.clone_tree(diff, path)
         if not made:  # the tar is the whole layer: record it
             split_path = layout.staging(
                 f"tar-split-{id}-{threading.get_ident()}-{os.getpid()}")
-            _discard(split_path)
+            staging.discard(split_path)
             split = tarsplit.Recorder(split_path)
-        root_fd = os.open(staging, safefs.O_DIR)
+        root_fd = os.open(path, safefs.O_DIR)
         try:
             size = extract(root_fd, stream, whiteouts, made=made, split=split)
         finally:
             os.close(root_fd)
-        recorded = split is not None and split.finish(staging)
+        recorded = split is not None and split.finish(path)
         with locked():
             _refuse_mounted(mounted, id)
             if os.lstat(diff).st_ino != seed_ino:
                 raise LayerInUseError(f"layer {id} was changed by another apply meanwhile")
-            safefs.exchange(staging, diff)
+            safefs.exchange(path, diff)
             _keep_split(layout.tar_split_dir, layout.tar_split(id),
                         split.path if recorded and split is not None else None)
         return size
@@ -100,7 +98,7 @@ def apply_layer(layout: Layout, id: str, stream: IO[bytes], whiteouts: WhiteoutF
         # The old tree once swapped, else the unfinished one; recovery removes it after
         # a crash. A failed removal must not hide the outcome.
         with contextlib.suppress(OSError):
-            _discard(staging)
+            staging.discard(path)
         if split is not None:
             split.discard()
 
@@ -113,15 +111,6 @@ def _keep_split(directory: str, path: str, recorded: str | None) -> None:
         return
     os.makedirs(directory, exist_ok=True)
     os.replace(recorded, path)
-
-
-def _discard(path: str) -> None:
-    head, _, name = path.rpartition("/")
-    fd = os.open(head, safefs.O_DIR)
-    try:
-        safefs.remove_at(fd, name)
-    finally:
-        os.close(fd)
 
 
 def _refuse_mounted(mounted: Callable[[str], bool], id: str) -> None:
@@ -151,7 +140,8 @@ def extract(root_fd: int, stream: IO[bytes], whiteouts: WhiteoutFormat | None, *
     """Extract the (possibly compressed) layer tar ``stream`` below the directory
     ``root_fd``. ``whiteouts``: the format to write deletions in (None: only remove).
 
-    ``made``: every path below ``root_fd`` with its flags, as :func:`clone_tree` returns
+    ``made``: every path below ``root_fd`` with its flags, as
+    :func:`aufs.store.staging.clone_tree` returns
     them (``{}`` for an empty directory), if the caller knows them (it saves lookups);
     None: the tree is unknown (a live directory).
 
@@ -187,69 +177,3 @@ def _both(first: EntryHook | None, second: EntryHook) -> EntryHook:
         second()
 
     return both
-
-
-# -- the seed: a hard-link clone ----------------------------------------------------------
-
-def clone_tree(src: str, dst: str) -> dict[str, int]:
-    """Make the empty directory ``dst`` a clone of ``src``: directories recreated with their
-    owner, mode, xattrs and times; every other entry hard-linked. Returns every path
-    below ``dst`` with its :data:`~aufs.archive.unpack.DIR_FLAG` (0 for the others)."""
-    made: dict[str, int] = {}
-    sfd = os.open(src, safefs.O_DIR)
-    try:
-        dfd = os.open(dst, safefs.O_DIR)
-        try:
-            st = os.fstat(sfd)
-            _clone_dir(sfd, dfd, "", made, st.st_dev)
-            _copy_dir_meta(st, sfd, dfd)
-        finally:
-            os.close(dfd)
-    finally:
-        os.close(sfd)
-    return made
-
-
-def _clone_dir(sfd: int, dfd: int, rel: str, made: dict[str, int], dev: int) -> None:
-    with os.scandir(sfd) as it:
-        entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
-    for name, is_dir in entries:
-        path = f"{rel}/{name}" if rel else name
-        if not is_dir:
-            os.link(name, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
-            made[path] = 0
-            continue
-        made[path] = DIR_FLAG
-        os.mkdir(name, 0o700, dir_fd=dfd)
-        sub_s = safefs.open_dir_at(sfd, name)
-        try:
-            sub_d = safefs.open_dir_at(dfd, name)
-            try:
-                st = os.fstat(sub_s)
-                if st.st_dev != dev:
-                    raise DriverError(f"a filesystem is mounted inside the layer at {path}")
-                _clone_dir(sub_s, sub_d, path, made, dev)
-                _copy_dir_meta(st, sub_s, sub_d)
-            finally:
-                os.close(sub_d)
-        finally:
-            os.close(sub_s)
-
-
-def _copy_dir_meta(st: os.stat_result, sfd: int, dfd: int) -> None:
-    """Give ``dfd`` the owner, xattrs, mode and times of ``sfd`` (whose stat is ``st``)."""
-    os.fchown(dfd, st.st_uid, st.st_gid)
-    for name in _listxattr(sfd):
-        with contextlib.suppress(OSError):
-            os.setxattr(dfd, name, os.getxattr(sfd, name))
-    os.fchmod(dfd, stat.S_IMODE(st.st_mode))
-    os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def _listxattr(fd: int) -> list[str]:
-    try:
-        return os.listxattr(fd)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return []
-        raise

@@ -40,6 +40,7 @@ from aufs.archive.writefile import (
 )
 from aufs.errors import ArchiveError, BreakoutError
 from aufs.observe import entry_hook
+from aufs.store.staging import DIR_FLAG
 from aufs.whiteout import (
     WH_META_PREFIX,
     WH_OPAQUE,
@@ -55,7 +56,7 @@ __all__ = ["DIR_FLAG", "ENTRY_FLAG", "Unpacker", "clean_name"]
 
 # ``Unpacker.made`` flags of a path: a directory; an entry of this archive (an opaque
 # directory keeps those).
-DIR_FLAG, ENTRY_FLAG = 1, 2
+ENTRY_FLAG = 2  # DIR_FLAG (1) is store.staging's: clone_tree's map is our ``made``
 _WRITE_CHUNK = 1 << 20
 # Names no tool could create through a path (PATH_MAX), and depths that would overflow
 # the recursion of tree walks elsewhere: refused.

@@ -8,6 +8,7 @@ import os
 from aufs._sys import mount as sysmount
 from aufs._sys import mountinfo
 from aufs._sys.files import rmtree
+from aufs.store import staging
 from aufs.store.layout import REMOVING_SUFFIX, Layout
 
 
@@ -70,12 +71,6 @@ def _names(path: str) -> list[str]:
         return []
 
 
-def staging_owner(name: str) -> int | None:
-    """The pid a staging name ends in (``…-<pid>``), or None."""
-    pid_text = name.rsplit("-", 1)[-1]
-    return int(pid_text) if pid_text.isdigit() else None
-
-
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -88,7 +83,7 @@ def pid_alive(pid: int) -> bool:
 
 def _owner_alive(name: str) -> bool:
     """Staging names end in ``-<pid>``; keep those whose process still runs."""
-    pid = staging_owner(name)
+    pid = staging.owner(name)
     if pid is None:
         return False
     return pid == os.getpid() or pid_alive(pid)

@@ -17,9 +17,15 @@ from aufs._sys import fsinfo, mountinfo
 from aufs._sys import mount as sysmount
 from aufs._sys.files import ensure_dir, rmtree
 from aufs._sys.mountstate import MountState, has_mount, mount_state
-from aufs.errors import DriverError, LayerExistsError, LayerInUseError, LayerNotFoundError
+from aufs.errors import (
+    DriverError,
+    LayerExistsError,
+    LayerInUseError,
+    LayerMountedError,
+    LayerNotFoundError,
+)
 from aufs.graphdriver.protocol import Status
-from aufs.store import images, layers, meta, recover, refs
+from aufs.store import images, layers, meta, recover, refs, staging
 from aufs.store.layout import Layout, is_valid_id, validate_id
 from aufs.store.lock import StoreLock
 from aufs.union import select
@@ -379,13 +385,36 @@ class Driver:
         self.parents(id)
         if parent:
             validate_id(parent)
-        from aufs.archive import apply
-
-        size = apply.apply_layer(self.layout, id, stream, self.whiteouts,  # counted as it
-                                mounted=self.mounted, locked=self.locked)  # went, if it could
+        size = self._apply(id, stream)  # counted as it went, if it could
         if size is not None and self._direct_chain(id, parent) is not None:
             return size
         return self.diff_size(id, parent)
+
+    def _apply(self, id: str, stream: IO[bytes]) -> int | None:
+        """Extract into a staging clone of the layer, then swap it in: all or nothing.
+        Returns the diff size if the extraction could count it (else None). An apply
+        into an empty layer records the tar, so that an export gives the same bytes."""
+        from aufs.archive import apply, tarsplit
+
+        self._refuse_mounted(id)
+        with staging.LayerSwap(self.layout, id) as swap:
+            split = tarsplit.Recorder(swap.companion("tar-split")) if not swap.made else None
+            try:
+                size = apply.extract(swap.fd, stream, self.whiteouts, made=swap.made,
+                                     split=split)
+                recorded = split.path if split is not None and split.finish(swap.path) else None
+                with self._lock.hold():
+                    self._refuse_mounted(id)  # its files would change under the union's users
+                    swap.commit()
+                    images.keep_tar_split(self.layout, id, recorded)
+            finally:
+                if split is not None:
+                    split.discard()
+        return size
+
+    def _refuse_mounted(self, id: str) -> None:
+        if self.mounted(id):
+            raise LayerMountedError(f"layer {id} is mounted: apply_diff needs it unmounted")
 
     def migrate(self, path: str | os.PathLike[str],
                 setup_init: Callable[[str], object]) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 import aufs
 from aufs.archive import ArchiveError
-from aufs.archive.apply import LayerMountedError
+from aufs.errors import LayerMountedError
 from aufs.whiteout import OVERLAY_OPAQUE_XATTR, WH_OPAQUE, WH_PREFIX
 from tests.safety.snapshot import snapshot
 

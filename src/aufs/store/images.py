@@ -92,3 +92,15 @@ def forget(layout: Layout, layer_id: str) -> None:
     for path in (layout.image(layer_id), layout.tar_split(layer_id)):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def keep_tar_split(layout: Layout, layer_id: str, recorded: str | None) -> None:
+    """The layer's tar-split (``aufs.archive.tarsplit``) becomes the one just
+    ``recorded`` (a file in staging), or none."""
+    path = layout.tar_split(layer_id)
+    if recorded is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    os.makedirs(layout.tar_split_dir, exist_ok=True)
+    os.replace(recorded, path)

@@ -1,10 +1,16 @@
 """``.aufs/staging/``: things being built, renamed into place when whole.
 
-A staging name ends in the pid of the process building it (``…-<pid>``, :func:`owner`):
-recovery (:mod:`aufs.store.recover`) removes what a dead process left. The apply
-transaction's seed is here: :func:`clone_tree` makes a hard-link clone of a layer's diff
-(directories recreated, everything else linked: the extractor never writes into an
-existing inode, it unlinks and creates).
+A staging name is made by :func:`name` and ends in the pid of the process building it
+(``<kind>-…-<pid>``, read back by :func:`owner`): recovery (:mod:`aufs.store.recover`)
+removes what a dead process left.
+
+:class:`LayerSwap` is the store's half of ``apply_diff``: a staging directory that starts
+as a hard-link clone of ``diff/<id>`` (:func:`clone_tree`: directories recreated,
+everything else linked — the extractor never writes into an existing inode, it unlinks
+and creates), filled by the caller, then swapped with ``diff/<id>`` in one
+``renameat2(RENAME_EXCHANGE)`` (:meth:`LayerSwap.commit`, under the store lock); the old
+tree is deleted. Any error before the swap leaves ``diff/<id>`` as it was; a dead
+process's staging directory is removed by recovery.
 """
 
 from __future__ import annotations
@@ -13,13 +19,25 @@ import contextlib
 import errno
 import os
 import stat
+import threading
+from types import TracebackType
+from typing import TYPE_CHECKING
 
 from aufs._sys import safefs
-from aufs.errors import DriverError
+from aufs.errors import DriverError, LayerInUseError
 
-__all__ = ["DIR_FLAG", "clone_tree", "discard", "owner"]
+if TYPE_CHECKING:
+    from aufs.store.layout import Layout
+
+__all__ = ["DIR_FLAG", "LayerSwap", "clone_tree", "discard", "name", "owner"]
 
 DIR_FLAG = 1  # a directory, in clone_tree's map (the extractor's ``made`` flags)
+
+
+def name(kind: str, *parts: str) -> str:
+    """The staging name for ``kind`` (``apply``, ``probe-overlay``, …): ``kind``, the
+    ``parts``, and this process's pid last."""
+    return "-".join((kind, *parts, str(os.getpid())))
 
 
 def owner(name: str) -> int | None:
@@ -36,6 +54,71 @@ def discard(path: str) -> None:
         safefs.remove_at(fd, name)
     finally:
         os.close(fd)
+
+
+class LayerSwap:
+    """A staging clone of ``diff/<id>`` to fill through :attr:`fd`, then swap in.
+
+    ``with LayerSwap(layout, id) as swap:`` clones the layer (:attr:`made` lists every
+    path below it, as :func:`clone_tree` returns them); :meth:`commit`, called with the
+    store lock held, swaps the clone in; leaving the block removes what is left in
+    staging: the old tree once swapped, else the unfinished clone.
+    """
+
+    def __init__(self, layout: Layout, id: str) -> None:
+        self.id = id
+        self.diff = layout.diff(id)
+        if os.path.islink(self.diff):
+            raise DriverError(f"layer {id} lives outside the store ({self.diff} is a symlink, "
+                              "left by a migration): apply_diff cannot replace it atomically")
+        self._layout = layout
+        self.staging_dir = layout.staging_dir
+        self.path = layout.staging(name("apply", id, str(threading.get_ident())))
+        self.made: dict[str, int] = {}
+        self.fd = -1
+        self._seed_ino = 0
+
+    def __enter__(self) -> LayerSwap:
+        os.makedirs(self.staging_dir, exist_ok=True)
+        discard(self.path)  # our own leftover (same pid and thread): never a live apply
+        try:
+            os.mkdir(self.path, 0o700)
+            self._seed_ino = os.lstat(self.diff).st_ino
+            self.made = clone_tree(self.diff, self.path)
+            self.fd = os.open(self.path, safefs.O_DIR)
+        except BaseException:
+            self._discard()
+            raise
+        return self
+
+    def companion(self, kind: str) -> str:
+        """A staging path for a file built beside the clone (ours to remove)."""
+        path = self._layout.staging(name(kind, self.id, str(threading.get_ident())))
+        discard(path)  # our own leftover (same pid and thread)
+        return path
+
+    def commit(self) -> None:
+        """Swap the clone with ``diff/<id>`` (hold the store lock); LayerInUseError if
+        another apply replaced the layer since the clone was made."""
+        self._close()
+        if os.lstat(self.diff).st_ino != self._seed_ino:
+            raise LayerInUseError(f"layer {self.id} was changed by another apply meanwhile")
+        safefs.exchange(self.path, self.diff)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._close()
+        self._discard()
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _discard(self) -> None:
+        # A failed removal must not hide the outcome; recovery removes it later.
+        with contextlib.suppress(OSError):
+            discard(self.path)
 
 
 def clone_tree(src: str, dst: str) -> dict[str, int]:

@@ -18,6 +18,7 @@ from aufs._sys import fsinfo
 from aufs._sys import mount as sysmount
 from aufs._sys.files import rmtree
 from aufs.errors import AufsNotSupportedError, IncompatibleFSError
+from aufs.store import staging
 from aufs.store.layout import Layout
 from aufs.union.base import Branches, MountSpec
 
@@ -125,7 +126,7 @@ def probe(layout: Layout, magic: int) -> AufsEngine:
 
 def _probe_dirperm1(layout: Layout, auplink: str | None) -> bool:
     """Docker's ``useDirperm``: does a real mount accept ``dirperm1``?"""
-    scratch = layout.staging(f"probe-aufs-{os.getpid()}")
+    scratch = layout.staging(staging.name("probe-aufs"))
     rmtree(scratch)
     os.makedirs(f"{scratch}/base")
     os.mkdir(f"{scratch}/union")

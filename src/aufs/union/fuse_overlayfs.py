@@ -17,6 +17,7 @@ from aufs._sys import daemon, fsinfo
 from aufs._sys import mount as sysmount
 from aufs._sys.files import ensure_dir, rmtree
 from aufs.errors import IncompatibleFSError, NotSupportedError
+from aufs.store import staging
 from aufs.store.layout import Layout
 from aufs.union.base import Branches, MountMethod, MountSpec, escape_overlay_path
 from aufs.whiteout import WhiteoutFormat
@@ -165,7 +166,7 @@ def probe(layout: Layout, magic: int, store_format: WhiteoutFormat) -> FuseOverl
     caps = FuseCaps(binary=binary, fusermount=shutil.which("fusermount3"),
                     as_root=os.geteuid() == 0)
     engine = FuseOverlayEngine(layout, caps, store_format)
-    scratch = layout.staging(f"probe-fuse-{os.getpid()}")
+    scratch = layout.staging(staging.name("probe-fuse"))
     rmtree(scratch)
     os.makedirs(scratch)
     try:

@@ -18,6 +18,7 @@ from aufs._sys import fsinfo
 from aufs._sys import mount as sysmount
 from aufs._sys.files import ensure_dir, rmtree
 from aufs.errors import ChainTooLongError, DriverError, IncompatibleFSError, NotSupportedError
+from aufs.store import staging
 from aufs.store.layout import Layout
 from aufs.union.base import (
     Branches,
@@ -176,7 +177,7 @@ def probe(layout: Layout, magic: int, *, new_api: bool | None = None) -> Overlay
             f"overlayfs cannot use a store on {INCOMPATIBLE[magic]} ({layout.root})")
     if not fsinfo.in_proc_filesystems("overlay"):
         raise NotSupportedError("overlay is not in /proc/filesystems")
-    scratch = layout.staging(f"probe-overlay-{os.getpid()}")
+    scratch = layout.staging(staging.name("probe-overlay"))
     rmtree(scratch)
     os.makedirs(scratch)
     try:

@@ -285,7 +285,11 @@ class Driver:
         rw = self.layout.diff(id)
         if os.path.islink(rw):  # a layer migrated by symlink: its data lives elsewhere
             rw = os.path.realpath(rw)
-        self.engine.unmount(target, rw)
+        try:
+            lowers = [self.layout.diff(p) for p in layers.read_chain(self.layout.layers(id))]
+        except FileNotFoundError:
+            lowers = []  # a half-removed layer: nothing above it is read any more
+        self.engine.unmount(target, rw, lowers)
 
     def status(self) -> Status:
         dirperm1 = bool(getattr(getattr(self.engine, "caps", None), "dirperm1", False))

@@ -85,7 +85,7 @@ class AufsEngine:
                 unmount(branches.target, self.caps.auplink)
             raise
 
-    def unmount(self, target: str, rw: str | None = None) -> None:
+    def unmount(self, target: str, rw: str | None = None, lowers: Sequence[str] = ()) -> None:
         unmount(target, self.caps.auplink)
 
     def describe(self) -> list[tuple[str, str]]:

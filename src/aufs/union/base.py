@@ -51,9 +51,10 @@ class UnionEngine(Protocol):
     def mount(self, branches: Branches) -> None:
         ...
 
-    def unmount(self, target: str, rw: str | None = None) -> None:
+    def unmount(self, target: str, rw: str | None = None, lowers: Sequence[str] = ()) -> None:
         """Unmount ``target``; ``rw``, if given, is the layer's rw branch, to be put back
-        into the store's whiteout format once nothing writes to it any more."""
+        into the store's whiteout format once nothing writes to it any more, over the
+        read-only ``lowers`` (nearest first)."""
         ...
 
     def describe(self) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from aufs._sys import daemon, fsinfo
@@ -19,6 +19,7 @@ from aufs._sys.files import ensure_dir, rmtree
 from aufs.errors import IncompatibleFSError, NotSupportedError
 from aufs.store import staging
 from aufs.store.layout import Layout
+from aufs.union import fuse_tidy
 from aufs.union.base import Branches, MountMethod, MountSpec, escape_overlay_path
 from aufs.whiteout import WhiteoutFormat
 
@@ -70,14 +71,21 @@ class FuseOverlayEngine:
         for spec in fuse_specs(branches, self.caps):
             sysmount.run(spec)  # the daemon is registered with its target as tag
 
-    def unmount(self, target: str, rw: str | None = None) -> None:
+    def unmount(self, target: str, rw: str | None = None, lowers: Sequence[str] = ()) -> None:
         fusermount = None if self.caps.as_root else self.caps.fusermount
         # While the daemon exits (on the other core): once a non-lazy unmount has
         # succeeded no system call is in flight on the union, so no whiteout or opaque
         # marker is still on its way; what the daemon may yet answer (release, forget)
         # writes none.
         unmount(target, fusermount,
-                then=None if rw is None else lambda: self.format.normalize(rw))
+                then=None if rw is None else lambda: self._settle(rw, lowers))
+
+    def _settle(self, rw: str, lowers: Sequence[str]) -> None:
+        """The rw branch once the daemon no longer writes: what fuse-overlayfs leaves that
+        must not stay (:mod:`aufs.union.fuse_tidy`) goes, then its whiteouts are put into
+        the store's format."""
+        fuse_tidy.tidy(rw, lowers)
+        self.format.normalize(rw)
 
     def describe(self) -> list[tuple[str, str]]:
         return [("FUSE Helper", self.caps.binary)]

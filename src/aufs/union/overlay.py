@@ -162,7 +162,7 @@ class OverlayEngine:
         for spec in specs:
             sysmount.run(spec)
 
-    def unmount(self, target: str, rw: str | None = None) -> None:
+    def unmount(self, target: str, rw: str | None = None, lowers: Sequence[str] = ()) -> None:
         sysmount.unmount(target)
 
     def describe(self) -> list[tuple[str, str]]:

@@ -239,14 +239,17 @@ class Driver:
                 count = ref.value
                 mounted_now = False
                 state = mount_state(target, lay.mnt_dir)
-                if state is MountState.DEAD:
-                    # The FUSE daemon behind the union died: drop its dead mount, mount anew.
+                branches = self._branches(id, chain, mount_label)
+                if state is MountState.DEAD or (
+                        state is MountState.LIVE and not self.engine.matches(branches)):
+                    # The FUSE daemon behind the union died, or a process was killed
+                    # half way through stacking it: drop that mount, mount anew.
                     self._engine_unmount(id, target)
                     state = MountState.NONE
                 if state is MountState.NONE:
                     count = 0  # the mount table is the truth: a dead holder's count is void
                     ensure_dir(target)
-                    self.engine.mount(self._branches(id, chain, mount_label))
+                    self.engine.mount(branches)
                     mounted_now = True
                 try:
                     ref.set(count + 1)

@@ -98,6 +98,42 @@ def _prepare_getput(d: aufs.Driver, trial: int, rng: random.Random) -> dict[str,
 
 GETPUT = Scenario("getput", 0.15, _prepare_getput)
 
+# A chain past one page of AUFS mount options (about 40 branches with these paths): the
+# AUFS engine builds it by a first mount and append: remounts, and a kill between them
+# leaves a union with only some branches, which must never be handed out.
+DEEP = 60
+
+
+def _prepare_deep(d: aufs.Driver, trial: int, rng: random.Random) -> dict[str, Any]:
+    parent = ""
+    for i in range(DEEP):
+        layer = f"deep{i:03d}"
+        if not d.exists(layer):
+            d.create(layer, parent)
+            with open(os.path.join(d.layout.diff(layer), f"f{i:03d}"), "wb"):
+                pass
+        parent = layer
+    return {"ids": [f"deep{DEEP - 1:03d}", f"deep{DEEP // 2:03d}"]}
+
+
+def _verify_deep(d: aufs.Driver, rec: KillRecord, args: dict[str, Any]) -> list[str]:
+    """Every layer a get hands out after the kill shows the files of its whole chain."""
+    problems = []
+    for layer in args["ids"]:
+        layers = int(layer[len("deep"):]) + 1
+        path = d.get(layer)
+        try:
+            seen = {n for n in os.listdir(path) if n.startswith("f")}
+        finally:
+            d.put(layer)
+        if seen != {f"f{i:03d}" for i in range(layers)}:
+            problems.append(f"get {layer} after the kill shows the files of {len(seen)} "
+                            f"of its {layers} layers")
+    return problems
+
+
+GETPUT_DEEP = Scenario("getput", 0.3, _prepare_deep, _verify_deep)
+
 
 # -- apply_diff ------------------------------------------------------------------------
 

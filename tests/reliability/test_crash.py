@@ -40,19 +40,26 @@ def test_kill_during_init(tmp_path: Path, engine: str, seed: int) -> None:
     _run(scenarios.INIT, tmp_path, engine, seed)
 
 
-@pytest.mark.parametrize("engine", ["overlay"])
+@pytest.mark.parametrize("engine", ["overlay", "aufs"])
 def test_kill_during_create(tmp_path: Path, engine: str, seed: int) -> None:
     _run(scenarios.CREATE, tmp_path, engine, seed)
 
 
-@pytest.mark.parametrize("engine", ["overlay", "fuse-overlayfs"])
+@pytest.mark.parametrize("engine", ["overlay", "fuse-overlayfs", "aufs"])
 def test_kill_during_remove(tmp_path: Path, engine: str, seed: int) -> None:
     _run(scenarios.REMOVE, tmp_path, engine, seed)
 
 
-@pytest.mark.parametrize("engine", ["overlay", "fuse-overlayfs"])
+@pytest.mark.parametrize("engine", ["overlay", "fuse-overlayfs", "aufs"])
 def test_kill_during_get_put(tmp_path: Path, engine: str, seed: int) -> None:
     _run(scenarios.GETPUT, tmp_path, engine, seed)
+
+
+@pytest.mark.parametrize("engine", ["aufs", "overlay"])
+def test_kill_during_get_put_of_a_deep_chain(tmp_path: Path, engine: str, seed: int) -> None:
+    """AUFS stacks a chain this long in several mount calls (overlay, in one, is the
+    control that the check itself holds)."""
+    _run(scenarios.GETPUT_DEEP, tmp_path, engine, seed)
 
 
 @pytest.mark.parametrize("engine", ["overlay"])

@@ -7,6 +7,7 @@ import errno
 import os
 import resource
 import stat
+from collections.abc import Iterator
 
 
 def fd_budget(share: int, most: int, least: int = 1) -> int:
@@ -80,3 +81,38 @@ def _rmtree_fd(dir_fd: int, dev: int, where: str) -> None:
 def ensure_dir(path: str, mode: int = 0o755) -> None:
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, mode)
+
+
+DirStep = tuple[int, str, list[os.DirEntry[str]]]
+
+
+def walk_dirs(root: str, skip_prefix: str = "") -> Iterator[DirStep]:
+    """Each directory under ``root`` (itself first): an open fd, its path below ``root``
+    ("" for the root) and its entries. No symlink is followed, no mount point crossed, and
+    no directory whose name starts with ``skip_prefix`` (if given) entered. The fd is
+    valid until the next step."""
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    dev = os.fstat(root_fd).st_dev
+    stack = [(root_fd, "")]
+    try:
+        while stack:
+            fd, rel = stack.pop()
+            try:
+                with os.scandir(fd) as it:
+                    entries = list(it)
+                yield fd, rel, entries
+                for e in entries:
+                    if ((skip_prefix and e.name.startswith(skip_prefix))
+                            or not e.is_dir(follow_symlinks=False)):
+                        continue
+                    sub = os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                  | os.O_CLOEXEC, dir_fd=fd)
+                    if os.fstat(sub).st_dev != dev:
+                        os.close(sub)
+                        continue
+                    stack.append((sub, f"{rel}/{e.name}" if rel else e.name))
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _ in stack:
+            os.close(fd)

@@ -2,25 +2,33 @@
 
 ``br:<rw>=rw:<ro>=ro+wh:…`` clipped to one page (room kept for ``dio,xino=…`` and the
 SELinux label), the remaining branches added by ``MS_REMOUNT`` ``append:`` calls,
-``dirperm1`` where a probe mount accepts it, ``auplink <target> flush`` before unmount.
+``dirperm1`` where a probe mount accepts it, pseudo-links flushed before unmount
+(``auplink <target> flush``, or our own flush: :mod:`aufs.union.aufs_plink`).
+
+A chain longer than the kernel's branch limit is refused before anything is mounted
+where the limit is known (``/sys/fs/aufs/config``), else at the first ``ENOSPC``, after
+unmounting what was built. A union found mounted is reused only if its branches are
+exactly the chain: a process killed between the remounts leaves one with only some.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aufs._sys import fsinfo
+from aufs._sys import fsinfo, mountinfo
 from aufs._sys import mount as sysmount
 from aufs._sys.files import rmtree
 from aufs.errors import AufsNotSupportedError, IncompatibleFSError
 from aufs.store import staging
 from aufs.store.layout import Layout
-from aufs.union.base import Branches, MountSpec
+from aufs.union import aufs_kernel, aufs_plink
+from aufs.union.base import Branches, ChainTooLongError, MountSpec
 
 XINO = "/dev/shm/aufs.xino"
 INCOMPATIBLE = {fsinfo.MAGIC_BTRFS: "btrfs", fsinfo.MAGIC_AUFS: "aufs",
@@ -55,11 +63,35 @@ def aufs_specs(target: str, rw: str, lowers: Sequence[str], label: str = "", *,
     return specs
 
 
+def branch_count(spec: MountSpec) -> int:
+    """Branches a spec of :func:`aufs_specs` stacks (``br:a=rw:b=ro+wh`` 2, ``append:`` 1).
+    Pure."""
+    data = spec.data
+    if data.startswith("append:"):
+        return 1
+    branches = data.split(",", 1)[0]  # paths with commas cannot be AUFS branches
+    return branches.count("=ro+wh") + branches.count("=rw")
+
+
+def check_chain(lowers: int, branch_max: int | None) -> None:
+    """Refuse a layer over ``lowers`` parents where the kernel's limit is known. Pure."""
+    if branch_max is not None and lowers + 1 > branch_max:
+        raise ChainTooLongError(too_long_message(lowers, branch_max))
+
+
+def too_long_message(lowers: int, branch_max: int) -> str:
+    return (f"AUFS stacks at most {branch_max} branches (the rw branch and "
+            f"{branch_max - 1} parent layers) on this kernel, and this layer has "
+            f"{lowers} parent layers")
+
+
 @dataclass(frozen=True, slots=True)
 class AufsCaps:
     dirperm1: bool
     auplink: str | None
     page_size: int = 4096
+    branch_max: int | None = None      # None: not said by the kernel (AUFS built in)
+    plink_maint: bool = True           # /proc/fs/aufs/plink_maint exists
 
 
 class AufsEngine:
@@ -76,32 +108,54 @@ class AufsEngine:
                           dirperm1=self.caps.dirperm1, page_size=self.caps.page_size)
 
     def mount(self, branches: Branches) -> None:
+        check_chain(len(branches.lowers), self.caps.branch_max)
         specs = self.mount_specs(branches)
+        done = 0
         try:
             for spec in specs:
                 sysmount.run(spec)
-        except OSError:
+                done += branch_count(spec)
+        except OSError as exc:
             with contextlib.suppress(OSError):
                 unmount(branches.target, self.caps.auplink)
+            if exc.errno == errno.ENOSPC:  # one branch more than the kernel stacks
+                limit = done or self.caps.branch_max or aufs_kernel.DEFAULT_BRANCH_MAX
+                raise ChainTooLongError(too_long_message(len(branches.lowers), limit)) from exc
             raise
+
+    def matches(self, branches: Branches) -> bool:
+        """Are the branches of the union mounted at ``branches.target`` exactly these?"""
+        entry = next((e for e in reversed(mountinfo.read())
+                      if e.mountpoint == branches.target), None)
+        if entry is None or entry.fstype != "aufs":
+            return False
+        si = aufs_kernel.si_of(entry.super_options)
+        if si is None:
+            return False
+        found = aufs_kernel.read_branches(si, branches.target)
+        return aufs_kernel.is_exactly(found, branches.rw, branches.lowers)
 
     def unmount(self, target: str, rw: str | None = None, lowers: Sequence[str] = ()) -> None:
         unmount(target, self.caps.auplink)
 
     def describe(self) -> list[tuple[str, str]]:
-        return [("auplink", self.caps.auplink or "not found")]
+        flush = aufs_plink.flush_method(self.caps.auplink, self.caps.plink_maint)
+        limit = self.caps.branch_max
+        return [("auplink", self.caps.auplink or "not found"),
+                ("Pseudo-link Flush", flush.value),
+                ("Branch Limit", str(limit) if limit else "not said (ENOSPC is the limit)")]
 
     def forget(self, rw: str) -> None:
         pass  # nothing kept per layer
 
 
 def unmount(target: str, auplink: str | None = None) -> None:
-    """The seed's ``Unmount``: ``auplink <target> flush`` where it exists, then umount."""
+    """The seed's ``Unmount``: flush the pseudo-links (``auplink <target> flush`` where it
+    exists, else our own), then umount. As Docker, a failed flush does not stop it."""
     if auplink is None:
         auplink = shutil.which("auplink")
-    if auplink is not None:
-        subprocess.run([auplink, target, "flush"], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    with contextlib.suppress(OSError, ValueError):
+        aufs_plink.flush(target, auplink)
     sysmount.unmount(target)
 
 
@@ -121,7 +175,9 @@ def probe(layout: Layout, magic: int) -> AufsEngine:
         raise IncompatibleFSError(f"AUFS cannot use a store on {INCOMPATIBLE[magic]}")
     auplink = shutil.which("auplink")
     return AufsEngine(layout, AufsCaps(dirperm1=_probe_dirperm1(layout, auplink),
-                                       auplink=auplink, page_size=os.sysconf("SC_PAGESIZE")))
+                                       auplink=auplink, page_size=os.sysconf("SC_PAGESIZE"),
+                                       branch_max=aufs_kernel.read_branch_max(),
+                                       plink_maint=os.path.exists(aufs_kernel.PLINK_MAINT)))
 
 
 def _probe_dirperm1(layout: Layout, auplink: str | None) -> bool:

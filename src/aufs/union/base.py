@@ -57,6 +57,11 @@ class UnionEngine(Protocol):
         read-only ``lowers`` (nearest first)."""
         ...
 
+    def matches(self, branches: Branches) -> bool:
+        """Is the union found mounted at ``branches.target`` built of exactly these
+        branches? (An engine that mounts in several calls can be killed half way.)"""
+        ...
+
     def describe(self) -> list[tuple[str, str]]:
         """Rows for ``Driver.status()``."""
         ...

@@ -87,6 +87,9 @@ class FuseOverlayEngine:
         fuse_tidy.tidy(rw, lowers)
         self.format.normalize(rw)
 
+    def matches(self, branches: Branches) -> bool:
+        return True  # one mount call builds the whole union, or none
+
     def describe(self) -> list[tuple[str, str]]:
         return [("FUSE Helper", self.caps.binary)]
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-from aufs._sys import safefs
+from aufs._sys.files import walk_dirs
 from aufs.whiteout import (
     OVERLAY_OPAQUE_XATTR,
     WH_META_PREFIX,
@@ -64,7 +64,7 @@ def tidy(rw: str, lowers: Sequence[str]) -> tuple[int, int]:
     """Drop origin attributes and needless opaque markers under ``rw`` (see the module).
     No symlink is followed and no mount crossed. Returns (origins, markers) dropped."""
     origins = markers = 0
-    for fd, rel, entries in _walk(rw):
+    for fd, rel, entries in walk_dirs(rw, WH_META_PREFIX):
         names = {e.name for e in entries}
         if (rel and WH_OPAQUE in names and is_daemon_opaque(has_opaque_xattr(fd), names)
                 and not has_directory_below(lowers, rel)):
@@ -98,31 +98,3 @@ def _drop_origin(dir_fd: int, name: str) -> int:
             return 0
         raise
     return 1
-
-
-def _walk(root: str) -> Iterator[tuple[int, str, list[os.DirEntry[str]]]]:
-    """Each directory under ``root``: an open fd, its path below ``root`` and its entries;
-    AUFS housekeeping directories (``.wh..wh.*``) are not entered."""
-    root_fd = os.open(root, safefs.O_DIR)
-    dev = os.fstat(root_fd).st_dev
-    stack = [(root_fd, "")]
-    try:
-        while stack:
-            fd, rel = stack.pop()
-            try:
-                with os.scandir(fd) as it:
-                    entries = list(it)
-                yield fd, rel, entries
-                for e in entries:
-                    if e.name.startswith(WH_META_PREFIX) or not e.is_dir(follow_symlinks=False):
-                        continue
-                    sub = os.open(e.name, safefs.O_DIR, dir_fd=fd)
-                    if os.fstat(sub).st_dev != dev:
-                        os.close(sub)
-                        continue
-                    stack.append((sub, f"{rel}/{e.name}" if rel else e.name))
-            finally:
-                os.close(fd)
-    finally:
-        for fd, _ in stack:
-            os.close(fd)

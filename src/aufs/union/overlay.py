@@ -165,6 +165,9 @@ class OverlayEngine:
     def unmount(self, target: str, rw: str | None = None, lowers: Sequence[str] = ()) -> None:
         sysmount.unmount(target)
 
+    def matches(self, branches: Branches) -> bool:
+        return True  # one mount call builds the whole union, or none
+
     def describe(self) -> list[tuple[str, str]]:
         api = "fsconfig lowerdir+" if self.caps.new_api else "mount(2)"
         return [("Mount API", api), ("Overlay Options", ",".join(self.caps.extra_options))]

@@ -20,22 +20,37 @@ def fuse_daemons_below(path: Path | str) -> list[int]:
     return daemon_pids_below(os.fspath(path))
 
 
-def writer_processes() -> list[int]:
-    """Pids of this process's children that run the extraction's file writer
-    (:mod:`aufs.archive.offload`)."""
-    pids: list[int] = []
-    for task in os.listdir("/proc/self/task"):
+def children(parent: int | None = None) -> list[int]:
+    """Pids of the processes whose parent is ``parent`` (this process by default), from
+    the ppid in ``/proc/<pid>/stat`` (``/proc/<pid>/task/*/children`` needs a kernel built
+    with CONFIG_PROC_CHILDREN)."""
+    parent = os.getpid() if parent is None else parent
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
         try:
-            with open(f"/proc/self/task/{task}/children") as f:
-                children = [int(p) for p in f.read().split()]
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
         except OSError:
             continue
-        for pid in children:
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if any(a.endswith(b"_writer.py") for a in argv):
-                pids.append(pid)
-    return pids
+        # "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after
+        # its last ")".
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 1 and int(fields[1]) == parent:
+            out.append(int(name))
+    return out
+
+
+def is_writer(pid: int) -> bool:
+    """Does ``pid`` run the extraction's file writer (:mod:`aufs.archive.offload`)?"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return any(a.endswith(b"_writer.py") for a in f.read().split(b"\0"))
+    except OSError:
+        return False
+
+
+def writer_processes() -> list[int]:
+    """Pids of this process's children that run the extraction's file writer."""
+    return [pid for pid in children() if is_writer(pid)]

@@ -14,12 +14,12 @@ import gzip
 import io
 import itertools
 import os
+import select
 import signal
 import struct
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from aufs.archive import ArchiveError, offload, unpack
 from aufs.archive.apply import extract
 from aufs.whiteout import OVERLAY, WH_OPAQUE, WH_PREFIX
 from tests.engines.test_apply_diff import _populate
-from tests.leaks import writer_processes
+from tests.leaks import children, is_writer, writer_processes
 from tests.safety.snapshot import snapshot
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the writer runs for root only")
@@ -260,43 +260,44 @@ unpack.OFFLOAD_BYTES = 0
 from aufs.archive import offload
 offload._BEHIND = 1 << 40
 file = offload.Offload.file
-def slow_file(*args):  # 1 ms a file: the apply lasts seconds, whatever the machine
+announced = []
+def slow_file(self, *args):  # 1 ms a file: the apply lasts seconds, whatever the machine
     time.sleep(0.001)
-    file(*args)
+    file(self, *args)
+    if not announced:  # the writer answered: it runs (SIGINT ignored, dies with us)
+        announced.append(self.pid)
+        self.barrier()
+        sys.stdout.write(f"{self.pid}\\n")
+        sys.stdout.flush()
 offload.Offload.file = slow_file
 d = aufs.init(sys.argv[1], ["aufs.engine=" + sys.argv[2]])
 with open(sys.argv[3], "rb") as f:
     d.apply_diff("L", "", f)
 """
+# A bound on waits for events that come in well under a second: only a hung process
+# reaches it.
+HUNG = 120.0
 
 
-def _child_with_writer(root: str, engine: str, tar: Path) -> tuple[subprocess.Popen[bytes],
-                                                                     int]:
-    """A process applying ``tar`` to layer L, once its writer is running; its pid."""
+def _child_with_writer(root: str, engine: str, tar: Path
+                       ) -> tuple[subprocess.Popen[bytes], int, int]:
+    """A process applying ``tar`` to layer L, once its writer runs: the child, the
+    writer's pid (the child says it, as soon as the writer has answered) and a pidfd of
+    the writer."""
     src = os.path.dirname(os.path.dirname(aufs.__file__))  # the aufs under test
     child = subprocess.Popen([sys.executable, "-c", _CHILD, root, engine, str(tar)],
-                             stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": src})
-    writers: list[int] = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not writers and child.poll() is None:
-        with contextlib.suppress(OSError), open(
-                f"/proc/{child.pid}/task/{child.pid}/children") as f:
-            writers = [int(p) for p in f.read().split() if _is_writer(int(p))]
-        time.sleep(0.005)
-    if not writers:
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env={**os.environ, "PYTHONPATH": src})
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], HUNG)
+    line = child.stdout.readline() if ready else b""
+    if not line:
         child.kill()
-        child.communicate()
-        pytest.fail("the child never started its writer")
-    return child, writers[0]
-
-
-def _is_writer(pid: int) -> bool:
-    """Is ``pid`` the file writer (not some other helper the child ran, a mount say)?"""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return any(a.endswith(b"_writer.py") for a in f.read().split(b"\0"))
-    except OSError:
-        return False
+        _, err = child.communicate()
+        pytest.fail(f"the child never started its writer: {err.decode()[-400:]}")
+    writer = int(line)
+    assert writer in children(child.pid) and is_writer(writer)
+    return child, writer, os.pidfd_open(writer)
 
 
 def _ignores_sigint(pid: int) -> bool:
@@ -307,11 +308,13 @@ def _ignores_sigint(pid: int) -> bool:
     return False
 
 
-def _gone(pid: int) -> bool:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
-        time.sleep(0.01)
-    return not os.path.exists(f"/proc/{pid}")
+def _gone(pidfd: int) -> bool:
+    """Wait for the process of ``pidfd`` to exit (its pidfd turns readable); close it."""
+    try:
+        ready, _, _ = select.select([pidfd], [], [], HUNG)
+        return bool(ready)
+    finally:
+        os.close(pidfd)
 
 
 def _big_tar(tmp_path: Path) -> Path:
@@ -322,7 +325,7 @@ def test_kill_9_mid_apply_takes_the_writer_along(driver: aufs.Driver, engine: st
                                                 tmp_path: Path) -> None:
     root = driver.layout.root
     driver.create("L")
-    child, writer = _child_with_writer(root, engine, _big_tar(tmp_path))
+    child, _, writer = _child_with_writer(root, engine, _big_tar(tmp_path))
     child.send_signal(signal.SIGKILL)
     child.communicate()
     assert _gone(writer), "the writer outlived its parent"
@@ -341,15 +344,12 @@ def test_ctrl_c_mid_apply_stops_the_writer_and_undoes_the_apply(
     it was — all before the process exits (no ``init`` needed, unlike ``kill -9``)."""
     root = driver.layout.root
     driver.create("L")
-    child, writer = _child_with_writer(root, engine, _big_tar(tmp_path))
+    child, writer, writer_fd = _child_with_writer(root, engine, _big_tar(tmp_path))
     try:
-        deadline = time.monotonic() + 30
-        while not _ignores_sigint(writer) and time.monotonic() < deadline:
-            time.sleep(0.005)  # the writer is still starting
-        os.kill(writer, signal.SIGINT)  # as a terminal's ^C: to both, the writer first
-        time.sleep(0.1)
-        assert os.path.exists(f"/proc/{writer}") and child.poll() is None, \
-            "the writer did not ignore SIGINT"
+        assert _ignores_sigint(writer)
+        signal.pidfd_send_signal(writer_fd, signal.SIGINT)  # as a terminal's ^C: to both
+        ready, _, _ = select.select([writer_fd], [], [], 0.1)
+        assert not ready and child.poll() is None, "the writer did not ignore SIGINT"
         child.send_signal(signal.SIGINT)
         _, err = child.communicate(timeout=60)
     finally:
@@ -357,7 +357,7 @@ def test_ctrl_c_mid_apply_stops_the_writer_and_undoes_the_apply(
             child.kill()
             child.communicate()
     assert child.returncode == -signal.SIGINT and b"KeyboardInterrupt" in err
-    assert _gone(writer)
+    assert _gone(writer_fd)
     assert os.listdir(driver.layout.diff("L")) == []
     assert os.listdir(driver.layout.staging_dir) == []
 

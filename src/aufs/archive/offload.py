@@ -60,6 +60,11 @@ class Offload:
         self._asks = 0
         self._behind = False
 
+    @property
+    def pid(self) -> int:
+        """The writer's process id (a child of this process)."""
+        return self._proc.pid
+
     @classmethod
     def start(cls, root_fd: int, tar_fd: int) -> Offload | None:
         if not _can_run_writer():

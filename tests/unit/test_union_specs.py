@@ -329,3 +329,17 @@ def test_specs_are_frozen() -> None:
     spec = MountSpec("overlay", "overlay", "/t")
     with pytest.raises(AttributeError):
         spec.target = "/elsewhere"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("label", ["", MCS])
+def test_aufs_specs_hold_one_option_an_element(label: str) -> None:
+    """The SELinux label is an option of its own, as in the other engines' specs; the
+    data the kernel gets is Docker's string all the same."""
+    lowers = [f"/s/diff/{i:064x}" for i in range(60)]
+    specs = aufs_specs("/m", "/s/diff/rw", lowers, label, dirperm1=True)
+    assert len(specs) > 1
+    assert specs[0].options[1:4] == ("dio", f"xino={XINO}", "dirperm1")
+    for spec in specs:
+        labels = [o for o in spec.options if o.startswith("context=")]
+        assert labels == ([f'context="{label}"'] if label else [])
+        assert spec.data.endswith(f',context="{label}"') is bool(label)

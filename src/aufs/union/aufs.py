@@ -28,7 +28,7 @@ from aufs.errors import AufsNotSupportedError, IncompatibleFSError
 from aufs.store import staging
 from aufs.store.layout import Layout
 from aufs.union import aufs_kernel, aufs_plink
-from aufs.union.base import Branches, ChainTooLongError, MountSpec
+from aufs.union.base import Branches, ChainTooLongError, MountSpec, selinux_option
 
 XINO = "/dev/shm/aufs.xino"
 INCOMPATIBLE = {fsinfo.MAGIC_BTRFS: "btrfs", fsinfo.MAGIC_AUFS: "aufs",
@@ -55,11 +55,14 @@ def aufs_specs(target: str, rw: str, lowers: Sequence[str], label: str = "", *,
             break
         branches += layer
         i += 1
-    opts = f"dio,xino={XINO}" + (",dirperm1" if dirperm1 else "")
-    specs = [MountSpec("aufs", "none", target, (format_mount_label(f"{branches},{opts}", label),))]
+    # One option an element, as every engine's specs (the kernel gets them joined by
+    # commas: Docker's data string, byte for byte).
+    opts = ("dio", f"xino={XINO}", *(("dirperm1",) if dirperm1 else ()))
+    specs = [MountSpec("aufs", "none", target, (branches, *opts, *selinux_option(label)))]
     for ro in lowers[i:]:
-        data = format_mount_label(f"append:{ro}=ro+wh", label)
-        specs.append(MountSpec("aufs", "none", target, (data,), flags=sysmount.MS_REMOUNT))
+        specs.append(MountSpec("aufs", "none", target,
+                               (f"append:{ro}=ro+wh", *selinux_option(label)),
+                               flags=sysmount.MS_REMOUNT))
     return specs
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import aufs
+from tests.housekeeping import listdir
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def test_create_snap(driver: aufs.Driver, store_root: Path) -> None:
     driver.create("Snap", "Base")
     verify_base(driver, "Snap")  # the same files, seen through the union
     assert not driver.mounted("Snap")
-    assert os.listdir(store_root / "diff" / "Snap") == []  # reading copied nothing up
+    assert listdir(store_root / "diff" / "Snap") == []  # reading copied nothing up
     driver.remove("Snap")
     driver.remove("Base")
     assert driver.ids() == []

@@ -25,7 +25,7 @@ from aufs.errors import (
     LayerNotFoundError,
 )
 from aufs.graphdriver.protocol import Status
-from aufs.store import images, layers, meta, recover, refs, staging
+from aufs.store import images, layers, meta, private, recover, refs, staging
 from aufs.store.layout import Layout, is_valid_id, validate_id
 from aufs.store.lock import StoreLock
 from aufs.union import select
@@ -49,7 +49,7 @@ def init(root: str | os.PathLike[str], options: Sequence[str] = ()) -> Driver:
     for d in (*layout.top_dirs(), *layout.private_dirs()):
         ensure_dir(d)
     magic = fsinfo.fs_magic(layout.root)
-    lock = StoreLock(layout.lock_file)
+    lock = StoreLock(layout.lock_file, layout.private_dirs()[1:])
     with lock.hold():
         # Bind first: every mount of ours, the engine probes' included, then lives inside
         # the bind, where recovery can see it (a later bind would hide it).
@@ -326,6 +326,7 @@ class Driver:
             if errors:
                 raise DriverError("cleanup could not unmount: " + "; ".join(errors))
             _release_bind(lay.root)
+            private.remove_if_transient(lay)  # a Docker store: as we found it
 
     def close(self) -> None:
         """Release the root's private mount if no union stands under it (CLI exit)."""

@@ -87,8 +87,9 @@ def test_a_docker_store_opens_mounts_and_diffs_without_a_byte_changing(tmp_path:
         d.cleanup()
 
     assert docker_parts(root) == before
-    meta_file = root / ".aufs" / "store.json"  # ours, beside Docker's directories
-    assert not meta_file.exists()  # a Docker store stays free of our metadata
+    # cleanup leaves Docker's directory as it found it: our .aufs/ (lock, reference
+    # counts, work dirs) is gone again, and no store.json was ever written
+    assert sorted(os.listdir(root)) == ["diff", "layers", "mnt"]
     for name in HOUSEKEEPING:
         assert (root / "diff" / CTR / name).exists()
 
@@ -119,3 +120,25 @@ def test_snapshot_sees_a_rewrite(tmp_path: Path) -> None:
     os.utime(wh, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.utime(wh.parent, ns=(st.st_atime_ns, os.stat(wh.parent).st_mtime_ns))
     assert docker_parts(root) != before
+
+
+def test_cleanup_keeps_what_the_user_stored_in_a_docker_store(tmp_path: Path) -> None:
+    """Only what any open makes and drops goes: a name given to a layer stays."""
+    require_engine("fuse-overlayfs")
+    root = tmp_path / "aufs"
+    build_docker_store(root)
+    d = aufs.init(root)
+    try:
+        d.get(CTR)
+        d.put(CTR)
+        assert (root / ".aufs" / "refs" / CTR).exists()  # kept at zero by put
+    finally:
+        d.cleanup()
+    assert sorted(os.listdir(root)) == ["diff", "layers", "mnt"]
+    d = aufs.init(root)
+    try:
+        Path(d.layout.names_file).write_text("{}\n")  # as `aufs tag` would
+    finally:
+        d.cleanup()
+    assert sorted(os.listdir(root / ".aufs")) == ["l", "lock", "names.json", "refs",
+                                                  "staging", "work"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import subprocess
 import tarfile
 from pathlib import Path
@@ -74,10 +75,14 @@ def test_upstream_trigger(tmp_path: Path, nlink: int, origin: bool, upper_as_low
         merged = _plain_mount(tmp_path, [upper, lower], top)
     else:
         merged = _plain_mount(tmp_path, [lower], upper)
+    daemons = [os.pidfd_open(pid) for pid in fuse_daemons_below(merged)]
     try:
         data = (merged / "a").read_bytes()
     finally:
         subprocess.run(["umount", str(merged)], check=True)
+        for fd in daemons:  # the daemon exits on its own once unmounted: wait for it
+            select.select([fd], [], [], 60)
+            os.close(fd)
     assert data == (LOWER.ljust(len(UPPER), b"\0") if corrupt else UPPER)
 
 

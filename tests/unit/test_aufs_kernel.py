@@ -326,3 +326,22 @@ def test_status_says_which_flush(monkeypatch: pytest.MonkeyPatch) -> None:
         "Branch Limit": "127"}
     assert rows("/sbin/auplink", True, None)["Pseudo-link Flush"] == "auplink"
     assert rows(None, False, None)["Pseudo-link Flush"] == "built in (remount noplink,plink)"
+
+
+def test_read_branches_from_a_sysfs_directory(tmp_path: Path) -> None:
+    """The reader over a directory laid out as /sys/fs/aufs (br10 after br9, brid and
+    xi_path ignored); an unreadable one falls back to the ioctl, which a plain directory
+    refuses."""
+    from aufs.union.aufs_kernel import read_branch_max, read_branches
+
+    si = tmp_path / "si_8e3a"
+    si.mkdir()
+    paths = [f"/s/diff/{i}" for i in range(12)]
+    for name, text in _sysfs(paths).items():
+        (si / name).write_text(text)
+    (tmp_path / "config").write_text(CONFIG.format(511))
+    assert [b.path for b in read_branches("8e3a", str(tmp_path), str(tmp_path))] == paths
+    assert read_branch_max(str(tmp_path)) == 511
+    assert read_branch_max(str(tmp_path / "none")) is None  # AUFS built in: no config file
+    with pytest.raises(OSError):  # no sysfs entry, and the ioctl is not AUFS's here
+        read_branches("ffff", str(tmp_path), str(tmp_path))

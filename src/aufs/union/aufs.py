@@ -136,7 +136,11 @@ class AufsEngine:
         if si is None:
             return False
         found = aufs_kernel.read_branches(si, branches.target)
-        return aufs_kernel.is_exactly(found, branches.rw, branches.lowers)
+        if aufs_kernel.is_exactly(found, branches.rw, branches.lowers):
+            return True
+        # The kernel shows a branch by its resolved path (a layer migrated by symlink).
+        real = os.path.realpath
+        return aufs_kernel.is_exactly(found, real(branches.rw), [real(p) for p in branches.lowers])
 
     def unmount(self, target: str, rw: str | None = None, lowers: Sequence[str] = ()) -> None:
         unmount(target, self.caps.auplink)

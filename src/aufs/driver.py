@@ -14,7 +14,6 @@ from typing import IO, TYPE_CHECKING
 
 from aufs import options as options_mod
 from aufs._sys import fsinfo, mountinfo
-from aufs._sys import mount as sysmount
 from aufs._sys.files import ensure_dir, rmtree
 from aufs._sys.mountstate import MountState, has_mount, mount_state
 from aufs.errors import (
@@ -25,19 +24,25 @@ from aufs.errors import (
     LayerNotFoundError,
 )
 from aufs.graphdriver.protocol import Status
-from aufs.store import images, layers, meta, private, recover, refs, staging
+from aufs.store import images, layers, meta, private, refs
 from aufs.store.layout import Layout, is_valid_id, validate_id
 from aufs.store.lock import StoreLock
-from aufs.union import select
-from aufs.union.base import Branches, UnionEngine
 from aufs.whiteout import WhiteoutFormat, get_format
 
 if TYPE_CHECKING:
     from aufs.archive.types import Change
+    from aufs.union.base import Branches, UnionEngine
+
+# The engines, the mount calls and conversion are imported where they are used: a command
+# that only reads the store (aufs ls) needs none of them (open_for_reading).
 
 
 def init(root: str | os.PathLike[str], options: Sequence[str] = ()) -> Driver:
     """Open (creating if needed) the store at ``root`` — the seed's ``Init``."""
+    from aufs._sys import mount as sysmount
+    from aufs.store import recover
+    from aufs.union import select
+
     opts = options_mod.parse(options)
     layout = Layout.at(os.path.realpath(os.fspath(root)))
     try:
@@ -76,6 +81,32 @@ def init(root: str | os.PathLike[str], options: Sequence[str] = ()) -> Driver:
     return Driver(layout, engine, get_format(fmt), fsinfo.fs_name(magic), lock)
 
 
+def open_for_reading(root: str | os.PathLike[str], options: Sequence[str] = ()) -> Driver:
+    """Open an existing store for commands that only read it (``ls``, ``changes``,
+    ``diff``, ``size``): no engine probe, no private bind mount, no recovery — a reader
+    needs none of them, and they cost a command more than its own work. The first use
+    of the engine (a diff against a layer that is not the parent mounts both) prepares
+    the store as :func:`init` does. A root that is not a store of ours yet, or one that
+    :func:`init` would refuse, goes through :func:`init`.
+    """
+    opts = options_mod.parse(options)
+    layout = Layout.at(os.path.realpath(os.fspath(root)))
+    try:
+        stored = meta.read(layout.meta_file)
+    except ValueError:
+        stored = None
+    if (stored is None or not os.path.isdir(layout.layers_dir)
+            or os.path.lexists(layout.convert_journal)):
+        return init(layout.root, options)
+    engine_options = [f"aufs.engine={opts.engine}"]
+
+    def prepare() -> UnionEngine:
+        return init(layout.root, engine_options).engine
+
+    return Driver(layout, prepare, get_format(stored.whiteouts),
+                  fsinfo.fs_name(fsinfo.fs_magic(layout.root)), StoreLock(layout.lock_file))
+
+
 def _release_bind(root: str) -> None:
     """Undo init's bind of ``root`` onto itself, if nothing is mounted below it."""
     entries = mountinfo.read()
@@ -84,6 +115,8 @@ def _release_bind(root: str) -> None:
     # Only the bind that init made is ours to undo: a filesystem mounted at the root
     # by the user (a loop device, a tmpfs) stays.
     if os.geteuid() == 0 and mountinfo.self_bind_at(entries, root) is not None:
+        from aufs._sys import mount as sysmount
+
         # Under the store lock nothing can be mounted below meanwhile, so a lazy
         # detach releases only the bind itself; open fds (our lock's) stay valid.
         with contextlib.suppress(OSError):
@@ -97,20 +130,35 @@ def _read_only(path: str) -> bool:
 class Driver:
     """A layer store. Create it with :func:`aufs.init`."""
 
-    def __init__(self, layout: Layout, engine: UnionEngine, whiteouts: WhiteoutFormat,
-                 backing_fs: str, lock: StoreLock) -> None:
+    def __init__(self, layout: Layout, engine: UnionEngine | Callable[[], UnionEngine],
+                 whiteouts: WhiteoutFormat, backing_fs: str, lock: StoreLock) -> None:
+        """``engine``, or a function that prepares the store and returns its engine when
+        it is first needed (:func:`open_for_reading`)."""
         self.layout = layout
-        self.engine = engine
+        self._engine: UnionEngine | None = None
+        self._prepare: Callable[[], UnionEngine] | None = None
+        if callable(engine):
+            self._prepare = engine
+        else:
+            self._engine = engine
         self.whiteouts = whiteouts
         self.backing_fs = backing_fs
         self._lock = lock
+
+    @property
+    def engine(self) -> UnionEngine:
+        if self._engine is None:
+            assert self._prepare is not None
+            self._engine = self._prepare()
+        return self._engine
 
     # -- identity -----------------------------------------------------------------------
     def __str__(self) -> str:
         return "aufs"
 
     def __repr__(self) -> str:
-        return f"<aufs.Driver root={self.root!r} engine={self.engine.name}>"
+        engine = self._engine.name if self._engine is not None else "(not probed yet)"
+        return f"<aufs.Driver root={self.root!r} engine={engine}>"
 
     @property
     def root(self) -> str:
@@ -146,6 +194,8 @@ class Driver:
         return refs.read(self.layout.refs(id))
 
     def _branches(self, id: str, chain: list[str], label: str = "") -> Branches:
+        from aufs.union.base import Branches
+
         lay = self.layout
         return Branches(target=lay.mnt(id), rw=lay.diff(id),
                         lowers=tuple(lay.diff(p) for p in chain), work=self._work(id),
@@ -309,6 +359,8 @@ class Driver:
 
     def cleanup(self) -> None:
         """Unmount every union of this store and release the root's private mount."""
+        from aufs._sys import mount as sysmount
+
         lay = self.layout
         with self._lock.hold():
             errors: list[str] = []
@@ -330,6 +382,8 @@ class Driver:
 
     def close(self) -> None:
         """Release the root's private mount if no union stands under it (CLI exit)."""
+        if self._engine is None:
+            return  # opened for reading and never prepared: nothing bound
         with self._lock.hold():
             _release_bind(self.layout.root)
 
@@ -405,6 +459,8 @@ class Driver:
         from aufs.archive import apply, tarsplit
 
         self._refuse_mounted(id)
+        from aufs.store import staging
+
         with staging.LayerSwap(self.layout, id) as swap:
             split = tarsplit.Recorder(swap.companion("tar-split")) if not swap.made else None
             try:
@@ -436,6 +492,8 @@ class Driver:
         """Hold the lock with the root's private bind released, when nothing is mounted
         below it, so that renames from elsewhere on the filesystem into the store work
         (a bind mount is a different mount: rename(2) across it fails with EXDEV)."""
+        from aufs._sys import mount as sysmount
+
         with self._lock.hold():
             _release_bind(self.layout.root)
             try:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 ENGINES = ("auto", "aufs", "overlay", "fuse-overlayfs")
 
 
-@dataclass(frozen=True, slots=True)
-class DriverOptions:
+class DriverOptions(NamedTuple):  # not a dataclass: the CLI's parser imports this module
     engine: str = "auto"
 
 

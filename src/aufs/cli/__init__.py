@@ -21,15 +21,15 @@ import os
 import sys
 
 from aufs.cli.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Context, UsageError
-from aufs.cli.parser import build_parser
+from aufs.cli.parser import build_parser, resolve
 from aufs.errors import (
     ArchiveError,
     DriverError,
     ImageError,
     InvalidLayerIDError,
+    InvalidNameError,
     RegistryError,
 )
-from aufs.image import names
 
 __all__ = ["entry", "main"]
 
@@ -40,7 +40,7 @@ def _failure(exc: BaseException) -> tuple[int, str]:
     """Exit status and the one line to print for ``exc``."""
     if isinstance(exc, UsageError):
         return EXIT_USAGE, str(exc)
-    if isinstance(exc, InvalidLayerIDError | names.InvalidNameError):
+    if isinstance(exc, InvalidLayerIDError | InvalidNameError):
         return EXIT_USAGE, str(exc)
     if isinstance(exc, DriverError | ArchiveError | ImageError | RegistryError | ValueError):
         return EXIT_FAILED, str(exc) or type(exc).__name__
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(args)
     try:
         try:
-            args.func(ctx)
+            resolve(args.func)(ctx)
         finally:
             ctx.close()
         sys.stdout.flush()

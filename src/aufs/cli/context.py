@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from aufs.driver import Driver, init
-from aufs.image import names
-from aufs.store.layout import Layout
+if TYPE_CHECKING:
+    import argparse
+
+    from aufs.driver import Driver
 
 DEFAULT_ROOT = "/var/lib/aufs"
 
@@ -25,10 +25,11 @@ class UsageError(Exception):
 
 # -- the store, opened once per command ------------------------------------------------
 
-@dataclass
 class Context:
-    args: argparse.Namespace
-    _driver: Driver | None = field(default=None, init=False)
+    # A plain class: `aufs --version` imports nothing it does not print.
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self._driver: Driver | None = None
 
     @property
     def root(self) -> str:
@@ -38,9 +39,14 @@ class Context:
     @property
     def driver(self) -> Driver:
         if self._driver is None:
+            from aufs import driver
+
             opts = [f"aufs.engine={self.args.engine}"] if self.args.engine else []
-            _say_if_busy(self.root)
-            self._driver = init(self.root, opts)
+            if getattr(self.args, "reads", False):
+                self._driver = driver.open_for_reading(self.root, opts)
+            else:
+                _say_if_busy(self.root)
+                self._driver = driver.init(self.root, opts)
         return self._driver
 
     def close(self) -> None:
@@ -52,6 +58,8 @@ class Context:
         d = self.driver
         if d.exists(ref):
             return ref
+        from aufs.image import names
+
         return names.read(d.layout).get(ref, ref)
 
     def out(self, obj: object) -> None:
@@ -63,6 +71,8 @@ def _say_if_busy(root: str) -> None:
     """On a terminal, tell why we wait when another process holds the store lock."""
     if not sys.stderr.isatty():
         return
+    from aufs.store.layout import Layout
+
     try:
         fd = os.open(Layout.at(root).lock_file, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:

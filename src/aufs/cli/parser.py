@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable
 from typing import NoReturn
 
 from aufs import __version__
-from aufs.cli import layers, registry, streams
 from aufs.cli.context import DEFAULT_ROOT, EXIT_USAGE, Context
 from aufs.options import ENGINES
 
@@ -21,6 +21,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 Command = Callable[[Context], None]
+# A command is a function, or "module.function" in aufs.cli, imported when it runs:
+# building the parser imports no command module (`aufs --version` stays instant).
+CommandRef = Command | str
+
+
+def resolve(func: CommandRef) -> Command:
+    """The function a parsed command names."""
+    if callable(func):
+        return func
+    module, name = func.rsplit(".", 1)
+    found: Command = getattr(importlib.import_module(f"aufs.cli.{module}"), name)
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,9 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def cmd(name: str, func: Command, help: str, *, json_out: bool = False) -> _Parser:
+    def cmd(name: str, func: CommandRef, help: str, *, json_out: bool = False,
+            reads: bool = False) -> _Parser:
+        """``reads``: the command only reads the store, which it opens without preparing
+        it (no engine probe, bind mount or recovery: :func:`aufs.driver.open_for_reading`)."""
         sp: _Parser = sub.add_parser(name, help=help, description=help)
-        sp.set_defaults(func=func)
+        sp.set_defaults(func=func, reads=reads)
         if json_out:  # also accepted after the command
             sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                             help="machine-readable output")
@@ -47,43 +62,46 @@ def build_parser() -> argparse.ArgumentParser:
     def against(sp: _Parser) -> None:
         sp.add_argument("--parent", metavar="P", help="compare against this ancestor")
 
-    cmd("status", layers.status, "show the store and engine", json_out=True)
-    cmd("ls", layers.ls, "list layers: id, parent, size, mounted, refs, name", json_out=True)
-    cmd("tree", layers.tree, "draw the layers as a tree", json_out=True)
-    sp = cmd("create", layers.create, "create an empty layer")
+    cmd("status", "layers.status", "show the store and engine", json_out=True)
+    cmd("ls", "layers.ls", "list layers: id, parent, size, mounted, refs, name", json_out=True,
+        reads=True)
+    cmd("tree", "layers.tree", "draw the layers as a tree", json_out=True,
+        reads=True)
+    sp = cmd("create", "layers.create", "create an empty layer")
     layer(sp, "new layer id")
     sp.add_argument("--parent", metavar="P", help="parent layer")
-    layer(cmd("mount", layers.mount, "mount a layer and print its path"))
-    layer(cmd("umount", layers.umount, "drop one mount reference (the last one unmounts)"))
-    layer(cmd("rm", layers.rm, "remove a layer"))
-    sp = cmd("diff", streams.diff, "write the layer's changes as a tar")
+    layer(cmd("mount", "layers.mount", "mount a layer and print its path"))
+    layer(cmd("umount", "layers.umount", "drop one mount reference (the last one unmounts)"))
+    layer(cmd("rm", "layers.rm", "remove a layer"))
+    sp = cmd("diff", "streams.diff", "write the layer's changes as a tar", reads=True)
     layer(sp)
     sp.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
     sp.add_argument("--compress", choices=("none", "gzip", "zstd"), default="none")
     against(sp)
-    sp = cmd("apply", streams.apply, "extract a layer tar into a layer (created if missing); "
+    sp = cmd("apply", "streams.apply", "extract a layer tar into a layer (created if missing); "
              "prints the layer's size")
     layer(sp)
     sp.add_argument("file", metavar="FILE", nargs="?", default="-",
                     help="tar, optionally compressed (default: stdin)")
     sp.add_argument("--parent", metavar="P", help="parent of a new layer")
-    sp = cmd("changes", layers.changes, "list the layer's changes (A/C/D path)", json_out=True)
+    sp = cmd("changes", "layers.changes", "list the layer's changes (A/C/D path)",
+             json_out=True, reads=True)
     layer(sp)
     against(sp)
-    sp = cmd("size", layers.size, "bytes in the layer's own files", json_out=True)
+    sp = cmd("size", "layers.size", "bytes in the layer's own files", json_out=True, reads=True)
     layer(sp)
     against(sp)
-    cmd("cleanup", layers.cleanup, "unmount every layer of the store")
-    sp = cmd("migrate", layers.migrate, "move a pre-0.7 Docker graph into the store")
+    cmd("cleanup", "layers.cleanup", "unmount every layer of the store")
+    sp = cmd("migrate", "layers.migrate", "move a pre-0.7 Docker graph into the store")
     sp.add_argument("path", metavar="PATH")
-    sp = cmd("convert", layers.convert, "rewrite the store's whiteouts in another format")
+    sp = cmd("convert", "layers.convert", "rewrite the store's whiteouts in another format")
     sp.add_argument("--to", choices=("overlay", "aufs"), required=True)
-    sp = cmd("import", streams.import_, "import a docker-save tarball or an OCI image layout; "
+    sp = cmd("import", "streams.import_", "import a docker-save tarball or an OCI image layout; "
              "prints the top layer id")
     sp.add_argument("archive", metavar="ARCHIVE")
     sp.add_argument("--name", metavar="NAME", help="record a name for the top layer")
-    sp = cmd("export", streams.export, "write the chain base..ID as an image tar (OCI layout "
-             "or docker-archive) with the config it came with")
+    sp = cmd("export", "streams.export", "write the chain base..ID as an image tar (OCI "
+             "layout or docker-archive) with the config it came with")
     layer(sp)
     sp.add_argument("-o", "--output", metavar="FILE", required=True)
     sp.add_argument("--format", choices=("oci", "docker-archive"), default="oci",
@@ -92,13 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "the layer's name, else latest for oci, none for docker-archive)")
     sp.add_argument("--compress", choices=("gzip", "zstd", "none"),
                     help="layer compression (default: gzip for oci, none for docker-archive)")
-    sp = cmd("pull", registry.pull, "pull an image from a registry; prints the top layer id",
+    sp = cmd("pull", "registry.pull", "pull an image from a registry; prints the top layer id",
              json_out=True)
     sp.add_argument("ref", metavar="REF", help="[host[:port]/]repo[:tag][@digest]")
     sp.add_argument("--platform", metavar="P", help="os/arch[/variant] (default: this host's)")
     sp.add_argument("--insecure", action="store_true",
                     help="allow plain HTTP and unverified TLS for this registry")
-    sp = cmd("push", registry.push, "push the chain base..ID to a registry; prints the "
+    sp = cmd("push", "registry.push", "push the chain base..ID to a registry; prints the "
              "manifest digest", json_out=True)
     layer(sp)
     sp.add_argument("ref", metavar="REF", help="[host[:port]/]repo[:tag]")

@@ -1,0 +1,112 @@
+"""Everyday speed (issue 17): start-up, warm diffs, export, and cost as the store grows.
+
+Every row is a ratio against a reference run in the same process tree, on the same
+loop-mounted ext4, in the same run (see bench/README.md):
+
+======================  ====================================================  ========
+row                     reference                                             goal
+======================  ====================================================  ========
+startup: aufs ls        ``python -c pass`` (same interpreter and environment)  <= 50 ms
+diff warm | cat         ``tar -cf - DIR | cat``, warm caches                    <= 1.0x
+diff cold               the same, cold caches                                   <= 1.0x
+======================  ====================================================  ========
+
+Whole-process rows run the package from bytecode, as an installed one does (the
+sources are compiled first; ``PYTHONDONTWRITEBYTECODE`` is dropped for the children).
+
+Run as root: ``python3 -m bench.speed [--reps N] [--only startup|diff ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import aufs
+from bench.common import (
+    Job,
+    Report,
+    compare_interleaved,
+    loop_ext4,
+    main_guard,
+    require_root,
+)
+from bench.getput import layer_id, populate
+
+STARTUP_BUDGET_MS = 50.0
+STARTUP_PAIRS = 10
+JOBS = ("startup",)
+
+
+def _child_env() -> dict[str, str]:
+    """This checkout's ``aufs`` for children, read from bytecode as an installed package
+    is (the sources compiled once here)."""
+    src = os.path.dirname(os.path.dirname(os.path.abspath(aufs.__file__)))
+    compileall.compile_dir(os.path.join(src, "aufs"), quiet=1)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = ":".join(dict.fromkeys(
+        [src, *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]))
+    return env
+
+
+def _process(argv: Sequence[str], env: dict[str, str]) -> Job:
+    def run() -> None:
+        subprocess.run(list(argv), env=env, stdout=subprocess.DEVNULL, check=True)
+    return Job(" ".join(argv), run)
+
+
+def bench_startup(mnt: str, report: Report, reps: int) -> None:
+    """``aufs ls`` of a 10-layer store and ``aufs --version``, whole process."""
+    root = os.path.join(mnt, "store10")
+    d = aufs.init(root)
+    parent = ""
+    for n in range(10):
+        lid = layer_id(n)
+        d.create(lid, parent)
+        populate(d.layout.diff(lid), f"l{n}")
+        parent = lid
+    d.cleanup()
+    env = _child_env()
+    py = sys.executable
+    ref = _process([py, "-c", "pass"], env)
+    ref = Job("python -c pass", ref.run)
+    for name, argv in (("startup: aufs ls (10 layers)", [py, "-m", "aufs", "--root", root, "ls"]),
+                       ("startup: aufs --version", [py, "-m", "aufs", "--version"])):
+        subject = _process(argv, env)
+        r = report.add(compare_interleaved(
+            name, Job(name.split(": ")[1], subject.run), ref, rounds=reps,
+            pairs=STARTUP_PAIRS, note="whole process, from bytecode"))
+        per_run = [s / STARTUP_PAIRS * 1000 for s in r.subject_s]
+        floor = [s / STARTUP_PAIRS * 1000 for s in r.reference_s]
+        report.value(f"{name}, ms", statistics.median(per_run), "ms",
+                     goal=STARTUP_BUDGET_MS if "ls" in name else None,
+                     note=f"min {min(per_run):.1f}, max {max(per_run):.1f}; python -c pass "
+                          f"{statistics.median(floor):.1f} ms")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m bench.speed", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=9, help="repetitions per ratio (median)")
+    parser.add_argument("--only", choices=JOBS, action="append",
+                        help="run only these jobs (repeatable)")
+    args = parser.parse_args(argv)
+    require_root()
+    jobs = set(args.only or JOBS)
+    report = Report("speed")
+    with loop_ext4(4 << 30, label="aufs-bench-speed") as mnt:
+        if "startup" in jobs:
+            bench_startup(mnt, report, args.reps)
+    report.finish()
+    failed = any(r.met is False for r in report.ratios) or any(
+        v["met"] is False for v in report.values)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 
 def init(root: str | os.PathLike[str], options: Sequence[str] = ()) -> Driver:
     """Open (creating if needed) the store at ``root`` — the seed's ``Init``."""
+    return _init(root, options, None)
+
+
+def _init(root: str | os.PathLike[str], options: Sequence[str],
+          lock: StoreLock | None) -> Driver:
+    """:func:`init`, under ``lock`` if given (a reader's own, which may be held already)."""
     from aufs._sys import mount as sysmount
     from aufs.store import recover
     from aufs.union import select
@@ -54,7 +60,7 @@ def init(root: str | os.PathLike[str], options: Sequence[str] = ()) -> Driver:
     for d in (*layout.top_dirs(), *layout.private_dirs()):
         ensure_dir(d)
     magic = fsinfo.fs_magic(layout.root)
-    lock = StoreLock(layout.lock_file, layout.private_dirs()[1:])
+    lock = lock or StoreLock(layout.lock_file, layout.private_dirs()[1:])
     with lock.hold():
         # Bind first: every mount of ours, the engine probes' included, then lives inside
         # the bind, where recovery can see it (a later bind would hide it).
@@ -99,12 +105,15 @@ def open_for_reading(root: str | os.PathLike[str], options: Sequence[str] = ()) 
             or os.path.lexists(layout.convert_journal)):
         return init(layout.root, options)
     engine_options = [f"aufs.engine={opts.engine}"]
+    lock = StoreLock(layout.lock_file, layout.private_dirs()[1:])
 
     def prepare() -> UnionEngine:
-        return init(layout.root, engine_options).engine
+        # Under the reader's own lock, which the caller may hold (a get inside a naive
+        # diff): flock on a second open of the file would wait for ourselves.
+        return _init(layout.root, engine_options, lock).engine
 
     return Driver(layout, prepare, get_format(stored.whiteouts),
-                  fsinfo.fs_name(fsinfo.fs_magic(layout.root)), StoreLock(layout.lock_file))
+                  fsinfo.fs_name(fsinfo.fs_magic(layout.root)), lock)
 
 
 def _release_bind(root: str) -> None:
@@ -457,10 +466,9 @@ class Driver:
         Returns the diff size if the extraction could count it (else None). An apply
         into an empty layer records the tar, so that an export gives the same bytes."""
         from aufs.archive import apply, tarsplit
-
-        self._refuse_mounted(id)
         from aufs.store import staging
 
+        self._refuse_mounted(id)
         with staging.LayerSwap(self.layout, id) as swap:
             split = tarsplit.Recorder(swap.companion("tar-split")) if not swap.made else None
             try:

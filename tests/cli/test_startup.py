@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,28 @@ def test_public_names_are_there_when_asked_for() -> None:
         import aufs
 
         _ = aufs.no_such_name
+
+
+def test_a_reader_that_must_mount_prepares_the_store_first(tmp_path: Path) -> None:
+    """changes against a grandparent mounts both trees (the naive path): the store opened
+    for reading probes its engine then, and leaves no mount behind."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    cli = Aufs(tmp_path / "store")
+    src = tmp_path / "f.tar"
+    try:
+        cli.ok("create", "a")
+        cli.ok("create", "b", "--parent", "a")
+        cli.ok("create", "c", "--parent", "b")
+        path = Path(cli.ok("mount", "c").out.strip())
+        (path / "new").write_bytes(b"x")
+        cli.ok("umount", "c")
+        assert cli.ok("changes", "c", "--parent", "a").out.splitlines() == ["A /new"]
+        with open(src, "wb") as f:
+            f.write(cli.ok("diff", "c", "--parent", "a").raw)
+        with tarfile.open(src) as tar:
+            assert tar.getnames() == ["new"]
+        mounts = Path("/proc/self/mountinfo").read_text()
+        assert str(cli.root) not in mounts
+    finally:
+        cli.ok("cleanup")

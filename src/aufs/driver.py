@@ -425,30 +425,33 @@ class Driver:
 
     def diff(self, id: str, parent: str = "") -> IO[bytes]:
         from aufs.archive import export
-        from aufs.graphdriver import naive
 
         with self._reading(id, parent):
             if self._direct_chain(id, parent) is None:
+                from aufs.graphdriver import naive  # the tar and apply code: only here
+
                 return naive.naive_diff(self, id, parent)
             return export.export_layer(self.layout.diff(id))
 
     def changes(self, id: str, parent: str = "") -> list[Change]:
         from aufs.archive import changes
-        from aufs.graphdriver import naive
 
         with self._reading(id, parent):
             chain = self._direct_chain(id, parent)
             if chain is None:
+                from aufs.graphdriver import naive
+
                 return naive.naive_changes(self, id, parent)
             lowers = [self.layout.diff(p) for p in chain]
             return changes.layer_changes(lowers, self.layout.diff(id))
 
     def diff_size(self, id: str, parent: str = "") -> int:
         from aufs.archive import changes
-        from aufs.graphdriver import naive
 
         with self._reading(id, parent):
             if self._direct_chain(id, parent) is None:
+                from aufs.graphdriver import naive
+
                 return naive.naive_diff_size(self, id, parent)
             return changes.diff_size(self.layout.diff(id))
 

@@ -68,7 +68,8 @@ def test_ls_reads_the_store_without_engines_or_tar_machinery(tmp_path: Path) -> 
         # nothing more of those packages; no engine is probed, so none is imported.
         assert {m for m in loaded for h in _HEAVY if m == h or m.startswith(h + ".")} == set()
         assert {m for m in loaded if m.startswith(("aufs.archive.", "aufs.image."))} <= {
-            "aufs.archive.changes", "aufs.archive.treediff", "aufs.image.names"}
+            "aufs.archive.types", "aufs.archive.changes", "aufs.archive.treediff",
+            "aufs.image.names"}
     finally:
         cli.ok("cleanup")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from aufs.errors import (
     DriverError,
@@ -30,8 +31,21 @@ from aufs.errors import (
     NotSupportedError,
     PrerequisitesError,
 )
-from aufs.graphdriver.naive import NaiveDiffDriver
 from aufs.graphdriver.protocol import Driver, ProtoDriver, Status
+
+if TYPE_CHECKING:
+    from aufs.graphdriver.naive import NaiveDiffDriver
+
+
+def __getattr__(name: str) -> object:
+    # NaiveDiffDriver brings the tar code with it: imported when asked for (PEP 562),
+    # so that `import aufs` (which registers the driver here) stays light.
+    if name == "NaiveDiffDriver":
+        from aufs.graphdriver.naive import NaiveDiffDriver
+
+        globals()[name] = NaiveDiffDriver
+        return NaiveDiffDriver
+    raise AttributeError(f"module 'aufs.graphdriver' has no attribute {name!r}")
 
 __all__ = [
     "Driver",

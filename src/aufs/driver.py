@@ -27,7 +27,7 @@ from aufs.graphdriver.protocol import Status
 from aufs.store import images, layers, meta, private, refs
 from aufs.store.layout import Layout, is_valid_id, validate_id
 from aufs.store.lock import StoreLock
-from aufs.whiteout import WhiteoutFormat, get_format
+from aufs.whiteout import WhiteoutFormat, get_format, root_is_opaque
 
 if TYPE_CHECKING:
     from aufs.archive.types import Change
@@ -207,8 +207,24 @@ class Driver:
 
         lay = self.layout
         return Branches(target=lay.mnt(id), rw=lay.diff(id),
-                        lowers=tuple(lay.diff(p) for p in chain), work=self._work(id),
+                        lowers=self._visible_lowers(id, chain), work=self._work(id),
                         label=label)
+
+    def _visible_lowers(self, id: str, chain: list[str]) -> tuple[str, ...]:
+        """The parents' diffs that show through ``id``: none below an opaque root (the
+        engines ignore an opaque root, so the chain is cut here). A layer whose own root
+        is opaque gets one empty lower branch."""
+        lay = self.layout
+        lowers: list[str] = []
+        if not root_is_opaque(lay.diff(id)):
+            for parent in chain:
+                lowers.append(lay.diff(parent))
+                if root_is_opaque(lowers[-1]):
+                    break
+        if not lowers:
+            ensure_dir(lay.empty_dir)
+            lowers.append(lay.empty_dir)
+        return tuple(lowers)
 
     def _work(self, id: str) -> str:
         """The union's work dir, which must be on the rw branch's mount: a layer migrated
@@ -488,8 +504,22 @@ class Driver:
         return size
 
     def _refuse_mounted(self, id: str) -> None:
+        """A layer whose union is mounted, or that is a lower branch of another layer's
+        mounted union, must not change under that union's users."""
         if self.mounted(id):
             raise LayerMountedError(f"layer {id} is mounted: apply_diff needs it unmounted")
+        mnt_dir = self.layout.mnt_dir
+        for entry in mountinfo.mounts_under(mnt_dir):
+            head, _, other = entry.mountpoint.rpartition("/")
+            if head != mnt_dir or other == id or not is_valid_id(other):
+                continue
+            try:
+                chain = self.parents(other)
+            except LayerNotFoundError:
+                continue
+            if id in chain:
+                raise LayerMountedError(f"layer {id} is a lower branch of the mounted layer "
+                                        f"{other}: apply_diff needs that one unmounted")
 
     def migrate(self, path: str | os.PathLike[str],
                 setup_init: Callable[[str], object]) -> None:

@@ -31,6 +31,10 @@ WH_OPAQUE = ".wh..wh..opq"
 WH_PLINK = ".wh..wh.plnk"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
+# The private attributes of the union engines (overlayfs, also in userxattr mode, and
+# fuse-overlayfs): whiteouts, opaque flags, redirects. Never content: a layer tar that
+# carries them would hide or redirect its parents' files behind changes' back.
+UNION_XATTR_PREFIXES = (OVERLAY_XATTR_PREFIX, "user.overlay.", "user.fuseoverlayfs.")
 
 # normalize()'s hook for AUFS housekeeping: (directory fd, name, path below the root).
 SetAside = Callable[[int, str, str], None]
@@ -127,6 +131,25 @@ def is_opaque(dir_fd: int, names: Iterator[str] | list[str] | set[str] | None = 
         except FileNotFoundError:
             pass
     return has_opaque_xattr(dir_fd)
+
+
+def root_is_opaque(path: str) -> bool:
+    """Is the layer directory ``path`` (followed: a migrated layer may be a symlink)
+    opaque at its root, in either format? Union engines ignore an opaque root, so the
+    driver stacks no parent below such a layer."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    try:
+        return is_opaque(fd)
+    finally:
+        os.close(fd)
+
+
+def is_union_xattr(name: str) -> bool:
+    """A union engine's private attribute (see :data:`UNION_XATTR_PREFIXES`)."""
+    return name.startswith(UNION_XATTR_PREFIXES)
 
 
 def is_export_xattr(name: str) -> bool:

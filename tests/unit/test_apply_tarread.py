@@ -118,15 +118,107 @@ def test_pax_records() -> None:
     assert sorted(m.xattrs or []) == [("security.capability", b"\x01"), ("user.k", b"v")]
 
 
-def test_pax_global_header_applies_to_later_members() -> None:
+def _header(name: bytes, typeflag: bytes, size: int) -> bytes:
+    """A ustar header block (for extended headers tarfile will not write as asked)."""
+    block = bytearray(512)
+    block[0:len(name)] = name
+    block[100:108] = b"0000644\0"
+    block[108:116] = block[116:124] = b"0000000\0"
+    block[124:136] = b"%011o\0" % size
+    block[136:148] = b"00000000000\0"
+    block[156:157] = typeflag
+    block[257:265] = b"ustar\x0000"
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def pax_record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
+    n = len(body) + 1
+    while len(str(n).encode()) + len(body) != n:
+        n += 1
+    return str(n).encode() + body
+
+
+def extended(typeflag: bytes, records: bytes, name: bytes = b"PaxHeader") -> bytes:
+    """An ``x`` or ``g`` header with its data, padded to whole blocks."""
+    return _header(name, typeflag, len(records)) + records + bytes(-len(records) % 512)
+
+
+def member(name: bytes, data: bytes = b"") -> bytes:
+    return _header(name, b"0", len(data)) + data + bytes(-len(data) % 512)
+
+
+END = bytes(1024)
+
+
+def test_pax_global_header_is_ignored() -> None:
+    """Docker (Go's reader, then Unpack) skips a ``g`` header: it renames, re-owns and
+    re-sizes nothing."""
+    glob = extended(b"g", pax_record(b"path", b"evil") + pax_record(b"uid", b"4242")
+                    + pax_record(b"mtime", b"77") + pax_record(b"size", b"100000")
+                    + pax_record(b"SCHILY.xattr.user.g", b"v"), name=b"pax_global_header")
+    got = read_all(glob + member(b"a", b"one") + member(b"b", b"two") + END)
+    assert [(m.name, m.uid, m.mtime_ns, m.xattrs, d) for m, d in got] == [
+        ("a", 0, 0, None, b"one"), ("b", 0, 0, None, b"two")]
+
+
+def test_pax_global_header_written_by_tarfile_is_ignored() -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT,
                       pax_headers={"mtime": "77", "comment": "git archive"}) as tf:
         for name in ("a", "b"):
-            ti = info(name)
+            ti = info(name, mtime=5)
             tf.addfile(ti, io.BytesIO(b""))
     got = read_all(buf.getvalue())
-    assert [(m.name, m.mtime_ns) for m, _ in got] == [("a", 77 * 10**9), ("b", 77 * 10**9)]
+    assert [(m.name, m.mtime_ns) for m, _ in got] == [("a", 5 * 10**9), ("b", 5 * 10**9)]
+
+
+def test_tar_of_only_a_global_header() -> None:
+    """Docker's TestXGlobalNoParent: a global header named ``foo/bar`` and nothing else
+    is an empty archive (no member, no parent directory)."""
+    assert read_all(extended(b"g", pax_record(b"comment", b"x"), name=b"foo/bar") + END) == []
+    assert read_all(extended(b"g", b"", name=b"foo/bar") + END) == []
+
+
+def test_global_header_drops_what_was_pending() -> None:
+    """Go returns the ``g`` header as an entry of its own: a pending ``x`` or GNU long
+    name before it applies to nothing."""
+    data = (extended(b"x", pax_record(b"path", b"renamed")) + extended(b"g", b"")
+            + member(b"plain", b"x") + END)
+    assert [m.name for m, _ in read_all(data)] == ["plain"]
+
+
+def test_malformed_global_header_is_an_error() -> None:
+    with pytest.raises(ArchiveError, match="malformed PAX record"):
+        read_all(extended(b"g", b"garbage\n") + member(b"a") + END)
+
+
+def test_later_pax_header_replaces_the_pending_one() -> None:
+    data = (extended(b"x", pax_record(b"path", b"first") + pax_record(b"uid", b"7"))
+            + extended(b"x", pax_record(b"mtime", b"9"))
+            + member(b"plain", b"x") + END)
+    (m, d), = read_all(data)
+    assert (m.name, m.uid, m.mtime_ns, d) == ("plain", 0, 9 * 10**9, b"x")
+
+
+@pytest.mark.parametrize("typeflag", [b"x", b"g", b"L", b"K"])
+def test_extended_header_limit_is_one_mebibyte(typeflag: bytes) -> None:
+    """Go's maxSpecialFileSize: 1 MiB of records is read, one byte more is refused."""
+    limit = 1 << 20
+
+    def records(size: int) -> bytes:
+        if typeflag in (b"x", b"g"):
+            return pax_record(b"comment", b"c" * (size - 17))  # 7 digits, " comment=", "\n"
+        return b"n" * (size - 1) + b"\0"
+
+    assert len(records(limit)) == limit and len(records(limit + 1)) == limit + 1
+    ok = extended(typeflag, records(limit)) + member(b"a", b"data") + END
+    assert read_all(ok, chunk=1 << 16)[-1][1] == b"data"
+    with pytest.raises(ArchiveError, match="too large"):
+        read_all(extended(typeflag, records(limit + 1)) + member(b"a", b"data") + END,
+                 chunk=1 << 16)
 
 
 def test_parse_pax_table() -> None:

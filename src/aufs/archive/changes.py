@@ -17,7 +17,9 @@ parents' union shows: a path whited out or hidden under an opaque directory in a
 parent does not count as existing below it. An opaque directory in ``rw`` (either
 format) replaces what the parents showed in it: a name it still has is ``MODIFY`` (or
 ``ADD`` if new), each name it lacks is a ``DELETE`` — as comparing the two mounted trees
-would say.
+would say. That holds for the layer's root too: an opaque root hides every parent (the
+driver mounts no parent below it), and so does a parent's opaque root for the parents
+below that one.
 
 Also here: :func:`diff_size`. The naive (mount both trees) variants for a parent that is
 not the direct one are in :mod:`aufs.graphdriver.naive`.
@@ -230,7 +232,7 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
                 else:
                     append((path, _ADD))
                     parent_changed = True
-            if rel and lows and not hides:
+            if lows and not hides:  # the root too: an opaque root hides every parent
                 hides = aufs_opaque or has_opaque_xattr(fd)
             if hides and lows:
                 # Only this layer shows here: what the parents showed and it lacks is gone.

@@ -9,7 +9,8 @@ name as Docker's walk does, each directory before its contents) and yields:
 - a whiteout of either format (AUFS ``.wh.<name>`` file, overlay 0:0 char device) as an
   empty regular member ``.wh.<name>``;
 - an opaque directory of either format as the directory, then ``<dir>/.wh..wh..opq``;
-- nothing of AUFS housekeeping (``.wh..wh.*``) and no member for the layer root.
+- nothing of AUFS housekeeping (``.wh..wh.*``) and no member for the layer root; an
+  opaque root (which hides every parent) as ``.wh..wh..opq``, first.
 
 The walk is a generator, run by the reader of the stream (:mod:`aufs.archive.stream`):
 nothing happens until the caller reads, and memory stays constant whatever the layer size.
@@ -34,7 +35,14 @@ from aufs.archive.entries import (
 from aufs.archive.stream import Member, tar_stream
 from aufs.archive.tarwrite import REGTYPE, simple_header
 from aufs.archive.types import Change, ChangeKind
-from aufs.whiteout import WH_PREFIX, Kind, classify_entry, classify_name, whiteout_tar_mode
+from aufs.whiteout import (
+    WH_PREFIX,
+    Kind,
+    classify_entry,
+    classify_name,
+    has_opaque_xattr,
+    whiteout_tar_mode,
+)
 
 __all__ = ["export_changes", "export_dir", "export_layer"]
 
@@ -89,7 +97,10 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
     stack: list[tuple[int, bytes, Iterator[_Item]]] = []
     os_open, os_close, fstat = os.open, os.close, os.fstat
     try:
-        stack.append((root_fd, b"", iter(_list_dir(root_fd)[0])))
+        items, root_opaque = _list_dir(root_fd)
+        if root_opaque or has_opaque_xattr(root_fd):
+            yield members.opaque(b"", root_fd)
+        stack.append((root_fd, b"", iter(items)))
         while stack:
             fd, prefix, it = stack[-1]
             for key, name, kind, entry in it:

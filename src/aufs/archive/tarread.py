@@ -11,6 +11,13 @@ numbers, ``D`` dump directories), PAX (``x`` per file, ``g`` global; ``path``,
 ``LIBARCHIVE.xattr.*``, ``SCHILY.devmajor/devminor``) and old v7 headers. Sparse files
 (GNU ``S``, ``GNU.sparse.*``) and multi-volume archives are refused.
 
+Extended headers as Go's ``archive/tar`` reads them (Docker's ``pkg/archive``): each
+``x``, ``g``, ``L`` or ``K`` record holds at most 1 MiB (more is an ArchiveError, not
+memory); a later ``x`` replaces a pending one (never merged: a chain of them costs one
+header's memory); a PAX global header (``g``) is checked and then ignored — it changes no
+member and drops what was pending before it (Go returns it as an entry of its own, which
+Docker skips).
+
 Strictness (Go's ``archive/tar``, which Docker uses): a bad checksum, a bad number, a
 stream that ends inside a header or inside data, or one that ends without the
 end-of-archive zero block raises :class:`aufs.archive.ArchiveError`. An empty stream is
@@ -33,7 +40,7 @@ BLOCK = 512
 # devmajor, devminor, prefix
 _HEADER = struct.Struct("100s8s8s8s12s12s8sB100s6s2s32s32s8s8s155s")
 _ZERO = bytes(BLOCK)
-_MAX_META = 16 << 20  # PAX or GNU long-name data held in memory
+_MAX_META = 1 << 20  # one PAX or GNU long-name record (Go: maxSpecialFileSize)
 _DIRECT_MIN = 128 << 10  # data left in a file source rather than read (TarReader.take)
 
 # Member kinds.
@@ -97,7 +104,6 @@ class TarReader:
         self._base = 0          # stream offset of _buf[0]
         self._left = 0          # bytes of the current member's data not yet consumed
         self._pad = 0           # padding after it
-        self._globals: dict[bytes, bytes] = {}
         self.done = False
 
     # -- the byte source --------------------------------------------------------------
@@ -216,7 +222,8 @@ class TarReader:
     def _data(self, size: int, what: str) -> bytes:
         """The whole data of a metadata record (PAX, long name), padding skipped."""
         if size > _MAX_META:
-            raise ArchiveError(f"{what} of {size} bytes at byte {self.offset}: too large")
+            raise ArchiveError(f"{what} of {size} bytes at byte {self.offset}: too large "
+                               f"(at most {_MAX_META} bytes, as Go's archive/tar reads)")
         data = self._take(size) if size else b""
         if data is None:
             raise ArchiveError(f"truncated tar stream (it ends inside a {what})")
@@ -286,14 +293,11 @@ class TarReader:
                     data = self._data(size, _META_TYPES[type_])
                     buf, pos = self._buf, self._pos
                 if type_ == _T_PAX:
-                    records = h.parse_pax(data)
-                    pax = records if pax is None else {**pax, **records}
+                    pax = h.parse_pax(data)  # replaces a pending one, as Go does
                 elif type_ == _T_GLOBAL:
-                    for key, value in h.parse_pax(data).items():
-                        if value:
-                            self._globals[key] = value
-                        else:
-                            self._globals.pop(key, None)
+                    h.parse_pax(data)  # checked, then ignored (Docker skips it)
+                    pax = longname = longlink = None
+                    first = True  # an entry of its own: the end block may follow
                 elif type_ == _T_LONGNAME:
                     longname = h.cstr(data)
                 else:
@@ -357,8 +361,6 @@ class TarReader:
             devmajor = h.number(f_major, "devmajor", offset)
             devminor = h.number(f_minor, "devminor", offset)
         xattrs: list[tuple[str, bytes]] | None = None
-        if self._globals:
-            pax = {**self._globals, **pax} if pax else dict(self._globals)
         if pax:
             extras = False
             for key, value in pax.items():

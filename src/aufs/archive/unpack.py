@@ -5,8 +5,10 @@ reached from the root fd one component at a time with ``O_NOFOLLOW | O_DIRECTORY
 (:mod:`aufs.archive.dirfds`): a symlink on the way — already in the tree or made a moment
 before by the same archive — raises :class:`BreakoutError`; so does a name that leaves
 the tree once cleaned, and a hard link to something outside the tree or missing.
-Symlink *targets* are content and may be anything. An existing entry is replaced by
-unlinking it and creating anew, never by writing into it.
+Symlink targets follow Docker's ``createTarFile``: the target joined to the link's own
+directory must stay in the tree (:func:`symlink_escapes`), so ``a/l -> ../../etc`` is a
+breakout while ``/etc/passwd`` (joined, ``a/etc/passwd``) is content. An existing entry
+is replaced by unlinking it and creating anew, never by writing into it.
 
 Whiteouts arrive as Docker/OCI ``.wh.`` entries: they remove what they delete within
 this tree and are written in the given :class:`~aufs.whiteout.WhiteoutFormat` (or not
@@ -52,7 +54,7 @@ from aufs.whiteout import (
     is_overlay_whiteout_mode,
 )
 
-__all__ = ["DIR_FLAG", "ENTRY_FLAG", "Unpacker", "clean_name"]
+__all__ = ["DIR_FLAG", "ENTRY_FLAG", "Unpacker", "clean_name", "symlink_escapes"]
 
 # ``Unpacker.made`` flags of a path: a directory; an entry of this archive (an opaque
 # directory keeps those).
@@ -86,6 +88,25 @@ def clean_name(name: str) -> str:
     if cleaned == ".." or cleaned.startswith("../"):
         raise BreakoutError(f"tar entry {name!r} would be written outside the layer")
     return cleaned
+
+
+def symlink_escapes(name: str, target: str) -> bool:
+    """Does the symlink ``name`` (cleaned, relative to the tree) with ``target`` point out
+    of the tree? Docker's rule (``createTarFile``): ``filepath.Join(dir of the link,
+    target)`` must stay inside — lexically, the target's ``..`` climbing from the link's
+    directory. An absolute target is joined the same way (Go's Join), so it stays inside
+    unless its ``..`` climb above the link's directory's depth. Pure."""
+    if ".." not in target:
+        return False  # the usual case: nothing can climb
+    depth = name.count("/")  # components of the link's directory
+    for part in target.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part and part != ".":
+            depth += 1
+    return False
 
 
 class Unpacker:
@@ -514,6 +535,9 @@ class Unpacker:
         self.dir_meta.append((name, _times(m), m.mode if defer else -1))
 
     def _symlink(self, m: t.Member, name: str, parent: int, base: str) -> None:
+        if symlink_escapes(name, m.linkname):
+            raise BreakoutError(f"symlink {m.name!r} -> {m.linkname!r} points outside the "
+                                "layer")
         self._replace(parent, name, base, lambda: os.symlink(m.linkname, base, dir_fd=parent))
         self.made[name] = ENTRY_FLAG
         self._meta_at(m, parent, base, chmod=False)

@@ -15,9 +15,7 @@ import errno
 import os
 
 from aufs.errors import ArchiveError
-from aufs.whiteout import OVERLAY_XATTR_PREFIX
-
-_ENGINE_XATTR_PREFIXES = (OVERLAY_XATTR_PREFIX, "user.fuseoverlayfs.")
+from aufs.whiteout import UNION_XATTR_PREFIXES
 
 __all__ = ["Policy", "copy_range", "map_os_error",
            "set_xattrs", "write_views"]
@@ -83,12 +81,13 @@ class Policy:
 
 
 def set_xattrs(target: int | str, xattrs: list[tuple[str, bytes]]) -> None:
-    """Set xattrs on an fd or a path (never followed); never overlayfs' or
-    fuse-overlayfs's own (a ``user.fuseoverlayfs.origin`` makes fuse-overlayfs 1.10 serve
+    """Set xattrs on an fd or a path (never followed); never a union engine's own
+    (``trusted.overlay.*``, ``user.overlay.*``, ``user.fuseoverlayfs.*``: they come from
+    whiteouts only; a ``user.fuseoverlayfs.origin`` makes fuse-overlayfs 1.10 serve
     another file's data: :mod:`aufs.union.fuse_tidy`). As Docker does, an attribute the
     filesystem or the kernel refuses (ENOTSUP, EPERM) is skipped."""
     for key, value in xattrs:
-        if key.startswith(_ENGINE_XATTR_PREFIXES):
+        if key.startswith(UNION_XATTR_PREFIXES):
             continue
         try:
             if isinstance(target, int):

@@ -13,6 +13,7 @@
         ├── work/<id>   overlayfs work dir (same filesystem as diff/)
         ├── l/          short symlinks to diff dirs (overlay, old kernels, long chains)
         ├── staging/    things being built; renamed into place when whole
+        ├── empty/      an empty lower branch, for a layer whose opaque root hides its parents
         ├── names.json  names given to layers (``aufs import --name``): {name: id}
         ├── images/<id>.json  the config and manifest of the image whose top layer is <id>
         ├── tar-split/<id>  how to rebuild the tar <id> was applied from, byte for byte
@@ -134,6 +135,10 @@ class Layout:
 
     def staging(self, name: str) -> str:
         return f"{self.root}/.aufs/staging/{name}"
+
+    @property
+    def empty_dir(self) -> str:
+        return f"{self.root}/.aufs/empty"
 
     @property
     def names_file(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -134,7 +135,35 @@ def changes(ctx: Context) -> None:
         ctx.out([{"path": c.path, "kind": c.kind.name.lower()} for c in changes])
         return
     for c in changes:
-        print(c)
+        print(f"{c.kind.letter} {quote_path(c.path)}")
+
+
+# Characters that would end or bend a line (C0/C1 controls, DEL, Unicode line and
+# paragraph separators) and bytes that are not UTF-8 (surrogate-escaped in names).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\udc80-\udcff]")
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", '"': '\\"'}
+
+
+def quote_path(path: str) -> str:
+    """A change's path for one text line: as it is, unless it holds a character that
+    could forge or bend a line; then C-quoted (``"/a\\nD /etc/passwd"``), which no plain
+    path can look like (those start with ``/``): ``\\xHH`` is a byte of the name that is
+    not UTF-8 (or an ASCII control), ``\\uHHHH`` a Unicode control or separator.
+    ``--json`` prints paths exactly."""
+    if not _UNSAFE.search(path):
+        return path
+    out = []
+    for ch in path:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif "\udc80" <= ch <= "\udcff":  # an undecodable byte of the name
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif _UNSAFE.match(ch):
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def size(ctx: Context) -> None:

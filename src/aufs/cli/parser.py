@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from aufs import __version__
@@ -18,6 +18,30 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
+
+class _CommandParser(_Parser):
+    """A command's parser: options may come before, between or after its positional
+    arguments (``aufs apply ID --parent P FILE``), as argparse's intermixed parsing
+    reads them (the top-level parser cannot use it: it has the subcommands)."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixing:  # the intermixed parse's own two passes
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def _path(value: str) -> str:
+    if not value:
+        raise argparse.ArgumentTypeError("an empty path (give a directory)")
+    return value
 
 
 Command = Callable[[Context], None]
@@ -38,12 +62,13 @@ def resolve(func: CommandRef) -> Command:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="aufs", description="Docker's AUFS layer store on today's kernels.")
     p.add_argument("--version", action="version", version=f"aufs {__version__}")
-    p.add_argument("--root", metavar="DIR",
+    p.add_argument("--root", metavar="DIR", type=_path,
                    help=f"the store (default: $AUFS_ROOT or {DEFAULT_ROOT})")
     p.add_argument("--engine", choices=ENGINES, help="union engine (default: auto)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                           parser_class=_CommandParser)
 
     def cmd(name: str, func: CommandRef, help: str, *, json_out: bool = False,
             reads: bool = False) -> _Parser:

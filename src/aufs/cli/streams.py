@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from typing import IO, Protocol
 
 from aufs import progress
 from aufs.cli.context import Context, UsageError
+from aufs.cli.output import check_outside, open_output, replaceable
 from aufs.image import names
 
 _CHUNK = 1 << 20
@@ -24,7 +27,7 @@ def diff(ctx: Context) -> None:
     if a.output is None and sys.stdout.isatty():
         raise UsageError("refusing to write a tar to a terminal: use -o FILE or a redirection")
     with progress.bar("diff", sys.stderr) as bar, d.diff(layer_id, parent) as stream, \
-            _output(a.output) as out:
+            open_output(a.output, ctx.root) as out:
         sink = _compressor(out, a.compress)
         while chunk := stream.read(_CHUNK):
             sink.write(chunk)
@@ -48,24 +51,6 @@ def _compressor(out: IO[bytes], kind: str) -> _Sink:
         writer: _Sink = zstandard.ZstdCompressor().stream_writer(out, closefd=False)
         return writer
     return out
-
-
-@contextlib.contextmanager
-def _output(path: str | None) -> Iterator[IO[bytes]]:
-    """stdout, or ``path`` written whole or not at all (through a temporary name)."""
-    if path is None or path == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
-        return
-    tmp = f"{path}.part-{os.getpid()}"
-    try:
-        with open(tmp, "xb") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def apply(ctx: Context) -> None:
@@ -125,6 +110,17 @@ def export(ctx: Context) -> None:
     if tag is None:
         own = names.by_layer(names.read(d.layout)).get(layer_id, [])
         tag = names.reference(own)
+    output = a.output
+    check_outside(output, ctx.root)
     with progress.bar("export", sys.stderr) as bar:
-        save.export_image(d, layer_id, a.output, format=a.format, tag=tag,
-                          compress=a.compress, on_bytes=bar.update)
+        if replaceable(output):  # written beside it, renamed over it when whole
+            save.export_image(d, layer_id, output, format=a.format, tag=tag,
+                              compress=a.compress, on_bytes=bar.update)
+            return
+        # A device, a FIFO, a symlink: built elsewhere, then written into it.
+        with tempfile.TemporaryDirectory(prefix="aufs-export-") as scratch:
+            image = os.path.join(scratch, "image.tar")
+            save.export_image(d, layer_id, image, format=a.format, tag=tag,
+                              compress=a.compress, on_bytes=bar.update)
+            with open(image, "rb") as src, open_output(output, ctx.root) as out:
+                shutil.copyfileobj(src, out, _CHUNK)

@@ -220,6 +220,8 @@ def _read_raw(src: Source, name: str, digest: str | None = None,
         json.loads(data)
     except ValueError as exc:
         raise ImageError(f"{name}: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise ImageError(f"{name}: JSON nested too deeply") from None
     return data
 
 

@@ -71,6 +71,8 @@ class TarSource:
             f = self._tar.extractfile(m)
         except (KeyError, tarfile.TarError) as exc:  # a link to nothing
             raise ImageError(f"the archive's {name} is a broken link") from exc
+        except RecursionError:  # tarfile follows links by recursion
+            raise ImageError(f"the archive's {name} is a symlink loop") from None
         if f is None:
             raise ImageError(f"the archive's {name} is not a file")
         return f

@@ -50,6 +50,7 @@ from aufs.store.layout import Layout
 from aufs.store.lock import StoreLock
 from aufs.store.meta import check_not_pending, pending
 from aufs.store.recover import pid_alive
+from aufs.store.store import Store
 from aufs.whiteout import AUFS, get_format
 
 __all__ = ["ConversionPendingError", "ConvertReport", "check_not_pending", "convert",
@@ -153,10 +154,8 @@ def _check_idle(layout: Layout) -> None:
 
 
 def _layer_dir(layout: Layout, layer_id: str) -> str | None:
-    """The layer's directory; a migrated layer's ``diff/<id>`` may be a symlink to it."""
-    path = layout.diff(layer_id)
-    if os.path.islink(path):
-        path = os.path.realpath(path)
+    """The layer's directory (a migrated layer's ``diff/<id>`` may be a symlink to it)."""
+    path = Store(layout).data_dir(layer_id)
     return path if os.path.isdir(path) else None
 
 

@@ -27,6 +27,7 @@ from aufs.graphdriver.protocol import Status
 from aufs.store import images, layers, meta, private, refs
 from aufs.store.layout import Layout, is_valid_id, validate_id
 from aufs.store.lock import StoreLock
+from aufs.store.store import Store
 from aufs.whiteout import WhiteoutFormat, get_format, root_is_opaque
 
 if TYPE_CHECKING:
@@ -152,6 +153,7 @@ class Driver:
             self._engine = engine
         self.whiteouts = whiteouts
         self.backing_fs = backing_fs
+        self.store = Store(layout)
         self._lock = lock
 
     @property
@@ -178,20 +180,18 @@ class Driver:
 
     # -- lookups ------------------------------------------------------------------------
     def exists(self, id: str) -> bool:
-        if not is_valid_id(id):
-            return False
-        return os.path.lexists(self.layout.layers(id))
+        return is_valid_id(id) and self.store.exists(id)
 
     def parents(self, id: str) -> list[str]:
         """The layer's ancestors, nearest first (the content of ``layers/<id>``)."""
         validate_id(id)
         try:
-            return layers.read_chain(self.layout.layers(id))
+            return self.store.chain(id)
         except FileNotFoundError:
             raise LayerNotFoundError(f"no such layer: {id}") from None
 
     def ids(self) -> list[str]:
-        return layers.list_ids(self.layout.layers_dir)
+        return self.store.ids()
 
     def mounted(self, id: str) -> bool:
         """True if the layer's union is mounted at ``mnt/<id>``."""
@@ -207,7 +207,7 @@ class Driver:
 
         lay = self.layout
         return Branches(target=lay.mnt(id), rw=lay.diff(id),
-                        lowers=self._visible_lowers(id, chain), work=self._work(id),
+                        lowers=self._visible_lowers(id, chain), work=self.store.work(id),
                         label=label)
 
     def _visible_lowers(self, id: str, chain: list[str]) -> tuple[str, ...]:
@@ -226,39 +226,17 @@ class Driver:
             lowers.append(lay.empty_dir)
         return tuple(lowers)
 
-    def _work(self, id: str) -> str:
-        """The union's work dir, which must be on the rw branch's mount: a layer migrated
-        by symlink (its data elsewhere) gets one beside its data."""
-        rw = self.layout.diff(id)
-        if os.path.islink(rw):
-            return self.layout.work_beside(os.path.realpath(rw))
-        return self.layout.work(id)
-
     # -- lifecycle ----------------------------------------------------------------------
     def create(self, id: str, parent: str = "") -> None:
         validate_id(id)
         if parent:
             validate_id(parent)
-        lay = self.layout
         with self._lock.hold():
-            if os.path.lexists(lay.layers(id)):
+            if self.store.exists(id):
                 raise LayerExistsError(f"layer already exists: {id}")
             chain = [parent, *self.parents(parent)] if parent else []
-            # An existing diff/<id> is kept, as Docker's MkdirAll does: migration moves
-            # a layer's files there before registering it.
-            made = [p for p in (lay.diff(id), lay.mnt(id)) if not os.path.lexists(p)]
-            self._discard(lay.work(id))
-            refs.clear(lay.refs(id))
-            try:
-                for path in made:
-                    os.mkdir(path)
-                    os.chmod(path, 0o755)  # a layer's root is 0755 whatever the umask
-                layers.write_chain(lay.layers(id), chain)  # publishes the layer
-            except BaseException:
-                for path in made:
-                    with contextlib.suppress(OSError):
-                        self._discard(path)
-                raise
+            self._discard(self.layout.work(id))  # a leftover of a half-removed layer
+            self.store.create(id, chain)
 
     def _discard(self, path: str) -> None:
         """Remove a leftover path of a half-created or half-removed layer."""
@@ -268,37 +246,16 @@ class Driver:
 
     def remove(self, id: str) -> None:
         validate_id(id)
-        lay = self.layout
         with self._lock.hold():
-            if not os.path.lexists(lay.layers(id)):
+            if not self.store.exists(id):
                 raise LayerNotFoundError(f"no such layer: {id}")
-            children = self._children(id)
+            children = self.store.children(id)
             if children:
                 names = ", ".join(children[:3])
                 raise LayerInUseError(f"layer {id} is the parent of: {names}")
             self._unmount(id)
-            self.engine.forget(lay.diff(id))
-            # The rename of layers/<id> is the moment the layer stops existing.
-            os.replace(lay.layers(id), lay.removing(lay.layers(id)))
-            doomed = []
-            for path in (lay.mnt(id), lay.diff(id), lay.work(id)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(path, lay.removing(path))
-                    doomed.append(lay.removing(path))
-            refs.clear(lay.refs(id))
-            images.forget(lay, id)
-            for path in doomed:
-                rmtree(path)
-            os.unlink(lay.removing(lay.layers(id)))
-
-    def _children(self, id: str) -> list[str]:
-        out = []
-        for other in self.ids():
-            with contextlib.suppress(FileNotFoundError):
-                chain = layers.read_chain(self.layout.layers(other))
-                if chain and chain[0] == id:
-                    out.append(other)
-        return out
+            self.engine.forget(self.layout.diff(id))
+            self.store.remove(id)
 
     # -- mounting -----------------------------------------------------------------------
     def get(self, id: str, mount_label: str = "") -> str:
@@ -360,14 +317,11 @@ class Driver:
             self._engine_unmount(id, target)
 
     def _engine_unmount(self, id: str, target: str) -> None:
-        rw = self.layout.diff(id)
-        if os.path.islink(rw):  # a layer migrated by symlink: its data lives elsewhere
-            rw = os.path.realpath(rw)
         try:
-            lowers = [self.layout.diff(p) for p in layers.read_chain(self.layout.layers(id))]
+            lowers = [self.layout.diff(p) for p in self.store.chain(id)]
         except FileNotFoundError:
             lowers = []  # a half-removed layer: nothing above it is read any more
-        self.engine.unmount(target, rw, lowers)
+        self.engine.unmount(target, self.store.data_dir(id), lowers)
 
     def status(self) -> Status:
         dirperm1 = bool(getattr(getattr(self.engine, "caps", None), "dirperm1", False))
@@ -488,6 +442,10 @@ class Driver:
         from aufs.store import staging
 
         self._refuse_mounted(id)
+        if self.store.relocated(id):
+            raise DriverError(f"layer {id} lives outside the store ({self.layout.diff(id)} is a "
+                              "symlink, left by a migration): apply_diff cannot replace it "
+                              "atomically")
         with staging.LayerSwap(self.layout, id) as swap:
             split = tarsplit.Recorder(swap.companion("tar-split")) if not swap.made else None
             try:

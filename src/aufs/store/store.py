@@ -1,0 +1,105 @@
+"""The layers of a store on disk, and their rules, in one object.
+
+:class:`Store` owns what a layer *is* in the store's directories: it exists iff
+``layers/<id>`` does; creating publishes ``layers/<id>`` last; removing renames each of
+its paths to ``<path>-removing`` first (``layers/<id>`` before the others: that rename is
+the moment the layer stops existing), so a crash never leaves half a layer that looks
+whole (:mod:`aufs.store.recover` finishes it). And the one rule of migrated layers:
+``diff/<id>`` may be a symlink, left by a migration that could not rename the layer's
+data into the store; :meth:`Store.data_dir` and :meth:`Store.work` handle it.
+
+It holds no lock and mounts nothing: the driver calls it under the store lock, after
+unmounting what must be unmounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from aufs._sys.files import rmtree
+from aufs.store import images, layers, refs
+from aufs.store.layout import Layout
+
+__all__ = ["Store"]
+
+
+class Store:
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    # -- lookups ------------------------------------------------------------------------
+    def exists(self, id: str) -> bool:
+        return os.path.lexists(self.layout.layers(id))
+
+    def chain(self, id: str) -> list[str]:
+        """The layer's ancestors, nearest first; FileNotFoundError for an unknown layer."""
+        return layers.read_chain(self.layout.layers(id))
+
+    def ids(self) -> list[str]:
+        return layers.list_ids(self.layout.layers_dir)
+
+    def children(self, id: str) -> list[str]:
+        """The layers whose direct parent is ``id``."""
+        out = []
+        for other in self.ids():
+            with contextlib.suppress(FileNotFoundError):
+                chain = self.chain(other)
+                if chain and chain[0] == id:
+                    out.append(other)
+        return out
+
+    # -- the migrated-layer rule --------------------------------------------------------
+    def relocated(self, id: str) -> bool:
+        """Is ``diff/<id>`` a symlink to the layer's data elsewhere (left by migration)?"""
+        return os.path.islink(self.layout.diff(id))
+
+    def data_dir(self, id: str) -> str:
+        """Where the layer's files are: ``diff/<id>``, or where it points if it is a
+        migration's symlink."""
+        rw = self.layout.diff(id)
+        return os.path.realpath(rw) if os.path.islink(rw) else rw
+
+    def work(self, id: str) -> str:
+        """The union's work dir, which must be on the rw branch's mount: a layer migrated
+        by symlink (its data elsewhere) gets one beside its data."""
+        if self.relocated(id):
+            return self.layout.work_beside(self.data_dir(id))
+        return self.layout.work(id)
+
+    # -- create and remove --------------------------------------------------------------
+    def create(self, id: str, chain: list[str]) -> None:
+        """Make ``diff/<id>`` and ``mnt/<id>`` (0755) and publish ``layers/<id>`` with the
+        parent ``chain``; on failure what this call made goes again. An existing
+        ``diff/<id>`` is kept, as Docker's MkdirAll does: migration moves a layer's
+        files there before registering it."""
+        lay = self.layout
+        made = [p for p in (lay.diff(id), lay.mnt(id)) if not os.path.lexists(p)]
+        refs.clear(lay.refs(id))
+        try:
+            for path in made:
+                os.mkdir(path)
+                os.chmod(path, 0o755)  # a layer's root is 0755 whatever the umask
+            layers.write_chain(lay.layers(id), chain)  # publishes the layer
+        except BaseException:
+            for path in made:
+                with contextlib.suppress(OSError):
+                    rmtree(path)
+            raise
+
+    def remove(self, id: str) -> None:
+        """Remove the layer's files by renaming them to ``<path>-removing`` first (nothing
+        of it may be mounted)."""
+        lay = self.layout
+        # The rename of layers/<id> is the moment the layer stops existing.
+        os.replace(lay.layers(id), lay.removing(lay.layers(id)))
+        doomed = []
+        for path in (lay.mnt(id), lay.diff(id), lay.work(id)):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, lay.removing(path))
+                doomed.append(lay.removing(path))
+        refs.clear(lay.refs(id))
+        images.forget(lay, id)
+        for path in doomed:
+            rmtree(path)
+        os.unlink(lay.removing(lay.layers(id)))

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aufs._sys import safefs
-from aufs._sys.files import ensure_dir, rmtree, write_atomic
+from aufs._sys.files import ensure_dir, list_xattrs, rmtree, write_atomic
 from aufs.errors import DriverError
 from aufs.store.layout import Layout
 from aufs.whiteout import (
@@ -134,14 +134,9 @@ def _drop_xattrs_below(path: str, prefix: str) -> None:
 def _drop_xattrs(target: int | str, prefix: str) -> None:
     """From an open directory or a (not followed) path."""
     try:
-        if isinstance(target, int):
-            names = os.listxattr(target)
-        else:
-            names = os.listxattr(target, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.ENOENT):
-            return
-        raise
+        names = list_xattrs(target)
+    except FileNotFoundError:
+        return
     for name in names:
         if name.startswith(prefix):
             if isinstance(target, int):

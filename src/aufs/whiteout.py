@@ -25,6 +25,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
+from aufs._sys import safefs
+from aufs._sys.files import list_xattrs
+
 WH_PREFIX = ".wh."
 WH_META_PREFIX = ".wh..wh."
 WH_OPAQUE = ".wh..wh..opq"
@@ -109,7 +112,7 @@ def has_opaque_xattr(dir_fd_or_path: int | str) -> bool:
     # getxattr cannot. follow_symlinks cannot go with an fd.
     follow = {} if isinstance(dir_fd_or_path, int) else {"follow_symlinks": False}
     try:
-        if OVERLAY_OPAQUE_XATTR not in os.listxattr(dir_fd_or_path, **follow):
+        if OVERLAY_OPAQUE_XATTR not in list_xattrs(dir_fd_or_path):
             return False
         return os.getxattr(dir_fd_or_path, OVERLAY_OPAQUE_XATTR, **follow) == b"y"
     except OSError:
@@ -195,7 +198,7 @@ class WhiteoutFormat:
         directory (the converter moves it to the store's attic). Without ``set_aside``
         housekeeping is left in place.
         """
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(root, safefs.O_DIR)
         try:
             return self._normalize_dir(fd, os.fstat(fd).st_dev, "", set_aside)
         finally:
@@ -207,7 +210,7 @@ class WhiteoutFormat:
 
     def _normalize_subdir(self, dir_fd: int, name: str, dev: int, rel: str,
                           set_aside: SetAside | None) -> int:
-        sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+        sub = os.open(name, safefs.O_DIR,
                       dir_fd=dir_fd)
         try:
             if os.fstat(sub).st_dev != dev:

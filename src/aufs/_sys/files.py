@@ -6,8 +6,9 @@ import contextlib
 import errno
 import os
 import resource
-import stat
 from collections.abc import Iterator
+
+from aufs._sys import safefs
 
 
 def fd_budget(share: int, most: int, least: int = 1) -> int:
@@ -36,46 +37,38 @@ def write_atomic(path: str, data: bytes, *, fsync: bool = True) -> None:
     os.replace(tmp, path)
 
 
+NO_XATTRS = (errno.ENOTSUP, errno.ENODATA, errno.EPERM, errno.EACCES)
+
+
+def list_xattrs(target: int | str) -> list[str]:
+    """Names of the xattrs of an open fd, or of a path (not followed); [] where the
+    filesystem keeps none or they may not be seen (:data:`NO_XATTRS`)."""
+    try:
+        if isinstance(target, int):
+            return os.listxattr(target)
+        return os.listxattr(target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in NO_XATTRS:
+            return []
+        raise
+
+
 def rmtree(path: str) -> None:
-    """Remove ``path`` recursively, never following a symlink nor crossing a mount.
+    """Remove ``path`` recursively, never following a symlink nor crossing a mount
+    (:func:`aufs._sys.safefs.remove_at`, the one tree remover); a missing path is fine.
 
     A directory on another filesystem (a mount inside the tree) raises OSError(EBUSY)
     instead of having its contents deleted.
     """
+    head, name = os.path.split(os.path.abspath(path))
     try:
-        st = os.lstat(path)
+        fd = os.open(head, safefs.O_ROOT)
     except FileNotFoundError:
         return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(path)
-        return
-    if os.lstat(os.path.dirname(os.path.abspath(path))).st_dev != st.st_dev:
-        raise OSError(errno.EBUSY, "a filesystem is mounted there", path)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        _rmtree_fd(fd, st.st_dev, path)
+        safefs.remove_at(fd, name)
     finally:
         os.close(fd)
-    os.rmdir(path)
-
-
-def _rmtree_fd(dir_fd: int, dev: int, where: str) -> None:
-    with os.scandir(dir_fd) as it:
-        entries = list(it)
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          dir_fd=dir_fd)
-            try:
-                if os.fstat(sub).st_dev != dev:
-                    raise OSError(errno.EBUSY, "a filesystem is mounted inside the tree",
-                                  f"{where}/{entry.name}")
-                _rmtree_fd(sub, dev, f"{where}/{entry.name}")
-            finally:
-                os.close(sub)
-            os.rmdir(entry.name, dir_fd=dir_fd)
-        else:
-            os.unlink(entry.name, dir_fd=dir_fd)
 
 
 def ensure_dir(path: str, mode: int = 0o755) -> None:
@@ -91,7 +84,7 @@ def walk_dirs(root: str, skip_prefix: str = "") -> Iterator[DirStep]:
     ("" for the root) and its entries. No symlink is followed, no mount point crossed, and
     no directory whose name starts with ``skip_prefix`` (if given) entered. The fd is
     valid until the next step."""
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    root_fd = os.open(root, safefs.O_DIR)
     dev = os.fstat(root_fd).st_dev
     stack = [(root_fd, "")]
     try:
@@ -105,8 +98,7 @@ def walk_dirs(root: str, skip_prefix: str = "") -> Iterator[DirStep]:
                     if ((skip_prefix and e.name.startswith(skip_prefix))
                             or not e.is_dir(follow_symlinks=False)):
                         continue
-                    sub = os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                  | os.O_CLOEXEC, dir_fd=fd)
+                    sub = os.open(e.name, safefs.O_DIR, dir_fd=fd)
                     if os.fstat(sub).st_dev != dev:
                         os.close(sub)
                         continue

@@ -33,7 +33,15 @@ __all__ = [
     "remove_at",
 ]
 
-O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# The one definition of the open flags of a walk: O_ROOT opens the directory a walk
+# starts from (its path may go through symlinks), O_DIR every directory below it
+# (never a symlink).
+O_ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+O_DIR = O_ROOT | os.O_NOFOLLOW
+# A file to read (never a symlink; a FIFO or device never blocks the open), and a new
+# file to write (never an existing inode: O_EXCL).
+O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 RENAME_EXCHANGE = 2
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04

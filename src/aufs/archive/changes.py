@@ -31,6 +31,7 @@ import os
 import stat
 from collections.abc import Sequence
 
+from aufs._sys import safefs
 from aufs.archive.treediff import changes_dirs, changes_size, same_fs_time
 from aufs.archive.types import Change, ChangeKind
 from aufs.whiteout import (
@@ -55,8 +56,6 @@ _DELETE = ChangeKind.DELETE
 _S_IFMT = 0o170000
 _S_IFDIR = stat.S_IFDIR
 _S_IFCHR = stat.S_IFCHR
-_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_DIR_FLAGS = _ROOT_FLAGS | os.O_NOFOLLOW
 _new_change = object.__new__
 _set_path = Change.__dict__["path"].__set__  # the slots' own descriptors
 _set_kind = Change.__dict__["kind"].__set__
@@ -173,7 +172,7 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
     while stack:
         rw_path, rel, lows, below, listed, hides = stack.pop()
         # The layer's own directory may be a symlink (a layer migrated in place).
-        fd = os.open(rw_path, _DIR_FLAGS if rel else _ROOT_FLAGS)
+        fd = os.open(rw_path, safefs.O_DIR if rel else safefs.O_ROOT)
         try:
             if below is not None:
                 st = fstat(fd)

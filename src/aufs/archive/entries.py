@@ -14,16 +14,14 @@ import os
 import stat
 
 from aufs._sys import safefs
+from aufs._sys.files import NO_XATTRS, list_xattrs
 from aufs.archive import tarwrite
 from aufs.archive.stream import Member
 from aufs.archive.tarwrite import simple_header
 from aufs.whiteout import OVERLAY_OPAQUE_XATTR, WH_OPAQUE, WH_PREFIX, is_export_xattr
 
-O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
-O_DIR = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY
 S_IFMT = 0o170000
 S_IFREG = stat.S_IFREG
-_NO_XATTRS = (errno.ENOTSUP, errno.ENODATA, errno.EPERM, errno.EACCES)
 _CAP_XATTR = "security.capability"
 # Never content: the host's SELinux label (Docker sets labels at mount time), and the
 # private attributes of overlayfs in userxattr mode and of fuse-overlayfs.
@@ -43,18 +41,6 @@ def _capability_v2(value: bytes) -> bytes:
     return value
 
 
-def list_xattrs(target: int | str) -> list[str]:
-    """Names of the xattrs of an open fd, or of a path (not followed)."""
-    try:
-        if isinstance(target, int):
-            return os.listxattr(target)
-        return os.listxattr(target, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno in _NO_XATTRS:
-            return []
-        raise
-
-
 def read_xattrs(target: int | str, names: list[str] | None = None) -> dict[str, bytes] | None:
     """The exportable xattrs of an open fd, or of a path (not followed)."""
     if names is None:
@@ -69,7 +55,7 @@ def read_xattrs(target: int | str, names: list[str] | None = None) -> dict[str, 
             else:
                 value = os.getxattr(target, name, follow_symlinks=False)
         except OSError as exc:
-            if exc.errno in _NO_XATTRS:
+            if exc.errno in NO_XATTRS:
                 continue
             raise
         out[name] = _capability_v2(value) if name == _CAP_XATTR else value
@@ -82,7 +68,7 @@ def _opaque_xattr(dir_fd: int, names: list[str]) -> bool:
     try:
         return os.getxattr(dir_fd, OVERLAY_OPAQUE_XATTR) == b"y"
     except OSError as exc:
-        if exc.errno in _NO_XATTRS:
+        if exc.errno in NO_XATTRS:
             return False
         raise
 
@@ -112,7 +98,7 @@ class Members:
     def regular(self, dir_fd: int, name: str, arcname: bytes) -> Member | None:
         """A regular file (re-checked after opening). None if it vanished meanwhile."""
         try:
-            fd = os.open(name, O_FILE, dir_fd=dir_fd)
+            fd = os.open(name, safefs.O_FILE, dir_fd=dir_fd)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -155,7 +141,7 @@ class Members:
         """A directory's member, its open fd (the caller closes it) and whether it has the
         overlay opaque xattr. None if it vanished. ``arcname`` ends with ``/``."""
         try:
-            fd = os.open(name, O_DIR, dir_fd=dir_fd)
+            fd = os.open(name, safefs.O_DIR, dir_fd=dir_fd)
         except FileNotFoundError:
             return None
         except OSError as exc:

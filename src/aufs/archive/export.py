@@ -23,13 +23,12 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
+from aufs._sys import safefs
+from aufs._sys.files import list_xattrs
 from aufs.archive.entries import (
-    O_DIR,
-    O_FILE,
     S_IFMT,
     S_IFREG,
     Members,
-    list_xattrs,
     whiteout_name,
 )
 from aufs.archive.stream import Member, tar_stream
@@ -46,7 +45,6 @@ from aufs.whiteout import (
 
 __all__ = ["export_changes", "export_dir", "export_layer"]
 
-_O_ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 # kinds of listed entries
 _REG, _DIR, _OTHER, _WH_FILE, _WH_DEV = range(5)
@@ -108,7 +106,7 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
                 member: Member | None
                 if kind == _REG:
                     try:
-                        f = os_open(name, O_FILE, dir_fd=fd)
+                        f = os_open(name, safefs.O_FILE, dir_fd=fd)
                     except OSError:
                         member = members.regular(fd, name, arcname)  # vanished or replaced
                     else:
@@ -167,7 +165,7 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
 
 def _stream(root: str, walk: Callable[[int], Iterator[Member]],
             on_close: Iterable[Callable[[], None]]) -> IO[bytes]:
-    root_fd = os.open(root, _O_ROOT)
+    root_fd = os.open(root, safefs.O_ROOT)
     # Callbacks run last first: the root is closed before anything else (an unmount).
     return tar_stream(walk(root_fd), name=root,
                       on_close=[*on_close, lambda: os.close(root_fd)])
@@ -208,7 +206,7 @@ class _ParentDirs:
             if not comp:
                 continue
             try:
-                sub = os.open(comp, O_DIR, dir_fd=fd)
+                sub = os.open(comp, safefs.O_DIR, dir_fd=fd)
             except (FileNotFoundError, NotADirectoryError):
                 sub = -1
             except OSError as exc:

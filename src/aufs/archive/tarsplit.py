@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Protocol
 
 from aufs._sys import safefs
+from aufs._sys.files import list_xattrs
 from aufs.observe import entry_hook
 
 __all__ = ["Rebuilt", "Recorder", "Unusable", "fingerprint", "open_rebuilt"]
@@ -72,20 +73,13 @@ def fingerprint(root: str) -> str:
     try:
         st = os.fstat(fd)
         h.update(b"%d %d %d %d\n" % (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns))
-        for name in sorted(_listxattr(fd)):
+        for name in sorted(list_xattrs(fd)):
             with contextlib.suppress(OSError):
                 h.update(os.fsencode(name) + b"=" + os.getxattr(fd, name) + b"\n")
         _walk(fd, b"", h, st.st_dev)
     finally:
         os.close(fd)
     return "sha256:" + h.hexdigest()
-
-
-def _listxattr(fd: int) -> list[str]:
-    try:
-        return os.listxattr(fd)
-    except OSError:
-        return []
 
 
 def _walk(fd: int, rel: bytes, h: hashlib._Hash, dev: int) -> None:
@@ -333,7 +327,7 @@ def _content(layer_fd: int, path: str, size: int) -> Iterator[bytes]:
     try:
         parent = safefs.open_beneath(layer_fd, head) if head else os.dup(layer_fd)
         try:
-            fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            fd = os.open(base, safefs.O_FILE, dir_fd=parent)
         finally:
             os.close(parent)
     except OSError as exc:

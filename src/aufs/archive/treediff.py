@@ -20,6 +20,7 @@ import os
 import stat
 from collections.abc import Iterable
 
+from aufs._sys.files import list_xattrs
 from aufs.archive.types import Change, ChangeKind
 from aufs.whiteout import WH_META_PREFIX
 
@@ -47,7 +48,7 @@ def _stat_different(old: os.stat_result, new: os.stat_result) -> bool:
 def _capability(path: str) -> bytes | None:
     # listxattr first: it answers "none" without raising, which getxattr cannot
     try:
-        if _CAP not in os.listxattr(path, follow_symlinks=False):
+        if _CAP not in list_xattrs(path):
             return None
         return os.getxattr(path, _CAP, follow_symlinks=False)
     except OSError:

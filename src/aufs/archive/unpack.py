@@ -29,11 +29,11 @@ import struct
 from collections.abc import Callable
 
 from aufs._sys import safefs
+from aufs._sys.safefs import O_NEW
 from aufs.archive import tarread as t
 from aufs.archive.dirfds import DirFds
 from aufs.archive.offload import Offload
 from aufs.archive.writefile import (
-    O_NEW,
     Policy,
     copy_range,
     map_os_error,

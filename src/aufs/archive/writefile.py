@@ -20,7 +20,6 @@ from aufs.whiteout import UNION_XATTR_PREFIXES
 __all__ = ["Policy", "copy_range", "map_os_error",
            "set_xattrs", "write_views"]
 
-O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _XATTR_REFUSED = frozenset((errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM))
 # Errors that come from the machine, not from the archive: raised as they are.
 ENVIRONMENT_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO,

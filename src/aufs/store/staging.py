@@ -16,7 +16,6 @@ process's staging directory is removed by recovery.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 import threading
@@ -24,6 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from aufs._sys import safefs
+from aufs._sys.files import list_xattrs, rmtree
 from aufs.errors import DriverError, LayerInUseError
 
 if TYPE_CHECKING:
@@ -48,12 +48,7 @@ def owner(name: str) -> int | None:
 
 def discard(path: str) -> None:
     """Remove the tree at ``path`` (never following a symlink nor crossing a mount)."""
-    head, _, name = path.rpartition("/")
-    fd = os.open(head, safefs.O_DIR)
-    try:
-        safefs.remove_at(fd, name)
-    finally:
-        os.close(fd)
+    rmtree(path)
 
 
 class LayerSwap:
@@ -166,17 +161,8 @@ def _clone_dir(sfd: int, dfd: int, rel: str, made: dict[str, int], dev: int) -> 
 def _copy_dir_meta(st: os.stat_result, sfd: int, dfd: int) -> None:
     """Give ``dfd`` the owner, xattrs, mode and times of ``sfd`` (whose stat is ``st``)."""
     os.fchown(dfd, st.st_uid, st.st_gid)
-    for name in _listxattr(sfd):
+    for name in list_xattrs(sfd):
         with contextlib.suppress(OSError):
             os.setxattr(dfd, name, os.getxattr(sfd, name))
     os.fchmod(dfd, stat.S_IMODE(st.st_mode))
     os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def _listxattr(fd: int) -> list[str]:
-    try:
-        return os.listxattr(fd)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return []
-        raise

@@ -324,12 +324,11 @@ class Driver:
         self.engine.unmount(target, self.store.data_dir(id), lowers)
 
     def status(self) -> Status:
-        dirperm1 = bool(getattr(getattr(self.engine, "caps", None), "dirperm1", False))
         rows: Status = [
             ("Root Dir", self.root),
             ("Backing Filesystem", self.backing_fs),
             ("Dirs", str(len(self.ids()))),
-            ("Dirperm1 Supported", "true" if dirperm1 else "false"),
+            ("Dirperm1 Supported", "true" if self.engine.dirperm1 else "false"),
             ("Engine", self.engine.name),
             ("Whiteout Format", self.whiteouts.name),
         ]

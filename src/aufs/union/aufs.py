@@ -20,6 +20,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aufs._sys import fsinfo, mountinfo
 from aufs._sys import mount as sysmount
@@ -29,6 +30,9 @@ from aufs.store import staging
 from aufs.store.layout import Layout
 from aufs.union import aufs_kernel, aufs_plink
 from aufs.union.base import Branches, ChainTooLongError, MountSpec, selinux_option
+
+if TYPE_CHECKING:
+    from aufs.whiteout import WhiteoutFormat
 
 XINO = "/dev/shm/aufs.xino"
 INCOMPATIBLE = {fsinfo.MAGIC_BTRFS: "btrfs", fsinfo.MAGIC_AUFS: "aufs",
@@ -106,6 +110,10 @@ class AufsEngine:
         self.layout = layout
         self.caps = caps
 
+    @property
+    def dirperm1(self) -> bool:
+        return self.caps.dirperm1
+
     def mount_specs(self, branches: Branches) -> list[MountSpec]:
         return aufs_specs(branches.target, branches.rw, branches.lowers, branches.label,
                           dirperm1=self.caps.dirperm1, page_size=self.caps.page_size)
@@ -175,7 +183,9 @@ def supports_aufs() -> bool:
     return fsinfo.in_proc_filesystems("aufs")
 
 
-def probe(layout: Layout, magic: int) -> AufsEngine:
+def probe(layout: Layout, magic: int, store_format: WhiteoutFormat) -> AufsEngine:
+    """Kernel AUFS, if the kernel has it and the store's filesystem suits it (the
+    store's whiteout format is AUFS's own; every engine's probe takes it)."""
     if not supports_aufs():
         raise AufsNotSupportedError()
     if magic in INCOMPATIBLE:

@@ -44,6 +44,11 @@ class UnionEngine(Protocol):
     reads: frozenset[str]   # whiteout formats the engine understands in its branches
     native: str             # the whiteout format a store of its own keeps on disk
 
+    @property
+    def dirperm1(self) -> bool:
+        """AUFS's ``dirperm1`` is in use (``Dirperm1 Supported`` of ``status()``)."""
+        ...
+
     def mount_specs(self, branches: Branches) -> list[MountSpec]:
         """The mounts that build ``branches``; pure, no system calls."""
         ...
@@ -63,7 +68,7 @@ class UnionEngine(Protocol):
         ...
 
     def describe(self) -> list[tuple[str, str]]:
-        """Rows for ``Driver.status()``."""
+        """The engine's own rows of ``Driver.status()`` (after the driver's)."""
         ...
 
     def forget(self, rw: str) -> None:

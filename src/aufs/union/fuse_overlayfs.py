@@ -56,6 +56,7 @@ class FuseOverlayEngine:
     name = "fuse-overlayfs"
     reads = frozenset({"aufs", "overlay"})
     native = "aufs"
+    dirperm1 = False
 
     def __init__(self, layout: Layout, caps: FuseCaps, store_format: WhiteoutFormat) -> None:
         self.layout = layout

@@ -13,6 +13,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aufs._sys import fsinfo
 from aufs._sys import mount as sysmount
@@ -28,6 +29,9 @@ from aufs.union.base import (
     joined_length,
     selinux_option,
 )
+
+if TYPE_CHECKING:
+    from aufs.whiteout import WhiteoutFormat
 
 # Backing filesystems overlayfs cannot use for an upper dir (as Docker's overlay2).
 INCOMPATIBLE = {
@@ -106,6 +110,7 @@ class OverlayEngine:
     name = "overlay"
     reads = frozenset({"overlay"})
     native = "overlay"
+    dirperm1 = False
 
     def __init__(self, layout: Layout, caps: OverlayCaps) -> None:
         self.layout = layout
@@ -173,7 +178,8 @@ class OverlayEngine:
         return [("Mount API", api), ("Overlay Options", ",".join(self.caps.extra_options))]
 
 
-def probe(layout: Layout, magic: int, *, new_api: bool | None = None) -> OverlayEngine:
+def probe(layout: Layout, magic: int, store_format: WhiteoutFormat, *,
+          new_api: bool | None = None) -> OverlayEngine:
     """Prove overlayfs works here by mounting a scratch union; raise NotSupportedError."""
     if magic in INCOMPATIBLE:
         raise IncompatibleFSError(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aufs.errors import IncompatibleFSError, NotSupportedError
 from aufs.store.layout import Layout
 from aufs.union import aufs as aufs_engine
 from aufs.union import fuse_overlayfs, overlay
 from aufs.union.base import UnionEngine
-from aufs.whiteout import get_format
+from aufs.whiteout import WhiteoutFormat, get_format
 
 ORDER = ("aufs", "overlay", "fuse-overlayfs")
 # What each engine reads and writes, from the engine classes themselves.
@@ -18,14 +20,18 @@ READS = {name: cls.reads for name, cls in _CLASSES.items()}
 NATIVE = {name: cls.native for name, cls in _CLASSES.items()}
 
 
+# Every engine's probe: (layout, backing filesystem magic, the store's whiteout format).
+Probe = Callable[[Layout, int, WhiteoutFormat], UnionEngine]
+PROBES: dict[str, Probe] = {"aufs": aufs_engine.probe, "overlay": overlay.probe,
+                            "fuse-overlayfs": fuse_overlayfs.probe}
+
+
 def probe_one(name: str, layout: Layout, magic: int, store_format: str) -> UnionEngine:
-    if name == "aufs":
-        return aufs_engine.probe(layout, magic)
-    if name == "overlay":
-        return overlay.probe(layout, magic)
-    if name == "fuse-overlayfs":
-        return fuse_overlayfs.probe(layout, magic, get_format(store_format))
-    raise ValueError(f"unknown engine {name!r}")
+    try:
+        probe = PROBES[name]
+    except KeyError:
+        raise ValueError(f"unknown engine {name!r}") from None
+    return probe(layout, magic, get_format(store_format))
 
 
 def choose(requested: str, layout: Layout, magic: int,

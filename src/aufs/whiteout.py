@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from aufs._sys import safefs
-from aufs._sys.files import list_xattrs
+from aufs._sys.files import NO_XATTRS, list_xattrs
 
 WH_PREFIX = ".wh."
 WH_META_PREFIX = ".wh..wh."
@@ -141,7 +141,7 @@ def root_is_opaque(path: str) -> bool:
     opaque at its root, in either format? Union engines ignore an opaque root, so the
     driver stacks no parent below such a layer."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(path, safefs.O_ROOT)
     except (FileNotFoundError, NotADirectoryError):
         return False
     try:
@@ -153,6 +153,30 @@ def root_is_opaque(path: str) -> bool:
 def is_union_xattr(name: str) -> bool:
     """A union engine's private attribute (see :data:`UNION_XATTR_PREFIXES`)."""
     return name.startswith(UNION_XATTR_PREFIXES)
+
+
+def is_opaque_path(path: str) -> bool:
+    """Is the directory at ``path`` opaque, in either format? (Not followed.)"""
+    if has_opaque_xattr(path):
+        return True
+    try:
+        os.lstat(path + "/" + WH_OPAQUE)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
+def opaque_xattr_listed(dir_fd: int, names: list[str]) -> bool:
+    """Does the directory ``dir_fd``, whose xattr ``names`` the caller listed, carry
+    overlay's opaque mark? Errors other than "no xattrs here" are raised."""
+    if OVERLAY_OPAQUE_XATTR not in names:
+        return False
+    try:
+        return os.getxattr(dir_fd, OVERLAY_OPAQUE_XATTR) == b"y"
+    except OSError as exc:
+        if exc.errno in NO_XATTRS:
+            return False
+        raise
 
 
 def is_export_xattr(name: str) -> bool:

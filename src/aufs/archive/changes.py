@@ -40,6 +40,8 @@ from aufs.whiteout import (
     Kind,
     classify_entry,
     has_opaque_xattr,
+    is_opaque_path,
+    is_overlay_whiteout_mode,
 )
 
 __all__ = [
@@ -55,21 +57,9 @@ _ADD = ChangeKind.ADD
 _DELETE = ChangeKind.DELETE
 _S_IFMT = 0o170000
 _S_IFDIR = stat.S_IFDIR
-_S_IFCHR = stat.S_IFCHR
 _new_change = object.__new__
 _set_path = Change.__dict__["path"].__set__  # the slots' own descriptors
 _set_kind = Change.__dict__["kind"].__set__
-
-
-def _opaque(path: str) -> bool:
-    """Is the directory at ``path`` opaque, in either format?"""
-    if has_opaque_xattr(path):
-        return True
-    try:
-        os.lstat(path + "/" + WH_OPAQUE)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    return True
 
 
 def _exists(path: str) -> bool:
@@ -97,7 +87,7 @@ def _lookup(lows: list[str], name: str, want_dirs: bool) -> tuple[os.stat_result
         except (FileNotFoundError, NotADirectoryError):
             continue
         fmt = st.st_mode & _S_IFMT
-        if fmt == _S_IFCHR and st.st_rdev == 0:
+        if is_overlay_whiteout_mode(st.st_mode, st.st_rdev):
             return None, []  # overlay whiteout
         for upper in lows[:i]:
             if _exists(upper + "/" + WH_PREFIX + name):
@@ -106,7 +96,7 @@ def _lookup(lows: list[str], name: str, want_dirs: bool) -> tuple[os.stat_result
             return st, []
         dirs = [path]
         rest = lows[i + 1:]
-        if not rest or _opaque(path):
+        if not rest or is_opaque_path(path):
             return st, dirs
         for k, low2 in enumerate(rest, 1):
             path2 = low2 + "/" + name
@@ -119,7 +109,7 @@ def _lookup(lows: list[str], name: str, want_dirs: bool) -> tuple[os.stat_result
             if st2.st_mode & _S_IFMT != _S_IFDIR:
                 break  # a whiteout or a file: it and what is below are hidden
             dirs.append(path2)
-            if k == len(rest) or _opaque(path2):
+            if k == len(rest) or is_opaque_path(path2):
                 break
         return st, dirs
     return None, []
@@ -147,7 +137,7 @@ def _root_lows(lower_dirs: Sequence[str]) -> list[str]:
         if not os.path.isdir(low):
             continue
         lows.append(low.rstrip("/") or "/")
-        if i < len(lower_dirs) - 1 and _opaque(low):
+        if i < len(lower_dirs) - 1 and is_opaque_path(low):
             break
     return lows
 
@@ -212,7 +202,7 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
                     continue
                 if not e.is_file(follow_symlinks=False) and not e.is_symlink():
                     st = e.stat(follow_symlinks=False)
-                    if st.st_mode & _S_IFMT == _S_IFCHR and st.st_rdev == 0:
+                    if is_overlay_whiteout_mode(st.st_mode, st.st_rdev):
                         append((path, _DELETE))  # overlay whiteout
                         parent_changed = True
                         continue
@@ -222,7 +212,7 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
                     except (FileNotFoundError, NotADirectoryError):
                         found = None
                     else:
-                        if found.st_mode & _S_IFMT == _S_IFCHR and found.st_rdev == 0:
+                        if is_overlay_whiteout_mode(found.st_mode, found.st_rdev):
                             found = None  # an overlay whiteout
                 else:
                     found = lookup(lows, name, False)[0] if lows else None

@@ -18,7 +18,7 @@ from aufs._sys.files import NO_XATTRS, list_xattrs
 from aufs.archive import tarwrite
 from aufs.archive.stream import Member
 from aufs.archive.tarwrite import simple_header
-from aufs.whiteout import OVERLAY_OPAQUE_XATTR, WH_OPAQUE, WH_PREFIX, is_export_xattr
+from aufs.whiteout import WH_OPAQUE, WH_PREFIX, is_export_xattr, opaque_xattr_listed
 
 S_IFMT = 0o170000
 S_IFREG = stat.S_IFREG
@@ -60,17 +60,6 @@ def read_xattrs(target: int | str, names: list[str] | None = None) -> dict[str, 
             raise
         out[name] = _capability_v2(value) if name == _CAP_XATTR else value
     return out or None
-
-
-def _opaque_xattr(dir_fd: int, names: list[str]) -> bool:
-    if OVERLAY_OPAQUE_XATTR not in names:
-        return False
-    try:
-        return os.getxattr(dir_fd, OVERLAY_OPAQUE_XATTR) == b"y"
-    except OSError as exc:
-        if exc.errno in NO_XATTRS:
-            return False
-        raise
 
 
 def whiteout_name(dir_arcname: bytes, name: str) -> bytes:
@@ -152,7 +141,7 @@ class Members:
             st = os.fstat(fd)
             names = list_xattrs(fd)
             xattrs = read_xattrs(fd, names) if names else None
-            opaque = _opaque_xattr(fd, names) if names else False
+            opaque = opaque_xattr_listed(fd, names) if names else False
             if xattrs is None and len(arcname) <= 100:
                 hdr = simple_header(arcname, st.st_mode, st.st_uid, st.st_gid, 0,
                                     int(st.st_mtime), tarwrite.DIRTYPE)

@@ -28,6 +28,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from aufs._sys import safefs
 from aufs._sys.mountinfo import unescape
 
 SYSFS = "/sys/fs/aufs"
@@ -160,7 +161,7 @@ def parse_brinfo(buf: bytes, count: int) -> list[Branch]:
 
 
 def _branches_by_ioctl(union_dir: str) -> list[Branch]:
-    fd = os.open(union_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(union_dir, safefs.O_ROOT)
     try:
         count = fcntl.ioctl(fd, AUFS_CTL_BRINFO, 0)  # a NULL argument: the number of branches
         buf = array.array("b", bytes(count * _BRINFO_SIZE))

@@ -32,6 +32,7 @@ from aufs.registry.client import Cancelled, Repository
 from aufs.registry.events import Events
 from aufs.registry.manifest import Descriptor
 from aufs.registry.reference import Reference
+from aufs.store.staging import name as staging_name
 
 PARALLEL = 3
 
@@ -56,7 +57,7 @@ class Pushed:
 def push(driver: Driver, layer_id: str, ref: Reference, *, insecure: bool = False,
          events: Events | None = None) -> Pushed:
     events = events or Events()
-    staging = driver.layout.staging(f"push-{secrets.token_hex(4)}-{os.getpid()}")
+    staging = driver.layout.staging(staging_name("push", secrets.token_hex(4)))
     os.makedirs(driver.layout.staging_dir, exist_ok=True)
     os.mkdir(staging)
     try:

@@ -12,6 +12,7 @@ import os
 import select
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,40 @@ def test_directory_below(tmp_path: Path) -> None:
     assert not fuse_tidy.has_directory_below(lowers, "f/x")   # below a file: ENOTDIR
     assert not fuse_tidy.has_directory_below(lowers, "none")
     assert not fuse_tidy.has_directory_below([], "d")
+
+
+@pytest.mark.parametrize(("ctime", "since", "searched"), [
+    (1000.0, None, True),      # the start unknown: every directory
+    (1000.0, 999.0, True),
+    (1000.0, 1001.5, True),    # within the slack (btime is whole seconds)
+    (1000.0, 1010.0, False),   # unchanged since before the daemon started
+])
+def test_changed_since(ctime: float, since: float | None, searched: bool) -> None:
+    assert fuse_tidy.changed_since(ctime, since) is searched
+
+
+def test_daemon_start() -> None:
+    stat = (b"4242 (fuse-overlayfs) S 1 4242 4242 0 -1 4194624 100 0 0 0 0 0 0 0 20 0 "
+            b"1 0 12345 1000 100 18446744073709551615")
+    assert fuse_tidy.daemon_start(stat, 1_700_000_000, 100) == 1_700_000_123.45
+    odd = stat.replace(b"(fuse-overlayfs)", b"(a) b (c)")  # comm may hold ") "
+    assert fuse_tidy.daemon_start(odd, 0, 100) == 123.45
+    with open("/proc/self/stat", "rb") as f:  # this very process: it started before now
+        now = fuse_tidy.daemon_start(f.read(), _btime(), os.sysconf("SC_CLK_TCK"))
+    assert now <= time.time() + fuse_tidy.SLACK
+
+
+def _btime() -> int:
+    with open("/proc/stat", "rb") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+
+
+def test_only_directories_changed_since_the_daemon_started_are_searched(
+        tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("x")
+    os.setxattr(tmp_path / "d" / "f", fuse_tidy.ORIGIN_XATTR, b"f\0")
+    assert fuse_tidy.tidy(str(tmp_path), [], since=time.time() + 100) == (0, 0)
+    assert fuse_tidy.ORIGIN_XATTR in os.listxattr(tmp_path / "d" / "f")
+    assert fuse_tidy.tidy(str(tmp_path), [], since=time.time() - 100) == (1, 0)
+    assert os.listxattr(tmp_path / "d" / "f") == []

@@ -79,13 +79,13 @@ class FuseOverlayEngine:
         # marker is still on its way; what the daemon may yet answer (release, forget)
         # writes none.
         unmount(target, fusermount,
-                then=None if rw is None else lambda: self._settle(rw, lowers))
+                then=None if rw is None else lambda since: self._settle(rw, lowers, since))
 
-    def _settle(self, rw: str, lowers: Sequence[str]) -> None:
+    def _settle(self, rw: str, lowers: Sequence[str], since: float | None) -> None:
         """The rw branch once the daemon no longer writes: what fuse-overlayfs leaves that
         must not stay (:mod:`aufs.union.fuse_tidy`) goes, then its whiteouts are put into
         the store's format."""
-        fuse_tidy.tidy(rw, lowers)
+        fuse_tidy.tidy(rw, lowers, since)
         self.format.normalize(rw)
 
     def matches(self, branches: Branches) -> bool:
@@ -99,9 +99,10 @@ class FuseOverlayEngine:
 
 
 def unmount(target: str, fusermount: str | None = None,
-            then: Callable[[], object] | None = None) -> None:
+            then: Callable[[float | None], object] | None = None) -> None:
     """Unmount the fuse-overlayfs union at ``target`` (``fusermount -u`` if given, else
-    umount2), run ``then`` while its daemon exits, and wait for the daemon (killed after
+    umount2), run ``then`` while its daemon exits — given when the daemon started (epoch
+    seconds; None if unknown) —, and wait for the daemon (killed after
     ``DAEMON_EXIT_TIMEOUT`` seconds: never left running)."""
     daemons = daemon_pidfds(target)  # before the unmount: no pid reuse
     try:
@@ -115,7 +116,7 @@ def unmount(target: str, fusermount: str | None = None,
         raise
     try:
         if then is not None:
-            then()
+            then(fuse_tidy.started_at(daemons[0]) if len(daemons) == 1 else None)
     finally:
         daemon.reap(daemons, DAEMON_EXIT_TIMEOUT)
         daemon.reap_exited()  # and those another process unmounted: no zombies

@@ -60,9 +60,12 @@ def is_daemon_opaque(xattr: bool, names: set[str]) -> bool:
     return xattr and WH_OPAQUE in names
 
 
-def tidy(rw: str, lowers: Sequence[str]) -> tuple[int, int]:
+def tidy(rw: str, lowers: Sequence[str], since: float | None = None) -> tuple[int, int]:
     """Drop origin attributes and needless opaque markers under ``rw`` (see the module).
-    No symlink is followed and no mount crossed. Returns (origins, markers) dropped."""
+    ``since``: when the daemon that wrote there started (epoch seconds); a copy-up puts
+    its file into a directory, so only directories changed since then are searched for
+    origins (None: all). No symlink is followed and no mount crossed. Returns (origins,
+    markers) dropped."""
     origins = markers = 0
     for fd, rel, entries in walk_dirs(rw, WH_META_PREFIX):
         names = {e.name for e in entries}
@@ -73,10 +76,44 @@ def tidy(rw: str, lowers: Sequence[str]) -> tuple[int, int]:
                 os.unlink(DAEMON_OPAQUE_DEVICE, dir_fd=fd)
             os.removexattr(fd, OVERLAY_OPAQUE_XATTR)
             markers += 1
+        if not changed_since(os.fstat(fd).st_ctime, since):
+            continue
         for e in entries:
             if e.is_file(follow_symlinks=False) and not e.name.startswith(WH_PREFIX):
                 origins += _drop_origin(fd, e.name)
     return origins, markers
+
+
+SLACK = 2.0  # seconds: btime is whole seconds, the start time in clock ticks
+
+
+def changed_since(ctime: float, since: float | None) -> bool:
+    """Might a directory of this ctime have got a copy-up from a daemon started at
+    ``since``? (A wall clock stepped forward while the union was mounted defeats this
+    by the size of the step.) Pure."""
+    return since is None or ctime >= since - SLACK
+
+
+def daemon_start(stat: bytes, boot_time: float, ticks: int) -> float:
+    """Epoch seconds a process started, from its ``/proc/<pid>/stat`` (field 22, clock
+    ticks after boot), the boot time (``btime`` of ``/proc/stat``) and ticks a second.
+    Pure."""
+    fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) "
+    return boot_time + int(fields[19]) / ticks
+
+
+def started_at(pidfd: int) -> float | None:
+    """When the process of ``pidfd`` started, or None where /proc does not tell."""
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}", "rb") as f:
+            pid = next(int(line.split()[1]) for line in f if line.startswith(b"Pid:"))
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+        return daemon_start(stat, boot, os.sysconf("SC_CLK_TCK"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
 
 
 def _is_device(dir_fd: int) -> bool:

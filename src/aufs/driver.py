@@ -155,10 +155,11 @@ class Driver:
         self.backing_fs = backing_fs
         self.store = Store(layout)
         self._lock = lock
+        self._private_removed = False  # cleanup removed .aufs/ (a store not ours)
 
     @property
     def engine(self) -> UnionEngine:
-        if self._engine is None:
+        if self._engine is None or self._private_removed:
             assert self._prepare is not None
             self._engine = self._prepare()
         return self._engine
@@ -356,12 +357,13 @@ class Driver:
             if errors:
                 raise DriverError("cleanup could not unmount: " + "; ".join(errors))
             _release_bind(lay.root)
-            private.remove_if_transient(lay)  # a Docker store: as we found it
+            # A Docker store: as we found it (a later call makes .aufs/ again).
+            self._private_removed = private.remove_if_transient(lay)
 
     def close(self) -> None:
         """Release the root's private mount if no union stands under it (CLI exit)."""
-        if self._engine is None:
-            return  # opened for reading and never prepared: nothing bound
+        if self._engine is None or self._private_removed:
+            return  # opened for reading and never prepared, or cleaned up: nothing bound
         with self._lock.hold():
             _release_bind(self.layout.root)
 

@@ -142,3 +142,22 @@ def test_cleanup_keeps_what_the_user_stored_in_a_docker_store(tmp_path: Path) ->
         d.cleanup()
     assert sorted(os.listdir(root / ".aufs")) == ["l", "lock", "names.json", "refs",
                                                   "staging", "work"]
+
+
+def test_the_cli_cleanup_leaves_a_docker_store_as_it_found_it(tmp_path: Path) -> None:
+    """``aufs cleanup`` (a process of its own, which closes the store on exit) after
+    read-only commands and a mount: no ``.aufs/`` left, Docker's files unchanged."""
+    from tests.cli.kit import Aufs
+
+    require_engine("fuse-overlayfs")
+    root = tmp_path / "aufs"
+    build_docker_store(root)
+    before = docker_parts(root)
+    cli = Aufs(root)
+    cli.ok("changes", CTR)
+    cli.ok("ls")
+    assert (root / ".aufs").is_dir()  # what opening a store makes: see the README
+    cli.ok("mount", IMAGE)
+    cli.ok("cleanup")
+    assert sorted(os.listdir(root)) == ["diff", "layers", "mnt"]
+    assert docker_parts(root) == before

@@ -159,7 +159,7 @@ class Driver:
 
     @property
     def engine(self) -> UnionEngine:
-        if self._engine is None or self._private_removed:
+        if self._engine is None:
             assert self._prepare is not None
             self._engine = self._prepare()
         return self._engine

@@ -108,7 +108,7 @@ class KillRecord:
     events: list[tuple[str, str, str]]  # ("B"|"E", op, id)
     returncode: int
     stderr: str
-    times: list[float] = field(default_factory=list)  # when each event was seen
+    times: list[float] = field(default_factory=list)  # when each event was seen (s after start)
 
     def duration(self, op: str) -> float | None:
         """Seconds from the start to the end of the first completed ``op``, if any."""
@@ -160,11 +160,12 @@ class Crasher:
                 raise RuntimeError(f"child died by itself (rc={rc}): {child.stderr()}")
             rc = child.kill()
             events, times = [], []
+            t0 = child.times[child.lines.index("started")]
             for line, seen in zip(child.lines, child.times, strict=True):
                 parts = line.split(" ")
                 if len(parts) == 3 and parts[0] in ("B", "E"):
                     events.append((parts[0], parts[1], parts[2]))
-                    times.append(seen)
+                    times.append(seen - t0)
             return KillRecord(delay, events, rc, child.stderr(), times)
         finally:
             child.close()
@@ -330,10 +331,16 @@ def run_trials(scenario: Scenario, root: str, engine: str, trials: int, seed: in
     report = Report(scenario.mode, engine, seed)
     crasher = Crasher()
     start = time.monotonic()
+    max_delay = scenario.max_delay
     try:
         for trial in range(trials):
             rng = trial_rng(seed, scenario.mode, trial)
-            problems, rec = _one_trial(scenario, root, opts, engine, crasher, trial, rng, seed)
+            problems, rec = _one_trial(scenario, root, opts, engine, crasher, trial, rng, seed,
+                                       max_delay)
+            if rec is not None and rec.phase == "idle" and rec.times:
+                # The child finished all its work before the kill (a fast machine, or a
+                # faster driver): aim the later kills inside that span.
+                max_delay = min(max_delay, rec.times[-1])
             report.trials += 1
             report.phases[rec.phase if rec else "setup"] += 1
             if problems:
@@ -348,7 +355,7 @@ def run_trials(scenario: Scenario, root: str, engine: str, trials: int, seed: in
 
 
 def _one_trial(scenario: Scenario, root: str, opts: list[str], engine: str, crasher: Crasher,
-               trial: int, rng: random.Random, seed: int
+               trial: int, rng: random.Random, seed: int, max_delay: float
                ) -> tuple[list[str], KillRecord | None]:
     d = aufs.init(root, opts)
     try:
@@ -358,7 +365,7 @@ def _one_trial(scenario: Scenario, root: str, opts: list[str], engine: str, cras
         d.cleanup()
     command = {"mode": scenario.mode, "root": root, "engine": engine,
                "seed": f"{seed}/{scenario.mode}/{trial}", "args": args}
-    rec = crasher.kill_during(command, rng.uniform(0, scenario.max_delay))
+    rec = crasher.kill_during(command, rng.uniform(0, max_delay))
     problems: list[str] = []
     try:
         v = aufs.init(root, opts)

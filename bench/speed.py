@@ -22,15 +22,19 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
+import shutil
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import aufs
+from aufs.archive.stream import write_stream
+from bench import corpus
 from bench.common import (
     Job,
     Report,
+    compare,
     compare_interleaved,
     loop_ext4,
     main_guard,
@@ -40,7 +44,8 @@ from bench.getput import layer_id, populate
 
 STARTUP_BUDGET_MS = 50.0
 STARTUP_PAIRS = 10
-JOBS = ("startup",)
+JOBS = ("startup", "diff")
+DIFF_GOAL = 1.0
 
 
 def _child_env() -> dict[str, str]:
@@ -89,6 +94,61 @@ def bench_startup(mnt: str, report: Report, reps: int) -> None:
                           f"{statistics.median(floor):.1f} ms")
 
 
+def _into_cat(write: Callable[[int], object]) -> None:
+    cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert cat.stdin is not None
+    try:
+        write(cat.stdin.fileno())
+    finally:
+        cat.stdin.close()
+        cat.wait()
+
+
+def bench_diff(mnt: str, report: Report, reps: int) -> None:
+    """Warm and cold diffs of the corpus's base layer, against GNU tar into ``| cat``."""
+    root = os.path.join(mnt, "store-diff")
+    tarball = os.path.join(mnt, "base.tar")
+    shutil.copyfile(corpus.base_tarball(), tarball)
+    d = aufs.init(root)
+    d.create("base")
+    with open(tarball, "rb") as f:
+        d.apply_diff("base", "", f)
+    d.cleanup()
+    env = _child_env()
+    layer = d.layout.diff("base")
+    tar = Job("tar -cf - | cat", lambda: subprocess.run(
+        ["sh", "-c", f"tar -cf - -C '{layer}' . | cat >/dev/null"], check=True))
+
+    def fd_path() -> None:
+        with d.diff("base") as stream:
+            _into_cat(lambda fd: write_stream(stream, fd))
+
+    def read_path() -> None:
+        def copy(fd: int) -> None:
+            with d.diff("base") as stream:
+                while chunk := stream.read(1 << 20):
+                    _write_all(fd, chunk)
+        _into_cat(copy)
+
+    whole = Job("aufs diff ID | cat", lambda: subprocess.run(
+        ["sh", "-c", f"'{sys.executable}' -m aufs --root '{root}' diff base | cat >/dev/null"],
+        env=env, check=True))
+    report.add(compare("diff warm: write_into | cat (in-process)",
+                       Job("Driver.diff + write_stream", fd_path), tar, reps=reps))
+    report.add(compare("diff warm: read(1 MiB) | cat (in-process)",
+                       Job("Driver.diff + read", read_path), tar, reps=reps))
+    report.add(compare("diff warm: aufs diff | cat", whole, tar, reps=reps, goal=DIFF_GOAL,
+                       note="whole process, warm caches"))
+    report.add(compare("diff cold: aufs diff | cat", whole, tar, reps=reps, cold=True,
+                       goal=DIFF_GOAL, note="whole process, caches dropped before each run"))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m bench.speed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,6 +162,8 @@ def main(argv: list[str]) -> int:
     with loop_ext4(4 << 30, label="aufs-bench-speed") as mnt:
         if "startup" in jobs:
             bench_startup(mnt, report, args.reps)
+        if "diff" in jobs:
+            bench_diff(mnt, report, args.reps)
     report.finish()
     failed = any(r.met is False for r in report.ratios) or any(
         v["met"] is False for v in report.values)

@@ -28,12 +28,26 @@ def diff(ctx: Context) -> None:
         raise UsageError("refusing to write a tar to a terminal: use -o FILE or a redirection")
     with progress.bar("diff", sys.stderr) as bar, d.diff(layer_id, parent) as stream, \
             open_output(a.output, ctx.root) as out:
+        fd = _fileno(out) if a.compress == "none" else None
+        if fd is not None:
+            # Straight into the fd: file data by sendfile, never through Python bytes.
+            from aufs.archive.stream import write_stream
+
+            out.flush()
+            write_stream(stream, fd, bar.update)
+            return
         sink = _compressor(out, a.compress)
         while chunk := stream.read(_CHUNK):
             sink.write(chunk)
             bar.update(len(chunk))
-        if sink is not out:
-            sink.close()
+        sink.close()
+
+
+def _fileno(out: IO[bytes]) -> int | None:
+    try:
+        return out.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: in memory
+        return None
 
 
 class _Sink(Protocol):

@@ -121,3 +121,19 @@ def test_a_reader_gone_is_the_writers_error_not_an_archive_error(tmp_path: Path)
             write_stream(s, w)
     finally:
         os.close(w)
+
+
+def test_a_pipe_is_grown_to_a_mib(tmp_path: Path) -> None:
+    """Writing a MiB at a time into a 64 KiB pipe waits for the reader 16 times a MiB."""
+    import fcntl
+
+    root = _tree(tmp_path / "layer")
+    sizes: list[int] = []
+
+    def write(fd: int) -> None:
+        with export_layer(str(root)) as s:
+            write_stream(s, fd)
+        sizes.append(fcntl.fcntl(fd, 1032))  # F_GETPIPE_SZ
+
+    _through_pipe(write)
+    assert sizes == [1 << 20]

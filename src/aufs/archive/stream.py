@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import os
 import select
+import stat
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import IO
@@ -55,8 +57,11 @@ AHEAD_BYTES = 32 << 20
 WARM_FILES = 256  # files read without waiting, after which hints stop
 _FADVISE_MAX = 4 << 20  # per file: the kernel's own readahead takes over after this
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
-SENDFILE_MIN = 256 << 10  # write_into: files this big go by sendfile, smaller ones buffered
+SENDFILE_MIN = 64 << 10  # write_into: files this big go by sendfile, smaller ones buffered
 _WRITE_BUFFER = 1 << 20
+_PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ: int = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_F_GETPIPE_SZ: int = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 _NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF)
 
 
@@ -332,6 +337,7 @@ class TarReader(io.RawIOBase):
         """
         if self.closed:
             raise ValueError("I/O operation on closed stream")
+        _grow_pipe(out)
         view = memoryview(bytearray(_WRITE_BUFFER))  # one buffer for the whole stream
         total = 0
         self._kernel_min = SENDFILE_MIN
@@ -410,6 +416,15 @@ class TarReader(io.RawIOBase):
                     callback()
             finally:
                 super().close()
+
+
+def _grow_pipe(out: int) -> None:
+    """A pipe holds 64 KiB: writing a MiB at a time into it means a wait for the reader
+    every 64 KiB, and on a busy machine each wait is a trip through the scheduler.
+    Grow it to a MiB (the unprivileged limit), where we may."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISFIFO(os.fstat(out).st_mode) and fcntl.fcntl(out, _F_GETPIPE_SZ) < _PIPE_SIZE:
+            fcntl.fcntl(out, _F_SETPIPE_SZ, _PIPE_SIZE)
 
 
 def _write_all(out: int, data: memoryview) -> None:

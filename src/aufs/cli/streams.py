@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 import shutil
 import sys
@@ -57,14 +56,9 @@ class _Sink(Protocol):
 
 
 def _compressor(out: IO[bytes], kind: str) -> _Sink:
-    if kind == "gzip":
-        return gzip.GzipFile(filename="", fileobj=out, mode="wb", mtime=0)
-    if kind == "zstd":
-        import zstandard
+    from aufs.archive import compressor
 
-        writer: _Sink = zstandard.ZstdCompressor().stream_writer(out, closefd=False)
-        return writer
-    return out
+    return compressor.open_compressor(out, kind)
 
 
 def apply(ctx: Context) -> None:

@@ -23,7 +23,6 @@ temporary name beside ``FILE`` and renamed to ``FILE`` when whole.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import io
 import json
@@ -36,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
-from aufs.archive import tarsplit
+from aufs.archive import compressor, tarsplit
 from aufs.driver import Driver
 from aufs.errors import ImageError
 from aufs.image.config import Added, image_config, minimal_config
@@ -103,27 +102,8 @@ class _Sink(Protocol):
 
 
 def _compressor(out: IO[bytes], compress: str) -> _Sink:
-    if compress == "gzip":
-        return gzip.GzipFile(filename="", fileobj=out, mode="wb", mtime=0)
-    if compress == "zstd":
-        import zstandard
-
-        writer: _Sink = zstandard.ZstdCompressor().stream_writer(out, closefd=False)
-        return writer
-    if compress == "none":
-        return _Uncompressed(out)
-    raise ValueError(f"unknown compression {compress!r} (use gzip, zstd or none)")
-
-
-class _Uncompressed:
-    def __init__(self, out: IO[bytes]) -> None:
-        self._out = out
-
-    def write(self, data: bytes, /) -> int:
-        return self._out.write(data)
-
-    def close(self) -> None:
-        pass
+    # gzip level 6 on every core, zstd with threads (aufs.archive.compressor)
+    return compressor.open_compressor(out, compress)
 
 
 def _write_layer(stream: _Readable, path: str, compress: str,

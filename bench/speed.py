@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import os
 import shutil
 import statistics
@@ -44,8 +45,9 @@ from bench.getput import layer_id, populate
 
 STARTUP_BUDGET_MS = 50.0
 STARTUP_PAIRS = 10
-JOBS = ("startup", "diff")
+JOBS = ("startup", "diff", "export")
 DIFF_GOAL = 1.0
+RSS_GOAL_MIB = 64.0
 
 
 def _child_env() -> dict[str, str]:
@@ -143,6 +145,48 @@ def bench_diff(mnt: str, report: Report, reps: int) -> None:
                        goal=DIFF_GOAL, note="whole process, caches dropped before each run"))
 
 
+def bench_export(mnt: str, report: Report, reps: int) -> None:
+    """``aufs export`` (OCI, gzip level 6 / zstd / none) of the corpus's base layer against
+    ``skopeo copy docker-archive: oci-archive:`` of the same image; peak RSS."""
+    root = os.path.join(mnt, "store-export")
+    tarball = os.path.join(mnt, "export-base.tar")
+    shutil.copyfile(corpus.base_tarball(), tarball)
+    d = aufs.init(root)
+    d.create("base")
+    with open(tarball, "rb") as f:
+        d.apply_diff("base", "", f)
+    d.cleanup()
+    os.unlink(tarball)
+    env = _child_env()
+    archive = os.path.join(mnt, "image-docker.tar")
+    subprocess.run([sys.executable, "-m", "aufs", "--root", root, "export", "base",
+                    "--format", "docker-archive", "-o", archive], env=env, check=True)
+    out = os.path.join(mnt, "out.tar")
+
+    def gone() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(out)
+
+    skopeo = Job("skopeo copy docker-archive: oci-archive:", lambda: subprocess.run(
+        ["skopeo", "copy", "-q", f"docker-archive:{archive}", f"oci-archive:{out}"],
+        check=True, stdout=subprocess.DEVNULL), setup=gone, teardown=gone)
+    rss: dict[str, list[float]] = {}
+    for kind in ("gzip", "zstd", "none"):
+        def run(kind: str = kind) -> None:
+            proc = subprocess.run(
+                ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "aufs", "--root", root,
+                 "export", "base", "-o", out, "--compress", kind],
+                env=env, check=True, stderr=subprocess.PIPE, text=True)
+            rss.setdefault(kind, []).append(int(proc.stderr.split()[-1]) / 1024)
+        report.add(compare(f"export --compress {kind}",
+                           Job(f"aufs export --compress {kind}", run, setup=gone, teardown=gone),
+                           skopeo, reps=reps, goal=DIFF_GOAL if kind == "gzip" else None,
+                           note="whole process; OCI archive of the 200 MB base layer"))
+    for kind, peaks in rss.items():
+        report.value(f"peak RSS, export --compress {kind}", max(peaks), "MiB",
+                     goal=RSS_GOAL_MIB, note="/usr/bin/time %M, the largest of the runs")
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -164,6 +208,8 @@ def main(argv: list[str]) -> int:
             bench_startup(mnt, report, args.reps)
         if "diff" in jobs:
             bench_diff(mnt, report, args.reps)
+        if "export" in jobs:
+            bench_export(mnt, report, args.reps)
     report.finish()
     failed = any(r.met is False for r in report.ratios) or any(
         v["met"] is False for v in report.values)

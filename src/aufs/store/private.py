@@ -24,7 +24,7 @@ def is_transient(names: set[str], counts: dict[str, int], busy: set[str]) -> boo
     """Is ``.aufs/`` (entries ``names``) only what an open makes: the lock and the
     ``refs``/``work``/``staging``/``l`` directories, every count zero, and none of
     ``staging``/``l`` holding anything (``busy``)? No ``store.json``: not our store. Pure."""
-    transient = {"lock", "refs", "work", "staging", "l"}
+    transient = {"lock", "refs", "work", "staging", "l", "children"}  # children: a cache
     return names <= transient and not any(counts.values()) and not busy & {"staging", "l"}
 
 
@@ -40,7 +40,8 @@ def remove_if_transient(layout: Layout) -> bool:
             if d in names and os.listdir(os.path.join(private, d))}
     if not is_transient(names, refs.all_counts(layout.refs_dir), busy):
         return False
-    for d in (layout.work_dir, layout.refs_dir, layout.staging_dir, layout.links_dir):
+    for d in (layout.work_dir, layout.refs_dir, layout.staging_dir, layout.links_dir,
+              f"{private}/children"):
         with contextlib.suppress(FileNotFoundError):
             rmtree(d)  # work/<id> of unmounted unions; refs at zero
     with contextlib.suppress(FileNotFoundError):

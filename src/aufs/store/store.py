@@ -18,6 +18,7 @@ import contextlib
 import os
 
 from aufs._sys.files import rmtree
+from aufs.store import children as child_index
 from aufs.store import images, layers, refs
 from aufs.store.layout import Layout
 
@@ -40,14 +41,10 @@ class Store:
         return layers.list_ids(self.layout.layers_dir)
 
     def children(self, id: str) -> list[str]:
-        """The layers whose direct parent is ``id``."""
-        out = []
-        for other in self.ids():
-            with contextlib.suppress(FileNotFoundError):
-                chain = self.chain(other)
-                if chain and chain[0] == id:
-                    out.append(other)
-        return out
+        """The layers whose direct parent is ``id``: from the index of
+        :mod:`aufs.store.children`, without reading every ``layers/<id>`` while the
+        index is fresh."""
+        return child_index.children(self.layout, id)
 
     # -- the migrated-layer rule --------------------------------------------------------
     def relocated(self, id: str) -> bool:
@@ -76,21 +73,28 @@ class Store:
         lay = self.layout
         made = [p for p in (lay.diff(id), lay.mnt(id)) if not os.path.lexists(p)]
         refs.clear(lay.refs(id))
+        if not child_index.fresh(lay):
+            child_index.rebuild(lay)  # once for a store we did not index (or after a crash)
         try:
             for path in made:
                 os.mkdir(path)
                 os.chmod(path, 0o755)  # a layer's root is 0755 whatever the umask
+            if chain:
+                child_index.added(lay, chain[0], id)  # before the layer exists
             layers.write_chain(lay.layers(id), chain)  # publishes the layer
         except BaseException:
             for path in made:
                 with contextlib.suppress(OSError):
                     rmtree(path)
             raise
+        child_index.seen(lay)
 
     def remove(self, id: str) -> None:
         """Remove the layer's files by renaming them to ``<path>-removing`` first (nothing
         of it may be mounted)."""
         lay = self.layout
+        chain = self.chain(id)
+        indexed = child_index.fresh(lay)
         # The rename of layers/<id> is the moment the layer stops existing.
         os.replace(lay.layers(id), lay.removing(lay.layers(id)))
         doomed = []
@@ -103,3 +107,6 @@ class Store:
         for path in doomed:
             rmtree(path)
         os.unlink(lay.removing(lay.layers(id)))
+        if indexed:
+            child_index.removed(lay, chain[0] if chain else "", id)
+            child_index.seen(lay)

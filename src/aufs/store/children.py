@@ -10,8 +10,8 @@ is ``<parent>``. It is a cache of what ``layers/`` says, checked against it:
   ``.aufs/children/.seen`` holds the directory's inode and change times, written after
   each change of ours. Any other change of ``layers/`` — a store written by Docker's own
   driver or an older aufs, a create or remove killed between its change and the new
-  stamp — leaves the stamp behind, and the next lookup reads every ``layers/<id>`` once,
-  as before, and writes the index anew.
+  stamp — leaves the stamp behind: a lookup then reads every ``layers/<id>``, as before
+  (and writes nothing), and the next ``create`` writes the index anew.
 - A child it names counts only if ``layers/<child>`` exists and names the parent (an
   entry written by a create that died before publishing its layer is skipped).
 
@@ -83,12 +83,7 @@ def removed(layout: Layout, parent: str, child: str) -> None:
 def rebuild(layout: Layout) -> None:
     """Read every ``layers/<id>`` and write the index anew (in place of the old one)."""
     stamp = _stamp(layout)  # before reading: a change meanwhile makes it stale again
-    by_parent: dict[str, list[str]] = {}
-    for layer_id in layers.list_ids(layout.layers_dir):
-        with contextlib.suppress(FileNotFoundError):
-            chain = layers.read_chain(layout.layers(layer_id))
-            if chain:
-                by_parent.setdefault(chain[0], []).append(layer_id)
+    by_parent = _scan(layout)
     new = f"{_dir(layout)}.new-{os.getpid()}"
     rmtree(new)
     os.makedirs(new, 0o755)
@@ -106,10 +101,21 @@ def rebuild(layout: Layout) -> None:
     rmtree(old)
 
 
+def _scan(layout: Layout) -> dict[str, list[str]]:
+    by_parent: dict[str, list[str]] = {}
+    for layer_id in layers.list_ids(layout.layers_dir):
+        with contextlib.suppress(FileNotFoundError):
+            chain = layers.read_chain(layout.layers(layer_id))
+            if chain:
+                by_parent.setdefault(chain[0], []).append(layer_id)
+    return by_parent
+
+
 def children(layout: Layout, parent: str) -> list[str]:
-    """The layers whose nearest parent is ``parent``, sorted."""
+    """The layers whose nearest parent is ``parent``, sorted. A stale index is not
+    used (nor written: a lookup changes nothing); ``create`` writes it anew."""
     if not fresh(layout):
-        rebuild(layout)
+        return sorted(_scan(layout).get(parent, []))
     try:
         names = os.listdir(f"{_dir(layout)}/{parent}")
     except FileNotFoundError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sys
@@ -42,10 +41,12 @@ class Context:
             from aufs import driver
 
             opts = [f"aufs.engine={self.args.engine}"] if self.args.engine else []
+            from aufs.store import lock
+
+            lock.on_wait = _say_when_waiting  # a wait for the store lock over 1 s is told
             if getattr(self.args, "reads", False):
                 self._driver = driver.open_for_reading(self.root, opts)
             else:
-                _say_if_busy(self.root)
                 self._driver = driver.init(self.root, opts)
         return self._driver
 
@@ -67,22 +68,8 @@ class Context:
         sys.stdout.write("\n")
 
 
-def _say_if_busy(root: str) -> None:
-    """On a terminal, tell why we wait when another process holds the store lock."""
-    if not sys.stderr.isatty():
-        return
-    from aufs.store.layout import Layout
-
-    try:
-        fd = os.open(Layout.at(root).lock_file, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"aufs: waiting for another aufs process using {root} ...", file=sys.stderr)
-    finally:
-        os.close(fd)
+def _say_when_waiting(line: str) -> None:
+    print(f"aufs: {line} ...", file=sys.stderr, flush=True)
 
 
 def human_size(n: int) -> str:

@@ -59,7 +59,7 @@ def fresh(layout: Layout) -> bool:
 
 def seen(layout: Layout) -> None:
     """Record ``layers/`` as the index now describes it (after a change of ours)."""
-    write_atomic(_stamp_file(layout), _stamp(layout))
+    write_atomic(_stamp_file(layout), _stamp(layout), fsync=False)  # a cache: no fsync
 
 
 def added(layout: Layout, parent: str, child: str) -> None:

@@ -27,6 +27,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 import aufs
@@ -41,11 +42,16 @@ from bench.common import (
     main_guard,
     require_root,
 )
-from bench.getput import layer_id, populate
+from bench.getput import build_stack, driver_cycle, layer_id, overlay_floors, populate
 
 STARTUP_BUDGET_MS = 50.0
 STARTUP_PAIRS = 10
-JOBS = ("startup", "diff", "export")
+JOBS = ("startup", "diff", "export", "scale")
+BIG_STORE = 10_000
+FLAT_GOAL = 1.10  # "not slower": the 10,000-layer store within the noise of the 10-layer one
+DEEP = 100
+DEEP_GOAL = 1.5
+LS_BUDGET_S = 1.0
 DIFF_GOAL = 1.0
 RSS_GOAL_MIB = 64.0
 
@@ -187,6 +193,75 @@ def bench_export(mnt: str, report: Report, reps: int) -> None:
                      goal=RSS_GOAL_MIB, note="/usr/bin/time %M, the largest of the runs")
 
 
+def _store(root: str, count: int, depth: int = 10) -> aufs.Driver:
+    """``count`` layers with Docker-length ids, in chains ``depth`` deep."""
+    d = aufs.init(root)
+    parent = ""
+    for n in range(count):
+        lid = layer_id(n)
+        d.create(lid, parent if n % depth else "")
+        parent = lid
+    return d
+
+
+def bench_scale(mnt: str, report: Report, reps: int, big: int) -> None:
+    """Cost that stays flat: one layer's create/remove/exists/get in a store of ``big``
+    layers against the same in a 10-layer store; ``aufs ls`` of the big store; get+put
+    of a layer 100 deep against the raw mount syscalls."""
+    small = _store(os.path.join(mnt, "store-10"), 10)
+    large = _store(os.path.join(mnt, "store-big"), big)
+    names = iter(range(1 << 30))
+
+    def create_remove(d: aufs.Driver) -> Callable[[], None]:
+        parent = layer_id(5)  # a layer in the middle of the first chain, in both stores
+
+        def run() -> None:
+            lid = f"new-{next(names)}"
+            d.create(lid, parent)
+            d.remove(lid)
+        return run
+
+    def exists(d: aufs.Driver) -> Callable[[], object]:
+        return lambda: d.exists(layer_id(7))
+
+    def get_put(d: aufs.Driver) -> Callable[[], None]:
+        lid = layer_id(9)  # 9 parents below it, in both stores
+
+        def run() -> None:
+            d.get(lid)
+            d.put(lid)
+        return run
+
+    cases: list[tuple[str, Callable[[aufs.Driver], Callable[[], object]], int]] = [
+        ("create+remove", create_remove, 20), ("exists", exists, 200), ("get+put", get_put, 20)]
+    for label, make, pairs in cases:
+        report.add(compare_interleaved(
+            f"{big} layers: {label}", Job(f"{big}-layer store", make(large)),
+            Job("10-layer store", make(small)), rounds=reps, pairs=pairs, goal=FLAT_GOAL,
+            note=f"one layer; {pairs} interleaved calls a round"))
+    large.cleanup()
+    small.cleanup()
+    env = _child_env()
+    argv = [sys.executable, "-m", "aufs", "--root", large.root, "ls"]
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - start)
+    report.value(f"aufs ls, {big} layers, s", statistics.median(times), "s", goal=LS_BUDGET_S,
+                 note=f"whole process; min {min(times):.2f}, max {max(times):.2f}")
+    stack = build_stack(os.path.join(mnt, "store-deep"), "overlay", DEEP)
+    try:
+        floors = overlay_floors(stack)
+        label, floor = floors[0]
+        report.add(compare_interleaved(
+            f"get+put {DEEP} deep", Job("driver get+put", driver_cycle(stack)),
+            Job(label, floor), rounds=reps, pairs=20, goal=DEEP_GOAL,
+            note=f"overlay, {DEEP} lower layers"))
+    finally:
+        stack.driver.cleanup()
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -199,6 +274,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--reps", type=int, default=9, help="repetitions per ratio (median)")
     parser.add_argument("--only", choices=JOBS, action="append",
                         help="run only these jobs (repeatable)")
+    parser.add_argument("--layers", type=int, default=BIG_STORE,
+                        help="layers in the big store of the scale job")
     args = parser.parse_args(argv)
     require_root()
     jobs = set(args.only or JOBS)
@@ -210,6 +287,8 @@ def main(argv: list[str]) -> int:
             bench_diff(mnt, report, args.reps)
         if "export" in jobs:
             bench_export(mnt, report, args.reps)
+        if "scale" in jobs:
+            bench_scale(mnt, report, args.reps, args.layers)
     report.finish()
     failed = any(r.met is False for r in report.ratios) or any(
         v["met"] is False for v in report.values)

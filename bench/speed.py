@@ -44,7 +44,9 @@ from bench.common import (
 )
 from bench.getput import build_stack, driver_cycle, layer_id, overlay_floors, populate
 
-STARTUP_BUDGET_MS = 50.0
+# The budget, 50 ms where `python -c pass` took 19 ms, as a ratio that travels
+# between machines (and loads): 50 / 19.
+STARTUP_RATIO_GOAL = 50.0 / 19.0
 STARTUP_PAIRS = 10
 JOBS = ("startup", "diff", "export", "scale")
 BIG_STORE = 10_000
@@ -93,11 +95,11 @@ def bench_startup(mnt: str, report: Report, reps: int) -> None:
         subject = _process(argv, env)
         r = report.add(compare_interleaved(
             name, Job(name.split(": ")[1], subject.run), ref, rounds=reps,
-            pairs=STARTUP_PAIRS, note="whole process, from bytecode"))
+            pairs=STARTUP_PAIRS, goal=STARTUP_RATIO_GOAL if "ls" in name else None,
+            note="whole process, from bytecode"))
         per_run = [s / STARTUP_PAIRS * 1000 for s in r.subject_s]
         floor = [s / STARTUP_PAIRS * 1000 for s in r.reference_s]
         report.value(f"{name}, ms", statistics.median(per_run), "ms",
-                     goal=STARTUP_BUDGET_MS if "ls" in name else None,
                      note=f"min {min(per_run):.1f}, max {max(per_run):.1f}; python -c pass "
                           f"{statistics.median(floor):.1f} ms")
 

@@ -4,7 +4,8 @@
 
 - ``idle``: open the store and do nothing — the interpreter-plus-``aufs`` baseline;
 - ``apply``: ``apply_diff(ID, "", stdin)``;
-- ``diff``: read ``diff(ID)`` to its end and discard it.
+- ``diff``: read ``diff(ID)`` to its end and discard it;
+- ``changes``: ``changes(ID)``, and print how many.
 
 At the end it prints ``VmHWM <KiB>`` — its peak resident set, from ``/proc/self/status``.
 (The parent cannot use ``ru_maxrss`` from ``wait4``: Linux carries the high-water mark of
@@ -81,6 +82,8 @@ def main(argv: list[str]) -> int:
         elif job == "diff":
             with d.diff(rest[0]) as stream:
                 print(f"BYTES {drain(stream)}")
+        elif job == "changes":
+            print(f"CHANGES {len(d.changes(rest[0]))}")
         else:
             print(f"unknown job {job}", file=sys.stderr)
             return 2

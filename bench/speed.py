@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 import aufs
 from aufs.archive.stream import write_stream
 from bench import corpus
+from bench.child import run_child
 from bench.common import (
     Job,
     Report,
@@ -48,7 +49,8 @@ from bench.getput import build_stack, driver_cycle, layer_id, overlay_floors, po
 # between machines (and loads): 50 / 19.
 STARTUP_RATIO_GOAL = 50.0 / 19.0
 STARTUP_PAIRS = 10
-JOBS = ("startup", "diff", "export", "scale")
+JOBS = ("startup", "diff", "export", "scale", "many")
+MANY_FILES = 200_000
 BIG_STORE = 10_000
 FLAT_GOAL = 1.10  # "not slower": the 10,000-layer store within the noise of the 10-layer one
 DEEP = 100
@@ -264,6 +266,79 @@ def bench_scale(mnt: str, report: Report, reps: int, big: int) -> None:
         stack.driver.cleanup()
 
 
+def bench_many(mnt: str, report: Report, reps: int, files: int) -> None:
+    """A layer of ``files`` files (100 directories): apply, diff and changes against GNU
+    tar and find, and the peak RSS of each in a child."""
+    src = os.path.join(mnt, "many-src")
+    per_dir = max(1, files // 100)
+    for n in range(files):
+        d_path = os.path.join(src, f"d{n // per_dir:03d}")
+        if n % per_dir == 0:
+            os.makedirs(d_path)
+        fd = os.open(os.path.join(d_path, f"file-{n:06d}"), os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"x" * (n % 700))
+        os.close(fd)
+    tarball = os.path.join(mnt, "many.tar")
+    subprocess.run(["tar", "-cf", tarball, "--numeric-owner", "-C", src, "."], check=True)
+    shutil.rmtree(src)
+    root = os.path.join(mnt, "store-many")
+    d = aufs.init(root)
+    engine = d.engine.name
+    os.environ.update(_child_env())
+    label = f"{files} files"
+    ids = iter(range(1 << 30))
+    state: dict[str, str] = {}
+
+    def new_layer() -> None:
+        state["id"] = f"many-{next(ids)}"
+        d.create(state["id"])
+
+    def apply() -> None:
+        with open(tarball, "rb") as f:
+            d.apply_diff(state["id"], "", f)
+
+    def tar_x_setup() -> None:
+        state["dir"] = os.path.join(mnt, f"many-x-{next(ids)}")
+        os.mkdir(state["dir"])
+
+    report.add(compare(f"{label}: apply_diff", Job("Driver.apply_diff", apply, new_layer,
+                                                   lambda: d.remove(state["id"])),
+                       Job("tar -xf", lambda: subprocess.run(
+                           ["tar", "-xf", tarball, "-C", state["dir"]], check=True),
+                           tar_x_setup, lambda: shutil.rmtree(state["dir"])),
+                       reps=reps, cold=True, note="cold caches"))
+    d.create("many")
+    with open(tarball, "rb") as f:
+        applied = run_child([sys.executable, "-m", "bench.child", "apply", root, engine, "many"],
+                            stdin=f.fileno())
+    layer = d.layout.diff("many")
+    tar = Job("tar -cf - | cat", lambda: subprocess.run(
+        ["sh", "-c", f"tar -cf - -C '{layer}' . | cat >/dev/null"], check=True))
+
+    def fd_path() -> None:
+        with d.diff("many") as stream:
+            _into_cat(lambda fd: write_stream(stream, fd))
+
+    report.add(compare(f"{label}: diff warm, write_into | cat", Job("Driver.diff", fd_path), tar,
+                       reps=reps, note="in-process, warm caches"))
+    find = Job("find -printf", lambda: subprocess.run(
+        ["find", layer, "-printf", "%p %s %T@\\n"], stdout=subprocess.DEVNULL, check=True))
+    report.add(compare(f"{label}: changes", Job("Driver.changes", lambda: d.changes("many")),
+                       find, reps=reps, note="in-process, warm; every file is an ADD"))
+    for job, result in (("apply_diff", applied),
+                        ("diff", run_child([sys.executable, "-m", "bench.child", "diff", root,
+                                            engine, "many"])),
+                        ("changes", run_child([sys.executable, "-m", "bench.child", "changes",
+                                               root, engine, "many"]))):
+        kib = result.reported("VmHWM")
+        if result.returncode != 0 or kib is None:
+            report.note(f"{label}: {job} child failed: {result.stderr[-500:]}")
+            continue
+        report.value(f"peak RSS, {job} of {label}", kib / 1024, "MiB", goal=RSS_GOAL_MIB,
+                     note="child process")
+    d.cleanup()
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -276,13 +351,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--reps", type=int, default=9, help="repetitions per ratio (median)")
     parser.add_argument("--only", choices=JOBS, action="append",
                         help="run only these jobs (repeatable)")
+    parser.add_argument("--files", type=int, default=MANY_FILES,
+                        help="files in the layer of the many job")
     parser.add_argument("--layers", type=int, default=BIG_STORE,
                         help="layers in the big store of the scale job")
     args = parser.parse_args(argv)
     require_root()
     jobs = set(args.only or JOBS)
     report = Report("speed")
-    with loop_ext4(4 << 30, label="aufs-bench-speed") as mnt:
+    with loop_ext4(12 << 30, label="aufs-bench-speed") as mnt:  # inodes for 200,000 files x 3
         if "startup" in jobs:
             bench_startup(mnt, report, args.reps)
         if "diff" in jobs:
@@ -291,6 +368,8 @@ def main(argv: list[str]) -> int:
             bench_export(mnt, report, args.reps)
         if "scale" in jobs:
             bench_scale(mnt, report, args.reps, args.layers)
+        if "many" in jobs:
+            bench_many(mnt, report, args.reps, args.files)
     report.finish()
     failed = any(r.met is False for r in report.ratios) or any(
         v["met"] is False for v in report.values)

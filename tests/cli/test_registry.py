@@ -243,7 +243,8 @@ def test_push_read_by_skopeo_and_run_by_docker(cli: Aufs, reg: daemons.Registry,
     assert inspect["Layers"] == [d["digest"] for d in raw["layers"]]
     config = json.loads(_skopeo("inspect", "--config", "--raw", "--tls-verify=false",
                                 f"docker://{ref}"))
-    assert len(config["rootfs"]["diff_ids"]) == 4
+    assert config["rootfs"]["diff_ids"] == [_sha(t) for t in source["tars"]]  # byte-exact
+    assert config["config"]["Cmd"] == ["/bin/busybox", "cat", "/app/msg"]
     # The same tree comes back through another store.
     other = Aufs(base_dir / "other-store")
     try:
@@ -263,7 +264,8 @@ def _docker_runs_it(reg: daemons.Registry, ref: str, source: dict[str, Any],
         to = ["--dest-daemon-host", d.host]
         # Docker images have no zstd layers: the original, all gzip (same diff ids)
         orig = base_dir / "orig-gzip"
-        _index(orig, [_oci_image(orig, source["tars"], ["gzip"] * 4)], "1")
+        _index(orig, [_oci_image(orig, source["tars"], ["gzip"] * 4,
+                                 cmd=["/bin/busybox", "cat", "/app/msg"])], "1")
         _skopeo("copy", *to, f"oci:{orig}:1", "docker-daemon:orig:1")
         # The push mounted the source's blobs, zstd ones too, which Docker 20.10 cannot
         # take: recompressed to gzip on the way (as for the original)
@@ -278,6 +280,8 @@ def _docker_runs_it(reg: daemons.Registry, ref: str, source: dict[str, Any],
         want = d.out(*argv, "orig:1", *cmd)
         assert want.startswith("hello from aufs")
         assert d.out(*argv, "pushed:1", *cmd) == want
+        # the config came along: the image's own command
+        assert d.out(*argv, "pushed:1") == d.out(*argv, "orig:1") == "hello from aufs"
 
 
 def test_push_skips_and_mounts(cli: Aufs, reg: daemons.Registry) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from tests.cli.kit import Aufs, Result, chain_ids, layer
 from tests.cli.registry_facade import Facade, FakeImage, serve, sha
+from tests.cli.test_progress import _on_tty
 
 BASE = layer({"etc/hostname": b"base\n", "bin/sh": b"#!sh\n" * 1000})
 APP = layer({"app/run": b"run\n" * 5000}, deletions=("etc/hostname",))
@@ -59,6 +60,7 @@ def test_bearer_token_flow(cli: Aufs, fresh: Facade, docker_config: dict[str, st
     r = _pull(cli, fresh, docker_config)
     assert r.code == 0, r.err
     assert r.out.strip() == CHAINS[-1]
+    assert r.err == ""  # no bars on a pipe
     q = fresh.token_queries[0]
     assert q["service"] == ["facade"]
     assert "repository:team/app:pull" in q["scope"]
@@ -154,3 +156,14 @@ def test_transient_faults_are_retried(cli: Aufs, fresh: Facade, docker_config: d
     r = _pull(cli, fresh, docker_config)
     assert r.code == 0, r.err
     assert r.out.strip() == CHAINS[-1]
+
+
+def test_bars_on_a_terminal(cli: Aufs, fresh: Facade, docker_config: dict[str, str],
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in docker_config.items():
+        monkeypatch.setenv(key, value)
+    code, drawn = _on_tty(cli, "pull", f"{fresh.address}/team/app:1")
+    assert code == 0, drawn
+    for digest in IMAGE.layer_digests:  # a bar per layer download
+        assert f"{digest[7:19]} download" in drawn, drawn
+    assert "extract" in drawn

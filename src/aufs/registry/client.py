@@ -140,6 +140,10 @@ class Repository:
             request = self._client.build_request(method, url, headers=headers,
                                                  content=content, params=params)
             r = self._client.send(request, stream=True)
+        except httpx.StreamError as exc:
+            # A body sent once cannot be sent again (a 401 after the token expired while
+            # it went up): the retry makes the request anew, body and all.
+            raise _Transient(f"{method} {url}: {exc}") from exc
         except httpx.ConnectError as exc:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                 raise RegistryError(f"{url}: the registry's TLS certificate is not valid "

@@ -22,8 +22,10 @@ from aufs.errors import (
     LayerInUseError,
     LayerMountedError,
     LayerNotFoundError,
+    StoreCorruptError,
 )
 from aufs.graphdriver.protocol import Status
+from aufs.store import chain as chains
 from aufs.store import images, layers, meta, private, refs
 from aufs.store.layout import Layout, is_valid_id, validate_id
 from aufs.store.lock import StoreLock
@@ -184,7 +186,8 @@ class Driver:
         return is_valid_id(id) and self.store.exists(id)
 
     def parents(self, id: str) -> list[str]:
-        """The layer's ancestors, nearest first (the content of ``layers/<id>``)."""
+        """The layer's ancestors, nearest first (the content of ``layers/<id>``), checked
+        (:func:`aufs.store.chain.read_verified`): StoreCorruptError if damaged."""
         validate_id(id)
         try:
             return self.store.chain(id)
@@ -281,6 +284,7 @@ class Driver:
                     state = MountState.NONE
                 if state is MountState.NONE:
                     count = 0  # the mount table is the truth: a dead holder's count is void
+                    chains.check_dirs(lay, id, chain)  # no mount follows a symlink out
                     ensure_dir(target)
                     self.engine.mount(branches)
                     mounted_now = True
@@ -353,7 +357,8 @@ class Driver:
                 except OSError as exc:
                     errors.append(f"{entry.mountpoint}: {exc}")
             for name in os.listdir(lay.refs_dir):
-                refs.clear(lay.refs(name))
+                if is_valid_id(name):
+                    refs.clear(lay.refs(name))
             if errors:
                 raise DriverError("cleanup could not unmount: " + "; ".join(errors))
             _release_bind(lay.root)
@@ -387,12 +392,23 @@ class Driver:
         before = {i: _inode(self.layout.diff(i)) for i in ids if i and is_valid_id(i)}
         try:
             yield
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, NotADirectoryError) as exc:
             gone = [i for i, ino in before.items()
                     if not self.exists(i) or _inode(self.layout.diff(i)) != ino]
             if not gone:
+                # a layer's data missing or no directory: name it
+                problem = chains.dir_problem(self.layout, self._chain_ids(*before))
+                if problem is not None:
+                    raise StoreCorruptError(problem) from exc
                 raise
             raise LayerNotFoundError(f"no such layer: {gone[0]} (removed meanwhile)") from exc
+
+    def _chain_ids(self, *ids: str) -> list[str]:
+        out: list[str] = []
+        for i in ids:
+            with contextlib.suppress(DriverError, OSError):
+                out += [i, *chains.read_chain(self.layout, i)]
+        return out
 
     def diff(self, id: str, parent: str = "") -> IO[bytes]:
         from aufs.archive import export

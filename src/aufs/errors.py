@@ -18,7 +18,8 @@ Exception tree::
     │   └── LayerMountedError      apply_diff into a mounted layer
     ├── InvalidLayerIDError        (also ValueError) not a valid layer id
     ├── ChainTooLongError          (also ValueError) more ancestors than an engine stacks
-    └── ConversionPendingError     the store's whiteouts are half converted
+    ├── ConversionPendingError     the store's whiteouts are half converted
+    └── StoreCorruptError          a file of the store is damaged or tampered with
     ArchiveError                   malformed, truncated or unusable archive input
     └── BreakoutError              an entry would write, link or resolve outside the layer
     ImageError                     a malformed, unsupported or corrupted image archive
@@ -53,6 +54,7 @@ __all__ = [
     "NotSupportedError",
     "PrerequisitesError",
     "RegistryError",
+    "StoreCorruptError",
 ]
 
 AUFS_NOT_FOUND_MESSAGE = "AUFS was not found in /proc/filesystems"
@@ -111,6 +113,11 @@ class ChainTooLongError(DriverError, ValueError):
 
 class ConversionPendingError(DriverError):
     """The store's whiteouts are half converted; ``aufs convert`` must finish first."""
+
+
+class StoreCorruptError(DriverError):
+    """A file of the store is not what the store writes (damaged, or tampered with):
+    the message names the file (and line). Only the layers that stand on it fail."""
 
 
 # -- archives (aufs.archive) and images (aufs.image) -----------------------------------

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
-from aufs._sys import safefs
+from aufs._sys import deep, safefs
 from aufs._sys.files import NO_XATTRS, list_xattrs
 
 WH_PREFIX = ".wh."
@@ -224,24 +224,19 @@ class WhiteoutFormat:
         """
         fd = os.open(root, safefs.O_DIR)
         try:
-            return self._normalize_dir(fd, os.fstat(fd).st_dev, "", set_aside)
+            return sum(self._normalize_dir(dir_fd, rel, entries, set_aside)
+                       for dir_fd, rel, entries in deep.walk_dirs(fd, self._enters))
         finally:
             os.close(fd)
 
-    def _normalize_dir(self, dir_fd: int, dev: int, rel: str,
-                       set_aside: SetAside | None) -> int:
+    def _enters(self, entry: os.DirEntry[str]) -> bool:
+        """Does :meth:`normalize` walk into the directory ``entry``?"""
         raise NotImplementedError
 
-    def _normalize_subdir(self, dir_fd: int, name: str, dev: int, rel: str,
-                          set_aside: SetAside | None) -> int:
-        sub = os.open(name, safefs.O_DIR,
-                      dir_fd=dir_fd)
-        try:
-            if os.fstat(sub).st_dev != dev:
-                return 0  # a mount point: not part of the layer
-            return self._normalize_dir(sub, dev, _join(rel, name), set_aside)
-        finally:
-            os.close(sub)
+    def _normalize_dir(self, dir_fd: int, rel: str, entries: list[os.DirEntry[str]],
+                       set_aside: SetAside | None) -> int:
+        """Rewrite the markers of one directory (its subdirectories come on their own)."""
+        raise NotImplementedError
 
 
 def _join(rel: str, name: str) -> str:
@@ -285,19 +280,18 @@ class AufsWhiteouts(WhiteoutFormat):
                      dir_fd=dir_fd)
         os.close(fd)
 
-    def _normalize_dir(self, dir_fd: int, dev: int, rel: str,
+    def _enters(self, entry: os.DirEntry[str]) -> bool:
+        return not entry.name.startswith(WH_META_PREFIX)  # housekeeping: not content
+
+    def _normalize_dir(self, dir_fd: int, rel: str, entries: list[os.DirEntry[str]],
                        set_aside: SetAside | None) -> int:
         count = 0
         if has_opaque_xattr(dir_fd):
             self.make_opaque(dir_fd)
             os.removexattr(dir_fd, OVERLAY_OPAQUE_XATTR)
             count += 1
-        with os.scandir(dir_fd) as it:
-            entries = list(it)
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                if not entry.name.startswith(WH_META_PREFIX):  # housekeeping: not content
-                    count += self._normalize_subdir(dir_fd, entry.name, dev, rel, set_aside)
                 continue
             if not _maybe_device(entry):
                 continue
@@ -326,11 +320,12 @@ class OverlayWhiteouts(WhiteoutFormat):
     def make_opaque(self, dir_fd: int) -> None:
         os.setxattr(dir_fd, OVERLAY_OPAQUE_XATTR, b"y")
 
-    def _normalize_dir(self, dir_fd: int, dev: int, rel: str,
+    def _enters(self, entry: os.DirEntry[str]) -> bool:
+        return classify_name(entry.name).kind is not Kind.HOUSEKEEPING  # set aside
+
+    def _normalize_dir(self, dir_fd: int, rel: str, entries: list[os.DirEntry[str]],
                        set_aside: SetAside | None) -> int:
         count = 0
-        with os.scandir(dir_fd) as it:
-            entries = list(it)
         names = {e.name for e in entries}
         for entry in entries:
             kind = classify_name(entry.name)
@@ -340,7 +335,6 @@ class OverlayWhiteouts(WhiteoutFormat):
                     count += 1
                 continue
             if entry.is_dir(follow_symlinks=False):
-                count += self._normalize_subdir(dir_fd, entry.name, dev, rel, set_aside)
                 continue
             if kind.kind is Kind.OPAQUE:
                 self.make_opaque(dir_fd)

@@ -20,6 +20,17 @@ def fd_budget(share: int, most: int, least: int = 1) -> int:
     return max(least, min(most, soft // share))
 
 
+def raise_fd_limit() -> None:
+    """Raise the soft fd limit to the hard one, as every Go program (dockerd among them)
+    does at start: a walk of a 6,000-deep layer holds an fd a level (export), more than
+    the usual soft limit of 1,024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 20 if hard == resource.RLIM_INFINITY else hard  # the kernel's nr_open
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def write_atomic(path: str, data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     tmp = f"{path}~{os.getpid()}"  # "~" is never part of a layer id

@@ -198,21 +198,30 @@ def _names(fd: int) -> list[str]:
         return [e.name for e in it]
 
 
+#: Directories a removal keeps open at most, however deep the tree: an ancestor beyond
+#: it is closed, and opened again through ``..`` (checked to be the same directory).
+FD_WINDOW = 64
+
+
 def _remove_tree(dir_fd: int, name: str) -> None:
     """Remove the directory ``name`` and everything below it, depth first, with a stack
-    of open directories instead of recursion."""
+    of directories instead of recursion, at most :data:`FD_WINDOW` of them open."""
     dev = os.fstat(dir_fd).st_dev
     top = _open_same_fs(dir_fd, name, dev)
-    stack: list[tuple[int, list[str], int, str]] = [(top, _names(top), dir_fd, name)]
+    # frames: [fd (-1 once closed), names left to remove, own name, own inode]
+    stack: list[list[object]] = [[top, _names(top), name, os.fstat(top).st_ino]]
     try:
         while stack:
-            fd, names, parent, own = stack[-1]
+            frame = stack[-1]
+            fd, names, own, _ = frame
+            assert isinstance(fd, int) and isinstance(names, list) and isinstance(own, str)
             if not names:
+                parent = _parent_fd(stack[-2], fd, dev) if len(stack) > 1 else dir_fd
                 stack.pop()
                 os.close(fd)
                 os.rmdir(own, dir_fd=parent)
                 continue
-            child = names.pop()
+            child: str = names.pop()
             try:
                 os.unlink(child, dir_fd=fd)
                 continue
@@ -224,10 +233,33 @@ def _remove_tree(dir_fd: int, name: str) -> None:
                 if not stat.S_ISDIR(os.lstat(child, dir_fd=fd).st_mode):
                     raise
             sub = _open_same_fs(fd, child, dev)
-            stack.append((sub, _names(sub), fd, child))
+            stack.append([sub, _names(sub), child, os.fstat(sub).st_ino])
+            if len(stack) > FD_WINDOW:
+                far = stack[-FD_WINDOW - 1]
+                if isinstance(far[0], int) and far[0] >= 0:
+                    os.close(far[0])
+                    far[0] = -1
     finally:
-        for fd, _, _, _ in stack:
-            os.close(fd)
+        for frame in stack:
+            if isinstance(frame[0], int) and frame[0] >= 0:
+                os.close(frame[0])
+
+
+def _parent_fd(frame: list[object], child_fd: int, dev: int) -> int:
+    """The open fd of the directory ``frame``, opened again through ``..`` of its child
+    if the window closed it — refused if ``..`` is no longer that directory (moved)."""
+    fd = frame[0]
+    assert isinstance(fd, int)
+    if fd >= 0:
+        return fd
+    fd = os.open("..", O_DIR, dir_fd=child_fd)
+    st = os.fstat(fd)
+    if st.st_dev != dev or st.st_ino != frame[3]:
+        os.close(fd)
+        raise OSError(errno.EBUSY, "a directory moved while it was being removed",
+                      str(frame[2]))
+    frame[0] = fd
+    return fd
 
 
 def proc_path(dir_fd: int, name: str) -> str:

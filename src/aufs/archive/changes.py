@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from aufs._sys import safefs
+from aufs._sys import deep, safefs
 from aufs.archive.treediff import changes_dirs, changes_size, same_fs_time
 from aufs.archive.types import Change, ChangeKind
 from aufs.whiteout import (
@@ -159,89 +159,105 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
     # hides the lower directories? — it or a parent is opaque)
     stack: list[tuple[str, str, list[str], os.stat_result | None, bool, bool]] = [
         (rw_dir.rstrip("/") or "/", "", _root_lows(lower_dirs), None, True, False)]
-    while stack:
-        rw_path, rel, lows, below, listed, hides = stack.pop()
-        # The layer's own directory may be a symlink (a layer migrated in place).
-        fd = os.open(rw_path, safefs.O_DIR if rel else safefs.O_ROOT)
-        try:
-            if below is not None:
-                st = fstat(fd)
-                listed = not (st.st_size == below.st_size and st.st_mode == below.st_mode
-                              and same_fs_time(st.st_mtime_ns, below.st_mtime_ns))
-                if listed:
-                    append((rel, _MODIFY))
-            with os.scandir(fd) as it:
-                entries = list(it)
-            single = lows[0] if len(lows) == 1 else None
-            parent_changed = False
-            aufs_opaque = False
-            subdirs: list[tuple[str, str, list[str], os.stat_result | None, bool]] = []
-            for e in entries:
-                name = e.name
-                if name.startswith(WH_PREFIX):
-                    if name == WH_OPAQUE:
-                        aufs_opaque = True
-                        continue
-                    wh = classify_entry(e)
-                    if wh.kind is Kind.WHITEOUT:
-                        append((rel + "/" + wh.target, _DELETE))
-                        parent_changed = True
-                    continue  # housekeeping
-                path = rel + "/" + name
-                if e.is_dir(follow_symlinks=False):
-                    found, sub_lows = lookup(lows, name, True) if lows else (None, [])
-                    if found is None:
-                        append((path, _ADD))
-                        parent_changed = True
-                    elif found.st_mode & _S_IFMT != _S_IFDIR:
-                        append((path, _MODIFY))
-                    else:  # compared with this directory's own stat in its frame
-                        subdirs.append((rw_path + "/" + name, path, sub_lows, found, False))
-                        continue
-                    subdirs.append((rw_path + "/" + name, path, sub_lows, None, True))
-                    continue
-                if not e.is_file(follow_symlinks=False) and not e.is_symlink():
-                    st = e.stat(follow_symlinks=False)
-                    if is_overlay_whiteout_mode(st.st_mode, st.st_rdev):
-                        append((path, _DELETE))  # overlay whiteout
-                        parent_changed = True
-                        continue
-                if single is not None:  # one parent directory: one lstat, inline
-                    try:
-                        found = lstat(single + "/" + name)
-                    except (FileNotFoundError, NotADirectoryError):
-                        found = None
-                    else:
-                        if is_overlay_whiteout_mode(found.st_mode, found.st_rdev):
-                            found = None  # an overlay whiteout
-                else:
-                    found = lookup(lows, name, False)[0] if lows else None
-                if found is not None:
-                    append((path, _MODIFY))
-                else:
-                    append((path, _ADD))
-                    parent_changed = True
-            if lows and not hides:  # the root too: an opaque root hides every parent
-                hides = aufs_opaque or has_opaque_xattr(fd)
-            if hides and lows:
-                # Only this layer shows here: what the parents showed and it lacks is gone.
-                present = {e.name for e in entries}
-                for e in entries:
-                    if e.name.startswith(WH_PREFIX):
-                        wh = classify_entry(e)
-                        if wh.kind is Kind.WHITEOUT:
-                            present.add(wh.target)
-                for name in _union_names(lows) - present:
-                    append((rel + "/" + name, _DELETE))
-                    parent_changed = True
-        finally:
-            os.close(fd)
-        for frame in subdirs:
-            stack.append((*frame, hides))
-        if parent_changed and not listed:
-            append((rel, _MODIFY))
+    with deep.ShortPaths() as short:
+        while stack:
+            _changes_of_dir(stack, short, append, lookup, lstat, fstat)
     out.sort()
     return [_change(path, kind) for path, kind in out]
+
+
+_Frame = tuple[str, str, list[str], "os.stat_result | None", bool, bool]
+
+
+def _changes_of_dir(stack: list[_Frame], short: deep.ShortPaths,
+                    append: Callable[[tuple[str, ChangeKind]], None],
+                    lookup: Callable[[list[str], str, bool],
+                                     tuple[os.stat_result | None, list[str]]],
+                    lstat: Callable[[str], os.stat_result],
+                    fstat: Callable[[int], os.stat_result]) -> None:
+    """One directory of :func:`layer_changes`; its subdirectories go on ``stack``."""
+    rw_path, rel, lows, below, listed, hides = stack.pop()
+    if len(rw_path) >= deep.LIMIT or any(len(low) >= deep.LIMIT for low in lows):
+        rw_path, lows = short(rw_path), [short(low) for low in lows]
+    # The layer's own directory may be a symlink (a layer migrated in place).
+    fd = os.open(rw_path, safefs.O_DIR if rel else safefs.O_ROOT)
+    try:
+        if below is not None:
+            st = fstat(fd)
+            listed = not (st.st_size == below.st_size and st.st_mode == below.st_mode
+                          and same_fs_time(st.st_mtime_ns, below.st_mtime_ns))
+            if listed:
+                append((rel, _MODIFY))
+        with os.scandir(fd) as it:
+            entries = list(it)
+        single = lows[0] if len(lows) == 1 else None
+        parent_changed = False
+        aufs_opaque = False
+        subdirs: list[tuple[str, str, list[str], os.stat_result | None, bool]] = []
+        for e in entries:
+            name = e.name
+            if name.startswith(WH_PREFIX):
+                if name == WH_OPAQUE:
+                    aufs_opaque = True
+                    continue
+                wh = classify_entry(e)
+                if wh.kind is Kind.WHITEOUT:
+                    append((rel + "/" + wh.target, _DELETE))
+                    parent_changed = True
+                continue  # housekeeping
+            path = rel + "/" + name
+            if e.is_dir(follow_symlinks=False):
+                found, sub_lows = lookup(lows, name, True) if lows else (None, [])
+                if found is None:
+                    append((path, _ADD))
+                    parent_changed = True
+                elif found.st_mode & _S_IFMT != _S_IFDIR:
+                    append((path, _MODIFY))
+                else:  # compared with this directory's own stat in its frame
+                    subdirs.append((rw_path + "/" + name, path, sub_lows, found, False))
+                    continue
+                subdirs.append((rw_path + "/" + name, path, sub_lows, None, True))
+                continue
+            if not e.is_file(follow_symlinks=False) and not e.is_symlink():
+                st = e.stat(follow_symlinks=False)
+                if is_overlay_whiteout_mode(st.st_mode, st.st_rdev):
+                    append((path, _DELETE))  # overlay whiteout
+                    parent_changed = True
+                    continue
+            if single is not None:  # one parent directory: one lstat, inline
+                try:
+                    found = lstat(single + "/" + name)
+                except (FileNotFoundError, NotADirectoryError):
+                    found = None
+                else:
+                    if is_overlay_whiteout_mode(found.st_mode, found.st_rdev):
+                        found = None  # an overlay whiteout
+            else:
+                found = lookup(lows, name, False)[0] if lows else None
+            if found is not None:
+                append((path, _MODIFY))
+            else:
+                append((path, _ADD))
+                parent_changed = True
+        if lows and not hides:  # the root too: an opaque root hides every parent
+            hides = aufs_opaque or has_opaque_xattr(fd)
+        if hides and lows:
+            # Only this layer shows here: what the parents showed and it lacks is gone.
+            present = {e.name for e in entries}
+            for e in entries:
+                if e.name.startswith(WH_PREFIX):
+                    wh = classify_entry(e)
+                    if wh.kind is Kind.WHITEOUT:
+                        present.add(wh.target)
+            for name in _union_names(lows) - present:
+                append((rel + "/" + name, _DELETE))
+                parent_changed = True
+    finally:
+        os.close(fd)
+    for frame in subdirs:
+        stack.append((*frame, hides))
+    if parent_changed and not listed:
+        append((rel, _MODIFY))
 
 
 def _change(path: str, kind: ChangeKind) -> Change:
@@ -260,20 +276,28 @@ def diff_size(directory: str) -> int:
     total = 0
     seen: set[tuple[int, int]] = set()
     stack = [directory]
-    while stack:
-        with os.scandir(stack.pop()) as it:
-            for e in it:
-                if e.name.startswith(WH_PREFIX):
-                    continue
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
-                elif e.is_file(follow_symlinks=False):
-                    st = e.stat(follow_symlinks=False)
-                    if st.st_nlink > 1:
-                        key = (st.st_dev, st.st_ino)
-                        if key in seen:
-                            continue
-                        seen.add(key)
-                    total += st.st_size
+    with deep.ShortPaths() as short:
+        while stack:
+            total += _size_of_dir(short(stack.pop()), stack, seen)
+    return total
+
+
+def _size_of_dir(path: str, stack: list[str], seen: set[tuple[int, int]]) -> int:
+    """:func:`diff_size` of one directory's files; its subdirectories go on ``stack``."""
+    total = 0
+    with os.scandir(path) as it:
+        for e in it:
+            if e.name.startswith(WH_PREFIX):
+                continue
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+            elif e.is_file(follow_symlinks=False):
+                st = e.stat(follow_symlinks=False)
+                if st.st_nlink > 1:
+                    key = (st.st_dev, st.st_ino)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                total += st.st_size
     return total
 

@@ -20,6 +20,7 @@ import os
 import stat
 from collections.abc import Iterable
 
+from aufs._sys import deep
 from aufs._sys.files import list_xattrs
 from aufs.archive.types import Change, ChangeKind
 from aufs.whiteout import WH_META_PREFIX
@@ -66,52 +67,65 @@ def changes_dirs(new_dir: str, old_dir: str | None) -> list[Change]:
     ``old_dir`` None (or "") compares against an empty tree: everything is ``ADD``.
     """
     out: list[tuple[str, ChangeKind]] = []
-    append = out.append
     new_dev = os.stat(new_dir).st_dev
     old_dev = os.stat(old_dir).st_dev if old_dir else -1
     # Frames: ("in", new path, old dir path or None, change path, listed?, devs)
     # and ("out", change path, len(out) on entry, listed?): a post-order step.
     stack: list[tuple[bool, str, str | None, str, bool, int, int, int]] = [
         (True, new_dir, old_dir or None, "", True, new_dev, old_dev, 0)]
-    while stack:
-        enter, new_path, old_path, rel, listed, ndev, odev, mark = stack.pop()
-        if not enter:
-            if len(out) > mark and not listed:
-                append((rel, ChangeKind.MODIFY))
-            continue
-        stack.append((False, "", None, rel, listed, 0, 0, len(out)))
-        new_entries = _scan(new_path)
-        old_entries = _scan(old_path) if old_path is not None else {}
-        same_dev = ndev == odev
-        for name, ne in new_entries.items():
-            oe = old_entries.pop(name, None)
-            if oe is not None and same_dev and ne.inode() == oe.inode():
-                continue
-            path = rel + "/" + name
-            nst = ne.stat(follow_symlinks=False)
-            old_child: str | None = None
-            child_listed = True
-            child_odev = -1
-            if oe is None:
-                append((path, ChangeKind.ADD))
-            else:
-                ost = oe.stat(follow_symlinks=False)
-                if _stat_different(ost, nst) or (
-                        stat.S_ISREG(nst.st_mode)
-                        and _capability(ne.path) != _capability(oe.path)):
-                    append((path, ChangeKind.MODIFY))
-                else:
-                    child_listed = False
-                if stat.S_ISDIR(ost.st_mode):
-                    old_child = oe.path
-                    child_odev = ost.st_dev
-            if stat.S_ISDIR(nst.st_mode):
-                stack.append((True, ne.path, old_child, path, child_listed, nst.st_dev,
-                              child_odev, 0))
-        for name in old_entries:
-            append((rel + "/" + name, ChangeKind.DELETE))
+    with deep.ShortPaths() as short:
+        while stack:
+            _compare_dir(stack, out, short)
     out.sort()
     return [Change(path, kind) for path, kind in out]
+
+
+_Frame = tuple[bool, str, "str | None", str, bool, int, int, int]
+
+
+def _compare_dir(stack: list[_Frame], out: list[tuple[str, ChangeKind]],
+                 short: deep.ShortPaths) -> None:
+    """One step of :func:`changes_dirs`: compare one directory, or close one."""
+    append = out.append
+    enter, new_path, old_path, rel, listed, ndev, odev, mark = stack.pop()
+    if not enter:
+        if len(out) > mark and not listed:
+            append((rel, ChangeKind.MODIFY))
+        return
+    new_path = short(new_path)
+    if old_path is not None:
+        old_path = short(old_path)
+    stack.append((False, "", None, rel, listed, 0, 0, len(out)))
+    new_entries = _scan(new_path)
+    old_entries = _scan(old_path) if old_path is not None else {}
+    same_dev = ndev == odev
+    for name, ne in new_entries.items():
+        oe = old_entries.pop(name, None)
+        if oe is not None and same_dev and ne.inode() == oe.inode():
+            continue
+        path = rel + "/" + name
+        nst = ne.stat(follow_symlinks=False)
+        old_child: str | None = None
+        child_listed = True
+        child_odev = -1
+        if oe is None:
+            append((path, ChangeKind.ADD))
+        else:
+            ost = oe.stat(follow_symlinks=False)
+            if _stat_different(ost, nst) or (
+                    stat.S_ISREG(nst.st_mode)
+                    and _capability(ne.path) != _capability(oe.path)):
+                append((path, ChangeKind.MODIFY))
+            else:
+                child_listed = False
+            if stat.S_ISDIR(ost.st_mode):
+                old_child = oe.path
+                child_odev = ost.st_dev
+        if stat.S_ISDIR(nst.st_mode):
+            stack.append((True, ne.path, old_child, path, child_listed, nst.st_dev,
+                          child_odev, 0))
+    for name in old_entries:
+        append((rel + "/" + name, ChangeKind.DELETE))
 
 
 def changes_size(new_dir: str, changes: Iterable[Change]) -> int:
@@ -120,19 +134,23 @@ def changes_size(new_dir: str, changes: Iterable[Change]) -> int:
     total = 0
     seen: set[tuple[int, int]] = set()
     root = new_dir.rstrip("/")
-    for change in changes:
-        if change.kind is ChangeKind.DELETE:
-            continue
-        try:
-            st = os.lstat(root + change.path)
-        except FileNotFoundError:
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            continue
-        if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                continue
-            seen.add(key)
-        total += st.st_size
+    with deep.ShortPaths() as short:
+        for change in changes:
+            if change.kind is not ChangeKind.DELETE:
+                total += _changed_size(short(root + change.path), seen)
     return total
+
+
+def _changed_size(path: str, seen: set[tuple[int, int]]) -> int:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISREG(st.st_mode):
+        return 0
+    if st.st_nlink > 1:
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            return 0
+        seen.add(key)
+    return st.st_size

@@ -20,7 +20,7 @@ import contextlib
 import os
 import sys
 
-from aufs.cli.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Context, UsageError
+from aufs.cli.context import EXIT_FAILED, EXIT_USAGE, Context, UsageError
 from aufs.cli.parser import build_parser, resolve
 from aufs.errors import (
     ArchiveError,
@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    from aufs._sys.files import raise_fd_limit
+
+    raise_fd_limit()  # deep layers: the export walk holds an fd a level
     ctx = Context(args)
     try:
         try:
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         code, line = _failure(exc)
         print(f"aufs: {line}", file=sys.stderr)
         return code
-    return EXIT_OK
+    return ctx.status
 
 
 def entry() -> None:

@@ -28,6 +28,7 @@ class Context:
     # A plain class: `aufs --version` imports nothing it does not print.
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.status = EXIT_OK  # a command's exit status when it fails without an error
         self._driver: Driver | None = None
 
     @property

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from aufs.cli.context import Context, human_size
 from aufs.driver import Driver
-from aufs.errors import LayerNotFoundError
+from aufs.errors import LayerNotFoundError, StoreCorruptError
 from aufs.image import names
 
 
@@ -33,10 +33,15 @@ class _Layer:
     mounted: bool
     refs: int
     names: list[str]
+    damaged: str = ""  # why the layer cannot be used (aufs check tells more)
 
     def as_json(self) -> dict[str, object]:
-        return {"id": self.id, "parent": self.parent or None, "size": self.size,
-                "mounted": self.mounted, "refs": self.refs, "names": self.names}
+        out: dict[str, object] = {
+            "id": self.id, "parent": self.parent or None, "size": self.size,
+            "mounted": self.mounted, "refs": self.refs, "names": self.names}
+        if self.damaged:
+            out["damaged"] = self.damaged
+        return out
 
 
 def _layers(d: Driver) -> list[_Layer]:
@@ -50,6 +55,9 @@ def _layers(d: Driver) -> list[_Layer]:
                               named.get(layer_id, [])))
         except LayerNotFoundError:
             continue  # removed while we looked
+        except StoreCorruptError as exc:  # listed, so that it can be seen and removed
+            print(f"aufs: warning: {exc}", file=sys.stderr)
+            out.append(_Layer(layer_id, "?", 0, False, 0, named.get(layer_id, []), str(exc)))
     return out
 
 

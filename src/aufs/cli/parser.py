@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     layer(sp)
     against(sp)
     cmd("cleanup", "layers.cleanup", "unmount every layer of the store")
+    sp = cmd("check", "storecheck.check", "look for damaged or leftover files in the store "
+             "(exit 1 if any)", json_out=True)
+    sp.add_argument("--repair", action="store_true",
+                    help="fix what can be fixed without losing layer data")
     sp = cmd("migrate", "layers.migrate", "move a pre-0.7 Docker graph into the store")
     sp.add_argument("path", metavar="PATH")
     sp = cmd("convert", "layers.convert", "rewrite the store's whiteouts in another format")

@@ -12,7 +12,8 @@ all are re-exported here (their public home). Exception tree::
     ├── LayerNotFoundError         (also LookupError) unknown layer id
     ├── LayerExistsError           create() of an id that exists
     ├── LayerInUseError            remove() of a layer other layers stand on
-    └── InvalidLayerIDError        (also ValueError) not a valid layer id
+    ├── InvalidLayerIDError        (also ValueError) not a valid layer id
+    └── StoreCorruptError          a file of the store is damaged or tampered with
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from aufs.errors import (
     LayerNotFoundError,
     NotSupportedError,
     PrerequisitesError,
+    StoreCorruptError,
 )
 from aufs.graphdriver.protocol import Driver, ProtoDriver, Status
 
@@ -61,6 +63,7 @@ __all__ = [
     "PrerequisitesError",
     "ProtoDriver",
     "Status",
+    "StoreCorruptError",
     "drivers",
     "get_driver",
     "register",

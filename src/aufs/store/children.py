@@ -28,8 +28,9 @@ import contextlib
 import os
 
 from aufs._sys.files import rmtree, write_atomic
+from aufs.store import chain as chains
 from aufs.store import layers
-from aufs.store.layout import Layout
+from aufs.store.layout import Layout, is_valid_id
 
 __all__ = ["added", "children", "fresh", "rebuild", "removed", "seen"]
 
@@ -104,10 +105,10 @@ def rebuild(layout: Layout) -> None:
 def _scan(layout: Layout) -> dict[str, list[str]]:
     by_parent: dict[str, list[str]] = {}
     for layer_id in layers.list_ids(layout.layers_dir):
-        with contextlib.suppress(FileNotFoundError):
-            chain = layers.read_chain(layout.layers(layer_id))
-            if chain:
-                by_parent.setdefault(chain[0], []).append(layer_id)
+        # leniently (a damaged child still protects its parent), never a cycle
+        parent = chains.first_parent(layout, layer_id)
+        if parent and parent != layer_id and is_valid_id(parent):
+            by_parent.setdefault(parent, []).append(layer_id)
     return by_parent
 
 
@@ -120,10 +121,6 @@ def children(layout: Layout, parent: str) -> list[str]:
         names = os.listdir(f"{_dir(layout)}/{parent}")
     except FileNotFoundError:
         return []
-    out = []
-    for name in sorted(names):
-        with contextlib.suppress(FileNotFoundError):
-            chain = layers.read_chain(layout.layers(name))
-            if chain and chain[0] == parent:
-                out.append(name)
-    return out
+    return [name for name in sorted(names)  # names from the disk: checked before use
+            if is_valid_id(name) and name != parent
+            and chains.first_parent(layout, name) == parent]

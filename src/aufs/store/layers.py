@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from aufs._sys.files import write_atomic
+from aufs.store.layout import is_valid_id
 
 
 def format_chain(parents: list[str]) -> bytes:
@@ -33,13 +34,13 @@ def write_chain(path: str, parents: list[str]) -> None:
 
 
 def list_ids(layers_dir: str) -> list[str]:
-    """Layer ids present in ``layers/`` (Docker's ``loadIds``), ignoring our temp files."""
+    """Layer ids present in ``layers/`` (Docker's ``loadIds``: every entry but
+    directories), also one whose entry is damaged (a symlink, a FIFO: it fails on its
+    own, naming the file); our temp files (``~``), ``-removing`` markers and other
+    invalid names are no layers (``aufs check`` reports them)."""
     try:
         with os.scandir(layers_dir) as it:
-            return sorted(
-                e.name for e in it
-                if e.is_file(follow_symlinks=False) and "~" not in e.name
-                and not e.name.endswith("-removing")
-            )
+            return sorted(e.name for e in it
+                          if is_valid_id(e.name) and not e.is_dir(follow_symlinks=False))
     except FileNotFoundError:
         return []

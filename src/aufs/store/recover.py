@@ -1,73 +1,126 @@
-"""Finish what a crash left: ``*-removing`` leftovers, staging dirs, half-created layers."""
+"""Finish what a crash left: ``*-removing`` leftovers, staging dirs, half-created layers.
+
+Every id here comes from a file name, and a file name in the store is not trusted: it
+is validated (:func:`aufs.store.layout.is_valid_id`) before it is joined into a path.
+A marker ``layers/..-removing`` names no layer — it is reported and skipped, never
+resolved to ``diff/..`` (the store root). Nothing here can stop ``init``: a leftover
+that cannot be finished is reported (a warning on the ``aufs`` logger, and by
+``aufs check``) and the rest of the store keeps working.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+from dataclasses import dataclass, field
 
 from aufs._sys import mount as sysmount
 from aufs._sys import mountinfo
 from aufs._sys.files import rmtree
 from aufs.store import staging
-from aufs.store.layout import REMOVING_SUFFIX, Layout
+from aufs.store.layout import REMOVING_SUFFIX, Layout, is_valid_id
+
+log = logging.getLogger("aufs")
 
 
-def finish(layout: Layout) -> list[str]:
-    """Complete interrupted removals and drop abandoned staging; return what was removed.
+@dataclass(slots=True)
+class Recovery:
+    """What :func:`finish` did: paths removed, and leftovers it reported and left."""
+
+    removed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def removing_id(name: str) -> str | None:
+    """The layer id a ``<id>-removing`` name stands for, or None if it names none."""
+    if not name.endswith(REMOVING_SUFFIX):
+        return None
+    layer_id = name[: -len(REMOVING_SUFFIX)]
+    return layer_id if is_valid_id(layer_id) else None
+
+
+def finish(layout: Layout) -> Recovery:
+    """Complete interrupted removals and drop abandoned staging.
 
     A layer exists iff ``layers/<id>`` does. ``layers/<id>-removing`` means a removal
     had started: its ``diff``, ``mnt`` and ``work`` dirs go too, then the marker.
     """
-    removed: list[str] = []
+    done = Recovery()
+
+    def remove(path: str) -> None:
+        try:
+            rmtree(path)
+        except Exception as exc:  # one leftover never stops init
+            _report(done, f"{path}: cannot remove a leftover: {_why(exc)}")
+        else:
+            done.removed.append(path)
+
     for top in (layout.mnt_dir, layout.diff_dir, layout.work_dir):
         for name in _names(top):
             if name.endswith(REMOVING_SUFFIX):
                 path = os.path.join(top, name)
-                with contextlib.suppress(OSError):
-                    rmtree(path)
-                    removed.append(path)
+                if removing_id(name) is None:
+                    _report(done, f"{path}: names no layer (invalid id): left alone")
+                else:
+                    remove(path)
     for name in _names(layout.layers_dir):
         path = os.path.join(layout.layers_dir, name)
         if name.endswith(REMOVING_SUFFIX):
-            layer_id = name[: -len(REMOVING_SUFFIX)]
-            for leftover in (layout.mnt(layer_id), layout.diff(layer_id), layout.work(layer_id),
-                             layout.refs(layer_id)):
-                with contextlib.suppress(OSError):
-                    rmtree(leftover)
-                    removed.append(leftover)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-                removed.append(path)
+            layer_id = removing_id(name)
+            if layer_id is None:
+                _report(done, f"{path}: names no layer (invalid id): left alone")
+                continue
+            if not os.path.lexists(layout.layers(layer_id)):  # not created anew since
+                for leftover in (layout.mnt(layer_id), layout.diff(layer_id),
+                                 layout.work(layer_id), layout.refs(layer_id)):
+                    if os.path.lexists(leftover):
+                        remove(leftover)
+            remove(path)
         elif "~" in name:  # an unfinished atomic write
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            remove(path)
     # A create killed before it published layers/<id> leaves empty diff/<id> and mnt/<id>.
     # Only empty dirs go (rmdir): a non-empty diff/<id> may be a migration's moved layer.
     for top in (layout.diff_dir, layout.mnt_dir):
         for name in _names(top):
+            if name.endswith(REMOVING_SUFFIX) or not is_valid_id(name):
+                continue  # reported above, or by aufs check
             path = os.path.join(top, name)
-            if not name.endswith(REMOVING_SUFFIX) and not os.path.lexists(layout.layers(name)):
+            if not os.path.lexists(layout.layers(name)):
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
-                    removed.append(path)
+                    done.removed.append(path)
     for name in _names(layout.staging_dir):
         path = layout.staging(name)
-        if _owner_alive(name):
+        if owner_alive(name):
             continue
-        # A process killed mid-probe leaves its scratch union mounted in its staging dir.
-        for entry in reversed(list(mountinfo.mounts_under(path))):
-            with contextlib.suppress(OSError):
-                sysmount.unmount(entry.mountpoint)
-        with contextlib.suppress(OSError):
-            rmtree(path)
-            removed.append(path)
-    return removed
+        try:
+            # A process killed mid-probe leaves its scratch union mounted in its staging dir.
+            for entry in reversed(list(mountinfo.mounts_under(path))):
+                with contextlib.suppress(OSError):
+                    sysmount.unmount(entry.mountpoint)
+        except Exception as exc:
+            _report(done, f"{path}: cannot unmount what is left there: {_why(exc)}")
+            continue
+        remove(path)
+    return done
+
+
+def _report(done: Recovery, problem: str) -> None:
+    done.problems.append(problem)
+    log.warning("aufs: warning: %s (see aufs check)", problem)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def _names(path: str) -> list[str]:
     try:
         return os.listdir(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
 
 
@@ -81,7 +134,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _owner_alive(name: str) -> bool:
+def owner_alive(name: str) -> bool:
     """Staging names end in ``-<pid>``; keep those whose process still runs."""
     pid = staging.owner(name)
     if pid is None:

@@ -7,7 +7,29 @@ unreadable file is zero; the driver reconciles counts with the mount table.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
+
+from aufs._sys.files import rmtree
+from aufs.errors import StoreCorruptError
+
+# Never through a symlink (a tampered store would have us write a count into a host
+# file), never waiting on a FIFO.
+_O_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _open(path: str, flags: int) -> int:
+    try:
+        fd = os.open(path, flags | _O_FLAGS, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise StoreCorruptError(f"{path}: not a reference count file") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreCorruptError(f"{path}: not a reference count file")
+    return fd
 
 
 def _parse(raw: bytes) -> int:
@@ -19,7 +41,7 @@ def _parse(raw: bytes) -> int:
 
 def read(path: str) -> int:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open(path, os.O_RDONLY)
     except FileNotFoundError:
         return 0
     try:
@@ -36,7 +58,7 @@ class Count:
     """
 
     def __init__(self, path: str) -> None:
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._fd = _open(path, os.O_RDWR | os.O_CREAT)
         try:
             self._raw = os.pread(self._fd, 32, 0)
         except BaseException:
@@ -72,8 +94,12 @@ def write(path: str, count: int) -> None:
 
 def clear(path: str) -> None:
     """Forget the count of a layer that is going away."""
-    with contextlib.suppress(FileNotFoundError):
+    try:
         os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        rmtree(path)  # damage: whatever stands there goes with the layer
 
 
 def all_counts(refs_dir: str) -> dict[str, int]:
@@ -81,7 +107,8 @@ def all_counts(refs_dir: str) -> dict[str, int]:
     try:
         with os.scandir(refs_dir) as it:
             for e in it:
-                counts[e.name] = read(e.path)
+                with contextlib.suppress(StoreCorruptError, OSError):
+                    counts[e.name] = read(e.path)
     except FileNotFoundError:
         pass
     return counts

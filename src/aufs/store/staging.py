@@ -43,7 +43,13 @@ def name(kind: str, *parts: str) -> str:
 def owner(name: str) -> int | None:
     """The pid a staging name ends in (``…-<pid>``), or None."""
     pid_text = name.rsplit("-", 1)[-1]
-    return int(pid_text) if pid_text.isdigit() else None
+    if not (pid_text.isascii() and pid_text.isdigit() and len(pid_text) < 8):
+        return None  # a name from disk: no pid 0 (our group), none past pid_max
+    pid = int(pid_text)
+    return pid if 0 < pid <= _PID_MAX else None
+
+
+_PID_MAX = 1 << 22  # Linux's largest pid_max
 
 
 def discard(path: str) -> None:

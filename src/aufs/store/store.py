@@ -18,9 +18,10 @@ import contextlib
 import os
 
 from aufs._sys.files import rmtree
+from aufs.store import chain as chains
 from aufs.store import children as child_index
 from aufs.store import images, layers, refs
-from aufs.store.layout import Layout
+from aufs.store.layout import Layout, is_valid_id
 
 __all__ = ["Store"]
 
@@ -34,8 +35,10 @@ class Store:
         return os.path.lexists(self.layout.layers(id))
 
     def chain(self, id: str) -> list[str]:
-        """The layer's ancestors, nearest first; FileNotFoundError for an unknown layer."""
-        return layers.read_chain(self.layout.layers(id))
+        """The layer's ancestors, nearest first, checked (:func:`aufs.store.chain.
+        read_verified`: StoreCorruptError naming the file and line if it is damaged);
+        FileNotFoundError for an unknown layer."""
+        return chains.read_verified(self.layout, id)
 
     def ids(self) -> list[str]:
         return layers.list_ids(self.layout.layers_dir)
@@ -93,7 +96,7 @@ class Store:
         """Remove the layer's files by renaming them to ``<path>-removing`` first (nothing
         of it may be mounted)."""
         lay = self.layout
-        chain = self.chain(id)
+        parent = chains.first_parent(lay, id)  # leniently: a damaged layer goes too
         indexed = child_index.fresh(lay)
         # The rename of layers/<id> is the moment the layer stops existing.
         os.replace(lay.layers(id), lay.removing(lay.layers(id)))
@@ -106,7 +109,7 @@ class Store:
         images.forget(lay, id)
         for path in doomed:
             rmtree(path)
-        os.unlink(lay.removing(lay.layers(id)))
+        rmtree(lay.removing(lay.layers(id)))  # a damaged one may be a directory
         if indexed:
-            child_index.removed(lay, chain[0] if chain else "", id)
+            child_index.removed(lay, parent if parent and is_valid_id(parent) else "", id)
             child_index.seen(lay)

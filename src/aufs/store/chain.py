@@ -1,0 +1,200 @@
+"""Parent chains read from ``layers/<id>``, checked before any id in them becomes a path.
+
+Nothing read from the store's own files is trusted: a store may be damaged (a crash on
+a filesystem that lost a write, a disk error) or tampered with (``layers/b`` listing
+``../../outside`` would stack a host directory into ``b``'s union). So:
+
+- ``layers/<id>`` must be a regular file; a symlink there is not followed
+  (``O_NOFOLLOW``), a FIFO is not waited on (``O_NONBLOCK``), and what was opened is
+  checked with ``fstat``;
+- it must be UTF-8, at most :data:`MAX_BYTES`, one valid layer id a line (blank lines
+  and surrounding white space are tolerated, as the seed's reader did);
+- no id may appear twice, nor the layer itself (a cycle);
+- :func:`read_verified` also checks that the direct parent's own file lists exactly the
+  rest of the chain, and that every ancestor exists — what a union would be built from.
+
+Every violation is a :class:`StoreCorruptError` naming the file (and line). Only the
+layers that stand on the damaged file fail; :mod:`aufs.store.check` reports them all.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from aufs.errors import StoreCorruptError
+from aufs.store.layout import Layout, is_valid_id
+
+__all__ = ["MAX_BYTES", "check_dirs", "dir_problem", "first_parent", "not_a_dir", "parse",
+           "read_chain", "read_verified"]
+
+#: Docker's aufs stacks at most 127 layers (a 65-byte line each); 1 MiB is far beyond.
+MAX_BYTES = 1 << 20
+
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return "of an unknown type"
+
+
+def read_bytes(path: str) -> bytes:
+    """The content of the layer file ``path``; FileNotFoundError if there is none,
+    StoreCorruptError if it is no regular file or too large."""
+    try:
+        fd = os.open(path, _O_READ)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreCorruptError(f"{path}: is a symlink, not a layer file") from None
+        if exc.errno == errno.ENXIO:  # a socket
+            raise StoreCorruptError(f"{path}: is a socket, not a layer file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreCorruptError(f"{path}: is {_kind(st.st_mode)}, not a layer file")
+        if st.st_size > MAX_BYTES:
+            raise StoreCorruptError(f"{path}: {st.st_size} bytes, too large for a layer file")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 1 << 16):
+            size += len(chunk)
+            if size > MAX_BYTES:
+                raise StoreCorruptError(f"{path}: too large for a layer file")
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def parse(path: str, data: bytes, layer_id: str) -> list[str]:
+    """The ancestors listed in ``data`` (the file ``path`` of ``layer_id``), checked."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise StoreCorruptError(f"{path} line {line}: not UTF-8 text") from None
+    chain: list[str] = []
+    seen = {layer_id}
+    for number, raw in enumerate(text.split("\n"), 1):
+        parent = raw.strip()
+        if not parent:
+            continue
+        if not is_valid_id(parent):
+            raise StoreCorruptError(f"{path} line {number}: invalid layer id {parent!r}")
+        if parent in seen:
+            what = "the layer itself" if parent == layer_id else "listed twice"
+            raise StoreCorruptError(
+                f"{path} line {number}: {parent} is {what}: the chain is a cycle")
+        seen.add(parent)
+        chain.append(parent)
+    return chain
+
+
+def read_chain(layout: Layout, layer_id: str) -> list[str]:
+    """Ancestors of ``layer_id`` (a valid id), nearest first, from its own file only.
+    FileNotFoundError if the layer does not exist."""
+    path = layout.layers(layer_id)
+    return parse(path, read_bytes(path), layer_id)
+
+
+def read_verified(layout: Layout, layer_id: str) -> list[str]:
+    """:func:`read_chain`, plus: every ancestor exists, and the direct parent's own file
+    lists exactly the rest of the chain. One more read and one ``lstat`` an ancestor."""
+    chain = read_chain(layout, layer_id)
+    if not chain:
+        return chain
+    path = layout.layers(layer_id)
+    for number, parent in enumerate(chain, 1):
+        if not os.path.lexists(layout.layers(parent)):
+            raise StoreCorruptError(
+                f"{path} line {number}: parent {parent} does not exist")
+    try:
+        own = read_chain(layout, chain[0])
+    except FileNotFoundError:  # removed meanwhile
+        raise StoreCorruptError(f"{path} line 1: parent {chain[0]} does not exist") from None
+    if own != chain[1:]:
+        raise StoreCorruptError(
+            f"{path}: the chain below {chain[0]} disagrees with {layout.layers(chain[0])}")
+    return chain
+
+
+def first_parent(layout: Layout, layer_id: str) -> str | None:
+    """The direct parent named by ``layers/<layer_id>`` as far as it can be read, for
+    deciding whether a layer may be removed: a damaged file still names its first line
+    (so a damaged child keeps protecting its parent). None if there is no such file."""
+    path = layout.layers(layer_id)
+    try:
+        fd = os.open(path, _O_READ)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        head = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    for raw in head.split(b"\n"):
+        line = raw.strip()
+        if line:
+            return line.decode("utf-8", "replace")
+    return ""
+
+
+def dir_problem(layout: Layout, layer_ids: list[str]) -> str | None:
+    """Why the data directory of one of ``layer_ids`` cannot be used, or None:
+    ``diff/<id>`` must be a directory (or, for a layer migrated in place, a symlink
+    to one)."""
+    for layer_id in layer_ids:
+        path = layout.diff(layer_id)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                st = os.stat(path)
+        except FileNotFoundError:
+            return f"{path}: missing (the files of layer {layer_id})"
+        except OSError as exc:
+            return f"{path}: {exc.strerror}"
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{path}: is {_kind(st.st_mode)}, not a layer directory"
+    return None
+
+
+def check_dirs(layout: Layout, layer_id: str, chain: list[str]) -> None:
+    """Before a union of ``layer_id`` over ``chain`` is mounted: its data directories
+    (:func:`dir_problem`), its mount point and overlayfs work directory: directories,
+    never symlinks (the mount would follow them out of the store, and overlayfs writes
+    into its work directory). StoreCorruptError if not."""
+    problem = dir_problem(layout, [layer_id, *chain])
+    if problem is not None:
+        raise StoreCorruptError(problem)
+    for path, what in ((layout.mnt(layer_id), "a mount point"),
+                       (layout.work(layer_id), "a work directory")):
+        problem = not_a_dir(path)
+        if problem:
+            raise StoreCorruptError(f"{path}: is {problem}, not {what}")
+
+
+def not_a_dir(path: str) -> str:
+    """What ``path`` is if it exists and is no directory (a symlink is none): "" if it
+    is missing or a directory."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return ""  # made by the caller
+    if stat.S_ISLNK(st.st_mode):
+        return "a symlink"
+    return "" if stat.S_ISDIR(st.st_mode) else _kind(st.st_mode)

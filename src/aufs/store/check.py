@@ -1,0 +1,314 @@
+"""``aufs check``: what is wrong with a store, and ``--repair``: what can be fixed safely.
+
+The check reads the store as it is — it runs no start-up recovery and mounts nothing —
+under the store lock. It reports:
+
+==================  ==========================================  ========================
+kind                what                                        ``--repair``
+==================  ==========================================  ========================
+``layer-file``      ``layers/<id>`` damaged: not a regular      rewritten from the
+                    file, not UTF-8, an invalid id, a cycle, a  direct parent's file if
+                    missing parent, a chain that disagrees      line 1 names a sound
+                    with the parent's own file                  parent; else left
+``missing-diff``    a layer without ``diff/<id>``               left
+``bad-name``        an entry under ``layers/``, ``diff/``,      a marker file in
+                    ``mnt/``, ``.aufs/refs/`` whose name is no  ``layers/`` or a refs
+                    layer id (``..-removing``)                  file removed; else left
+``removing``        a ``<id>-removing`` leftover of a removal   removed (it was being
+                                                                deleted)
+``temp``            an unfinished atomic write (``…~pid``)      removed
+``staging``         a staging entry whose process is gone       removed
+``orphan-diff``     ``diff/<id>`` of no layer                   left (layer data)
+``orphan-mnt``      ``mnt/<id>`` of no layer                    removed if an empty,
+                                                                unmounted directory
+``not-a-dir``       ``mnt/<id>`` or ``.aufs/work/<id>`` a       replaced by a directory
+                    symlink or a file                           (work: removed)
+``refs``            ``refs/<id>`` disagrees with the mount      count set to what the
+                    table (held but not mounted, mounted but    mount table says; a
+                    not held, a count of no layer)              count of no layer removed
+``meta``            ``.aufs/store.json`` unreadable, or a       left
+                    conversion unfinished
+==================  ==========================================  ========================
+
+Nothing that holds layer data is ever removed by a repair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from dataclasses import asdict, dataclass, field
+
+from aufs._sys import mountinfo
+from aufs._sys.files import rmtree, write_atomic
+from aufs.errors import DriverError, StoreCorruptError
+from aufs.store import chain as chains
+from aufs.store import meta, recover, refs
+from aufs.store.layers import format_chain
+from aufs.store.layout import REMOVING_SUFFIX, Layout, is_valid_id
+
+__all__ = ["Problem", "Report", "check", "repair"]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: str
+    path: str
+    message: str
+    layer: str = ""  # the layer it concerns, if any
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+@dataclass(slots=True)
+class Report:
+    root: str
+    layers: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # what --repair did
+    left: list[Problem] = field(default_factory=list)  # what it could not fix
+
+    def add(self, kind: str, path: str, message: str, layer: str = "") -> None:
+        self.problems.append(Problem(kind, path, message, layer))
+
+    def as_json(self) -> dict[str, object]:
+        return {"root": self.root, "layers": self.layers, "clean": not self.problems,
+                "problems": [asdict(p) for p in self.problems],
+                "repaired": self.repaired, "left": [asdict(p) for p in self.left]}
+
+
+def _names(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _rel(layout: Layout, path: str) -> str:
+    return os.path.relpath(path, layout.root)
+
+
+def check(layout: Layout) -> Report:
+    """Every problem of the store at ``layout`` (the caller holds the store lock)."""
+    report = Report(root=layout.root)
+    layer_ids = _check_layers(layout, report)
+    report.layers = len(layer_ids)
+    mounted = {e.mountpoint for e in mountinfo.mounts_under(layout.mnt_dir)}
+    for top, kind in ((layout.diff_dir, "orphan-diff"), (layout.mnt_dir, "orphan-mnt")):
+        for name in _names(top):
+            path = os.path.join(top, name)
+            if name.endswith(REMOVING_SUFFIX):
+                if recover.removing_id(name) is None:
+                    report.add("bad-name", path, f"{_rel(layout, path)}: names no layer "
+                               f"(invalid id)")
+                else:
+                    report.add("removing", path, f"{_rel(layout, path)}: left by an "
+                               f"unfinished removal")
+            elif not is_valid_id(name):
+                report.add("bad-name", path, f"{_rel(layout, path)}: not a layer id")
+            elif name not in layer_ids:
+                what = "mounted, " if path in mounted else ""
+                report.add(kind, path, f"{_rel(layout, path)}: {what}belongs to no layer",
+                           name)
+            elif top == layout.mnt_dir and (what := chains.not_a_dir(path)):
+                report.add("not-a-dir", path, f"{_rel(layout, path)}: is {what}, not a "
+                           f"directory (a mount there would follow it)", name)
+    for name in _names(layout.work_dir):
+        path = os.path.join(layout.work_dir, name)
+        if name.endswith(REMOVING_SUFFIX):
+            report.add("removing", path, f"{_rel(layout, path)}: left by an unfinished "
+                       f"removal")
+        elif what := chains.not_a_dir(path):
+            report.add("not-a-dir", path, f"{_rel(layout, path)}: is {what}, not a "
+                       f"directory (overlayfs would write where it leads)", name)
+    _check_refs(layout, report, layer_ids, mounted)
+    for name in _names(layout.staging_dir):
+        if not recover.owner_alive(name):
+            path = layout.staging(name)
+            report.add("staging", path, f"{_rel(layout, path)}: left by a process that "
+                       f"is gone")
+    _check_meta(layout, report)
+    return report
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _check_layers(layout: Layout, report: Report) -> set[str]:
+    """Problems of ``layers/``; returns the ids of the layers (damaged ones too)."""
+    ids: set[str] = set()
+    for name in _names(layout.layers_dir):
+        path = os.path.join(layout.layers_dir, name)
+        if name.endswith(REMOVING_SUFFIX):
+            if recover.removing_id(name) is None:
+                report.add("bad-name", path, f"{_rel(layout, path)}: names no layer "
+                           f"(invalid id)")
+            else:
+                report.add("removing", path, f"{_rel(layout, path)}: left by an "
+                           f"unfinished removal")
+            continue
+        if "~" in name:
+            report.add("temp", path, f"{_rel(layout, path)}: an unfinished write")
+            continue
+        if not is_valid_id(name):
+            report.add("bad-name", path, f"{_rel(layout, path)}: not a layer id")
+            continue
+        ids.add(name)
+        try:
+            chains.read_verified(layout, name)
+        except StoreCorruptError as exc:
+            report.add("layer-file", path, str(exc).replace(layout.root + "/", ""), name)
+        except FileNotFoundError:
+            ids.discard(name)  # removed meanwhile
+            continue
+        except OSError as exc:
+            report.add("layer-file", path, f"{_rel(layout, path)}: {exc.strerror}", name)
+        if not os.path.lexists(layout.diff(name)):
+            report.add("missing-diff", layout.diff(name),
+                       f"layer {name} has no {_rel(layout, layout.diff(name))}", name)
+    return ids
+
+
+def _check_refs(layout: Layout, report: Report, ids: set[str], mounted: set[str]) -> None:
+    for name in _names(layout.refs_dir):
+        path = os.path.join(layout.refs_dir, name)
+        if not is_valid_id(name):
+            report.add("bad-name", path, f"{_rel(layout, path)}: not a layer id")
+            continue
+        try:
+            count = refs.read(path)
+        except OSError as exc:
+            report.add("refs", path, f"{_rel(layout, path)}: unreadable ({exc.strerror})",
+                       name)
+            continue
+        if name not in ids:
+            if count:
+                report.add("refs", path, f"{_rel(layout, path)}: {count} references to "
+                           f"no layer", name)
+            continue
+        try:
+            has_parent = bool(chains.read_chain(layout, name))
+        except (StoreCorruptError, OSError):
+            continue  # reported as layer-file
+        is_mounted = layout.mnt(name) in mounted
+        if has_parent and count and not is_mounted:
+            report.add("refs", path, f"{_rel(layout, path)}: {count} references, but "
+                       f"mnt/{name} is not mounted", name)
+        elif is_mounted and not count:
+            report.add("refs", path, f"{_rel(layout, path)}: no references, but "
+                       f"mnt/{name} is mounted", name)
+
+
+def _check_meta(layout: Layout, report: Report) -> None:
+    try:
+        meta.read(layout.meta_file)
+    except ValueError as exc:
+        report.add("meta", layout.meta_file, str(exc))
+    if os.path.lexists(layout.convert_journal):
+        report.add("meta", layout.convert_journal, "a conversion of the whiteouts is "
+                   "unfinished: run aufs convert --to overlay (or --to aufs) again")
+
+
+# -- repair ------------------------------------------------------------------------------
+
+
+def repair(layout: Layout, report: Report) -> Report:
+    """Fix what :func:`check` found where that loses no layer data; fills
+    ``report.repaired`` and ``report.left``. The caller holds the store lock."""
+    fixed: set[Problem] = set()
+    chain_fixes = [p for p in report.problems if p.kind == "layer-file"]
+    progress = True
+    while chain_fixes and progress:  # a parent first: its children may then follow
+        progress = False
+        for p in list(chain_fixes):
+            done = _rewrite_chain(layout, p.layer)
+            if done:
+                report.repaired.append(done)
+                fixed.add(p)
+                chain_fixes.remove(p)
+                progress = True
+    for p in report.problems:
+        if p in fixed or p.kind == "layer-file":
+            continue
+        try:
+            done = _fix(layout, p)
+        except (OSError, DriverError) as exc:
+            done = None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            p = Problem(p.kind, p.path, f"{p.message} (repair failed: {reason})", p.layer)
+        if done:
+            report.repaired.append(done)
+        else:
+            report.left.append(p)
+    report.left[:0] = chain_fixes
+    return report
+
+
+def _rewrite_chain(layout: Layout, layer_id: str) -> str | None:
+    path = layout.layers(layer_id)
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        parent = chains.first_parent(layout, layer_id)
+        if not parent or not is_valid_id(parent) or parent == layer_id:
+            return None
+        below = chains.read_verified(layout, parent)
+    except (OSError, StoreCorruptError):
+        return None
+    if layer_id in below:
+        return None
+    write_atomic(path, format_chain([parent, *below]))
+    return (f"{_rel(layout, path)}: rewritten to agree with layers/{parent} "
+            f"({len(below) + 1} ancestors)")
+
+
+def _fix(layout: Layout, p: Problem) -> str | None:
+    rel = _rel(layout, p.path)
+    if p.kind in ("removing", "temp", "staging"):
+        rmtree(p.path)
+        return f"{rel}: removed"
+    if p.kind == "bad-name":
+        parent = os.path.dirname(p.path)
+        if parent in (layout.layers_dir, layout.refs_dir) and _is_file(p.path):
+            os.unlink(p.path)  # a marker or a count: no layer data
+            return f"{rel}: removed"
+        return None
+    if p.kind == "orphan-mnt":
+        if os.path.ismount(p.path) or not _is_dir(p.path):
+            return None
+        try:
+            os.rmdir(p.path)
+        except OSError:
+            return None  # not empty
+        return f"{rel}: removed (empty)"
+    if p.kind == "not-a-dir":
+        if os.path.ismount(p.path):
+            return None
+        os.unlink(p.path)  # a symlink or a file in place of our own empty directory
+        if os.path.dirname(p.path) == layout.mnt_dir:
+            os.mkdir(p.path, 0o755)
+            return f"{rel}: replaced by an empty directory"
+        return f"{rel}: removed (made again when needed)"
+    if p.kind == "refs":
+        if not p.layer or not os.path.lexists(layout.layers(p.layer)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p.path)
+            return f"{rel}: removed"
+        count = 1 if os.path.ismount(layout.mnt(p.layer)) else 0
+        refs.write(p.path, count)
+        return f"{rel}: set to {count}"
+    return None
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,126 @@
+"""``aufs check [--repair] [--json]`` (issue 13, section 2): exit 0 clean, 1 problems found;
+``--repair`` fixes what it can without losing layer data and says what it left."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.cli.kit import Aufs
+from tests.conftest import require_engine
+from tests.engines.test_convert_support import build_docker_store, snapshot
+
+
+def _damage(cli: Aufs, outside: Path) -> None:
+    """Every kind of problem the check knows that a store can hold without a mount."""
+    root = cli.root
+    cli.ok("--engine", "overlay", "create", "a")
+    cli.ok("create", "b", "--parent", "a")
+    cli.ok("create", "c", "--parent", "b")
+    outside.mkdir()
+    (root / "layers" / "b").write_text("a\n../../outside\n")    # escapes
+    (root / "layers" / "c").write_text("b\nnosuch\n")            # disagrees
+    (root / "layers" / "..-removing").write_text("")            # names no layer
+    (root / "layers" / "gone-removing").write_text("")          # a removal's leftover
+    (root / "layers" / f"a~{2**22 + 1}").write_text("")          # unfinished write
+    (root / "diff" / "orphan").mkdir()                          # layer data, no layer
+    (root / "diff" / "orphan" / "data").write_text("keep me")
+    (root / "mnt" / "orphan2").mkdir()
+    (root / ".aufs" / "staging" / "apply-x-4194305").mkdir()    # no such pid
+    (root / ".aufs" / "refs" / "c").write_text("3\n")           # held, not mounted
+    (root / ".aufs" / "refs" / "nolayer").write_text("2\n")
+
+
+def test_a_clean_store_checks_clean(cli: Aufs) -> None:
+    cli.ok("--engine", "overlay", "create", "a")
+    cli.ok("create", "b", "--parent", "a")
+    path = cli.ok("mount", "b").out.strip()
+    r = cli.ok("check")
+    assert "2 layers, no problems" in r.out
+    assert cli.ok("check", "--json").json()["clean"] is True
+    cli.ok("umount", "b")
+    assert path and cli.ok("check").code == 0
+
+
+def test_check_reports_repairs_and_says_what_it_left(cli: Aufs, tmp_path: Path) -> None:
+    _damage(cli, tmp_path / "outside")
+    r = cli.run("check")
+    assert r.code == 1 and "Traceback" not in r.err
+    kinds = sorted(p["kind"] for p in cli.run("check", "--json").json()["problems"])
+    assert kinds == ["bad-name", "layer-file", "layer-file", "orphan-diff", "orphan-mnt",
+                     "refs", "refs", "removing", "staging", "temp"]
+    assert "layers/b line 2: invalid layer id '../../outside'" in r.out
+    assert "layers/..-removing: names no layer" in r.out
+    # the check itself changed nothing (no start-up recovery ran)
+    assert (cli.root / "layers" / "gone-removing").exists()
+
+    r = cli.run("check", "--repair")
+    assert r.code == 1, r.out  # the orphaned layer data is left
+    assert "left: orphan-diff: diff/orphan" in r.out
+    assert "repaired: layers/b: rewritten to agree with layers/a" in r.out
+    assert (cli.root / "diff" / "orphan" / "data").read_text() == "keep me"
+    assert (cli.root / "layers" / "b").read_text() == "a\n"
+    assert (cli.root / "layers" / "c").read_text() == "b\na\n"
+    after = cli.run("check", "--json").json()
+    assert [p["kind"] for p in after["problems"]] == ["orphan-diff"]
+    os.rename(cli.root / "diff" / "orphan", tmp_path / "rescued")
+    assert cli.run("check").code == 0
+    assert sorted(os.listdir(tmp_path / "outside")) == []
+    cli.ok("mount", "c")
+    cli.ok("umount", "c")
+
+
+def test_refs_that_disagree_with_the_mount_table(cli: Aufs) -> None:
+    cli.ok("--engine", "overlay", "create", "a")
+    cli.ok("create", "b", "--parent", "a")
+    cli.ok("mount", "b")
+    (cli.root / ".aufs" / "refs" / "b").write_text("0\n")
+    r = cli.run("check")
+    assert r.code == 1 and "no references, but mnt/b is mounted" in r.out
+    r = cli.run("check", "--repair")
+    assert r.code == 0 and "refs/b: set to 1" in r.out
+    cli.ok("umount", "b")
+    assert not os.path.ismount(cli.root / "mnt" / "b")
+
+
+def test_a_damaged_layer_is_listed_and_can_be_removed(cli: Aufs) -> None:
+    cli.ok("--engine", "overlay", "create", "a")
+    cli.ok("create", "b", "--parent", "a")
+    (cli.root / "layers" / "b").write_bytes(b"a\n\xff\xfe\n")
+    r = cli.run("ls", "--json")
+    assert r.code == 0 and "layers/b line 2: not UTF-8" in r.err
+    rows = {row["id"]: row for row in r.json()}
+    assert "not UTF-8" in rows["b"]["damaged"] and "damaged" not in rows["a"]
+    line = cli.fails(1, "mount", "b")
+    assert line.startswith("aufs: ") and "layers/b line 2: not UTF-8" in line
+    cli.ok("mount", "a")  # the other layer works
+    cli.ok("umount", "a")
+    cli.ok("rm", "b")
+    assert cli.ok("check").code == 0
+
+
+def test_check_of_something_that_is_no_store(cli: Aufs, tmp_path: Path) -> None:
+    line = cli.fails(1, "--root", str(tmp_path / "nothing"), "check")
+    assert "is not a layer store" in line
+
+
+@pytest.mark.parametrize("opened", [False, True], ids=["as-docker-left-it", "after-init"])
+def test_a_docker_store_checks_clean_without_a_byte_changing(
+        cli: Aufs, tmp_path: Path, opened: bool) -> None:
+    root = tmp_path / "docker" / "aufs"
+    build_docker_store(root)
+    docker = Aufs(root)
+    if opened:
+        require_engine("fuse-overlayfs")  # what opens an AUFS-format store here
+        docker.ok("ls")
+    before = {top: snapshot(root / top) for top in ("layers", "diff", "mnt")}
+    r = docker.run("check")
+    assert r.code == 0, r.out
+    assert "4 layers, no problems" in r.out
+    assert os.path.isdir(root / ".aufs") == opened  # a plain check writes nothing
+    assert docker.run("check", "--repair").code == 0
+    assert before == {top: snapshot(root / top) for top in ("layers", "diff", "mnt")}
+    if opened:
+        docker.ok("cleanup")

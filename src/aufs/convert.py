@@ -46,7 +46,7 @@ from aufs._sys.files import ensure_dir, rmtree
 from aufs.errors import ConversionPendingError, DriverError, LayerInUseError
 from aufs.layer_format import LayerRewrite, normalize_layer
 from aufs.store import layers, meta, refs, staging
-from aufs.store.layout import Layout
+from aufs.store.layout import Layout, is_valid_id
 from aufs.store.lock import StoreLock
 from aufs.store.meta import check_not_pending, pending
 from aufs.store.recover import pid_alive
@@ -175,6 +175,8 @@ def _tidy(layout: Layout) -> None:
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(top):
                 layer_id = name.removesuffix(suffix)
+                if not is_valid_id(layer_id):
+                    continue  # names no layer: never joined into a path (aufs check)
                 if not os.path.lexists(layout.layers(layer_id)):
                     rmtree(os.path.join(top, name))
     for empty in (layout.convert_dir, layout.attic_dir):

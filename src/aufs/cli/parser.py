@@ -151,4 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ref", metavar="REF", help="[host[:port]/]repo[:tag]")
     sp.add_argument("--insecure", action="store_true",
                     help="allow plain HTTP and unverified TLS for this registry")
+    sp = cmd("docker-plugin", "docker.plugin", "serve Docker's graph-driver plugin protocol on "
+             "/run/docker/plugins/NAME.sock until SIGTERM (dockerd --experimental -s NAME)")
+    sp.add_argument("--name", default="aufs-plugin",
+                    help="plugin and storage-driver name (default: aufs-plugin; not 'aufs')")
+    sp.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
+                    help="the store (default: the Home dockerd sends, DATA-ROOT/NAME)")
+    sp.add_argument("--engine", choices=ENGINES, default=argparse.SUPPRESS,
+                    help="union engine (default: auto)")
+    sp.add_argument("-v", "--verbose", action="store_true", help="log every call")
+    sp = cmd("docker-adopt", "docker.adopt", "make a data root of Docker's aufs driver open "
+             "under the plugin NAME (dockerd stopped); --undo restores it", json_out=True)
+    sp.add_argument("--data-root", metavar="DIR", required=True,
+                    help="dockerd's data root (/var/lib/docker)")
+    sp.add_argument("--name", required=True, help="the plugin's name (storage-driver)")
+    sp.add_argument("--undo", action="store_true", help="give the data root back to aufs")
     return p

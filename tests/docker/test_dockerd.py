@@ -116,21 +116,56 @@ def test_commit_gives_overlay2s_tree(env: Env, ref: tuple[daemons.Dockerd, scena
     assert "./new/zeros" in env.results.committed
     ours, theirs = env.results.committed, ref[1].committed
     if env.engine == "fuse-overlayfs":
-        # /data/hard shares its lower inode with /data/keep, which the top layer hides:
-        # kernel overlayfs reports the lower inode's 2 links, fuse-overlayfs the 1 that
-        # is visible. The layers themselves are equal (the save and export tests).
-        ours, theirs = (re.sub(r"(?m)(regular file)\|\d+$", r"\1", t) for t in (ours, theirs))
+        ours, theirs = (_fuse_fingerprint(t) for t in (ours, theirs))
     assert ours.splitlines() == theirs.splitlines()
 
 
 def test_export_equals_overlay2s(env: Env, ref: tuple[daemons.Dockerd, scenario.Results],
                                  ) -> None:
-    assert env.results.export == ref[1].export
+    ours, theirs = env.results.export, ref[1].export
+    if env.engine == "fuse-overlayfs":
+        ours, theirs = _fuse_layer([], ours), _fuse_layer([], theirs)
+    assert ours == theirs
 
 
 def test_save_equals_overlay2s(env: Env, ref: tuple[daemons.Dockerd, scenario.Results]) -> None:
     assert len(env.results.save) == 5  # base + 3 RUN + the commit
-    assert env.results.save == ref[1].save
+    ours, theirs = env.results.save, ref[1].save
+    if env.engine == "fuse-overlayfs":
+        ours = [_fuse_layer(ours[:i], layer) for i, layer in enumerate(ours)]
+        theirs = [_fuse_layer(theirs[:i], layer) for i, layer in enumerate(theirs)]
+    assert ours == theirs
+
+
+# What fuse-overlayfs 1.10 itself does differently from kernel overlayfs, left out of the
+# comparisons on that engine only (Docker's own fuse-overlayfs driver shows the same):
+# - a directory it copies up loses its setgid bit (mkdir(2) drops S_ISGID and it does
+#   not chmod afterwards; its own view keeps showing it until remounted);
+# - a file whose hard-linked twin a layer above hides counts the visible links only;
+# - it marks every directory it makes opaque, also one that no lower layer has (the
+#   marker says nothing there; the engine drops such markers on unmount, issue #18);
+# - the store keeps AUFS whiteouts as files (mode 0700 for an opaque marker), where
+#   Docker's tar gives the marker its directory's mode: a whiteout's mode means nothing.
+
+def _fuse_fingerprint(text: str) -> str:
+    text = re.sub(r"(?m)\|[0-7]*?([0-7]{3})(\|\d+\|\d+\|directory)$", r"|\1\2", text)
+    return re.sub(r"(?m)(regular file)\|\d+$", r"\1", text)
+
+
+def _fuse_layer(lowers: list[list[tuple[object, ...]]], layer: list[tuple[object, ...]],
+                ) -> list[tuple[object, ...]]:
+    below = {e[0] for lower in lowers for e in lower if e[1] == b"5"}
+    out = []
+    for e in layer:
+        name = str(e[0])
+        if name.endswith("/.wh..wh..opq") and name[: -len("/.wh..wh..opq")] not in below:
+            continue
+        if e[1] == b"5":
+            e = (*e[:2], oct(int(str(e[2]), 8) & 0o777), *e[3:])
+        elif name.rsplit("/", 1)[-1].startswith(".wh."):
+            e = (*e[:2], "", *e[3:])
+        out.append(e)
+    return out
 
 
 def test_save_survives_a_round_trip_through_overlay2(
@@ -169,10 +204,10 @@ def test_eight_parallel_runs(env: Env) -> None:
 
 
 def test_restart_keeps_images_containers_changes(env: Env) -> None:
-    images = env.d.out("images", "-q", "--no-trunc")
+    images = sorted(env.d.out("images", "-aq", "--no-trunc").split())
     before = sorted(env.d.out("diff", "c1").splitlines())
     daemons.restart(env.d)
-    assert env.d.out("images", "-q", "--no-trunc") == images
+    assert sorted(env.d.out("images", "-aq", "--no-trunc").split()) == images
     assert "c1" in env.d.out("ps", "-a", "--format", "{{.Names}}").split()
     assert sorted(env.d.out("diff", "c1").splitlines()) == before
     assert env.d.out("run", "--rm", *NET, "committed:1", "cat", "/new/deep/f") == "x"
@@ -263,3 +298,4 @@ def test_rm_rmi_leave_nothing(env: Env) -> None:
     refs = os.path.join(home, ".aufs", "refs")
     assert [n for n in os.listdir(refs) if Path(refs, n).read_text().strip() != "0"] == []
     assert store_problems(home) == []
+

@@ -20,7 +20,7 @@ import contextlib
 import os
 import sys
 
-from aufs.cli.context import EXIT_FAILED, EXIT_USAGE, Context, UsageError
+from aufs.cli.context import EXIT_FAILED, EXIT_USAGE, Context, Failed, UsageError
 from aufs.cli.parser import build_parser, resolve
 from aufs.errors import (
     ArchiveError,
@@ -42,7 +42,7 @@ def _failure(exc: BaseException) -> tuple[int, str]:
         return EXIT_USAGE, str(exc)
     if isinstance(exc, InvalidLayerIDError | InvalidNameError):
         return EXIT_USAGE, str(exc)
-    if isinstance(exc, DriverError | ArchiveError | ImageError | RegistryError | ValueError):
+    if isinstance(exc, DriverError | ArchiveError | ImageError | RegistryError | ValueError | Failed):
         return EXIT_FAILED, str(exc) or type(exc).__name__
     if isinstance(exc, OSError):
         what = exc.strerror or str(exc)

@@ -21,6 +21,10 @@ class UsageError(Exception):
     """The command line asks for something that cannot be (exit status 2)."""
 
 
+class Failed(Exception):
+    """The operation failed for a reason its message says (exit status 1)."""
+
+
 
 # -- the store, opened once per command ------------------------------------------------
 

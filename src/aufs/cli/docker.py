@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from aufs.cli.context import Context, UsageError
+from aufs.cli.context import Context, Failed, UsageError
 
 
 def plugin(ctx: Context) -> None:
@@ -22,13 +22,19 @@ def plugin(ctx: Context) -> None:
                         level=logging.DEBUG if ctx.args.verbose else logging.INFO)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
     p = proto.GraphDriverPlugin(name, root=ctx.args.root, engine=ctx.args.engine)
-    server.serve(p, server.socket_path(name))
+    try:
+        server.serve(p, server.socket_path(name))
+    except proto.PluginError as exc:
+        raise Failed(str(exc)) from exc
 
 
 def adopt(ctx: Context) -> None:
     from aufs.docker import adopt as adoption
 
-    report = adoption.run(ctx.args.data_root, ctx.args.name, undo=ctx.args.undo)
+    try:
+        report = adoption.run(ctx.args.data_root, ctx.args.name, undo=ctx.args.undo)
+    except adoption.AdoptError as exc:
+        raise Failed(str(exc)) from exc
     if ctx.args.json:
         ctx.out(report.as_json())
     else:

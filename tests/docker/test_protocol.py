@@ -27,9 +27,9 @@ from tests.cli.kit import Aufs, layer
 from tests.docker import kit
 from tests.leaks import mounts_below
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root]
 if os.geteuid() != 0:
-    pytestmark = [pytest.mark.root, pytest.mark.skip(reason="needs root")]
+    pytestmark.append(pytest.mark.skip(reason="needs root"))
 
 
 @pytest.fixture(scope="module")

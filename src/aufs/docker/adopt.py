@@ -212,9 +212,13 @@ def _move(src: str, dst: str, *, required: bool) -> str:
         if os.path.lexists(dst) or not required:
             return "already done" if os.path.lexists(dst) else "absent"
         raise AdoptError(f"{src} is missing")
-    os.rename(src, dst)
+    _rename(src, dst)
     _sync_dir(os.path.dirname(dst))
     return "renamed"
+
+
+def _rename(src: str, dst: str) -> None:
+    os.rename(src, dst)
 
 
 def _retag_containers(data: str, source: str, target: str) -> list[str]:

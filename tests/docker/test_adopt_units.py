@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from aufs._sys.files import write_atomic
 from aufs.docker import adopt
 from aufs.docker.plugin import GraphDriverPlugin, PluginError
 
@@ -106,7 +107,7 @@ def _crash_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
         return step
 
     monkeypatch.setattr(adopt, "_rename", wrap(adopt._rename))
-    monkeypatch.setattr(adopt, "write_atomic", wrap(adopt.write_atomic))
+    monkeypatch.setattr(adopt, "write_atomic", wrap(write_atomic))
 
 
 STEPS = 5  # the journal, the store, the image dir, two container configs

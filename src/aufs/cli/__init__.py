@@ -42,7 +42,8 @@ def _failure(exc: BaseException) -> tuple[int, str]:
         return EXIT_USAGE, str(exc)
     if isinstance(exc, InvalidLayerIDError | InvalidNameError):
         return EXIT_USAGE, str(exc)
-    if isinstance(exc, DriverError | ArchiveError | ImageError | RegistryError | ValueError | Failed):
+    if isinstance(exc, DriverError | ArchiveError | ImageError | RegistryError | ValueError
+                  | Failed):
         return EXIT_FAILED, str(exc) or type(exc).__name__
     if isinstance(exc, OSError):
         what = exc.strerror or str(exc)

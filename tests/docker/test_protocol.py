@@ -241,7 +241,9 @@ def test_apply_and_diff_stream_without_holding_the_tar(tmp_path: Path) -> None:
                 total += len(chunk)
             conn.close()
             assert total >= size
-            assert _peak_rss_mib(p.proc.pid) < 160
+            peak = _peak_rss_mib(p.proc.pid)
+            print(f"plugin peak RSS {peak:.0f} MiB")
+            assert peak < 96
         finally:
             Aufs(root).run("cleanup")
 

@@ -158,6 +158,9 @@ class Driver:
         self.store = Store(layout)
         self._lock = lock
         self._private_removed = False  # cleanup removed .aufs/ (a store not ours)
+        # Record the tar of an apply into an empty layer (export gives the same bytes).
+        # A caller that keeps its own record turns it off: dockerd, through the plugin.
+        self.keep_tar_split = True
 
     @property
     def engine(self) -> UnionEngine:
@@ -464,7 +467,8 @@ class Driver:
                               "symlink, left by a migration): apply_diff cannot replace it "
                               "atomically")
         with staging.LayerSwap(self.layout, id) as swap:
-            split = tarsplit.Recorder(swap.companion("tar-split")) if not swap.made else None
+            split = (tarsplit.Recorder(swap.companion("tar-split"))
+                     if not swap.made and self.keep_tar_split else None)
             try:
                 size = apply.extract(swap.fd, stream, self.whiteouts, made=swap.made,
                                      split=split)

@@ -332,3 +332,25 @@ def test_sigint_stops_too(tmp_path: Path) -> None:
         p.proc.send_signal(signal.SIGINT)
         assert p.proc.wait(30) == 0
         assert not os.path.exists(p.sock)
+
+
+def test_apply_broken_off_leaves_the_layer_untouched(served: tuple[kit.Plugin, Path]) -> None:
+    """dockerd dies mid-ApplyDiff: the layer is as it was, the plugin serves on."""
+    import socket
+    import time
+
+    p, root = served
+    assert post(p, "GraphDriver.Create", {"ID": "cut"}) == (200, {})
+    big = layer({"a": b"x" * 200_000, "b": b"y" * 10})
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(p.sock)
+        s.sendall(b"POST /GraphDriver.ApplyDiff?id=cut&parent= HTTP/1.1\r\nHost: x\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n"
+                  + b"%x\r\n" % 100_000 + big[:100_000] + b"\r\n")
+    deadline = time.monotonic() + 30
+    while "ApplyDiff: the layer's tar broke off" not in p.log.read_text():
+        assert time.monotonic() < deadline, p.log.read_text()
+        time.sleep(0.05)
+    assert os.listdir(root / "diff" / "cut") == []
+    assert "Traceback" not in p.log.read_text()
+    assert post(p, "GraphDriver.Remove", {"ID": "cut"}) == (200, {})

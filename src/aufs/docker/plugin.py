@@ -96,10 +96,17 @@ class GraphDriverPlugin:
                 if self._root is None and home is None:
                     raise PluginError("the plugin has no store yet: dockerd has not called "
                                       "GraphDriver.Init (start the plugin before dockerd)")
-                self._driver = aufs.init(self._root or str(home), self._options(opts))
+                self._driver = self._open(self._root or str(home), opts)
                 log.info("opened the store %s (engine %s)", self._driver.root,
                          self._driver.engine.name)
             return self._driver
+
+    def _open(self, root: str, opts: list[str]) -> aufs.Driver:
+        d = aufs.init(root, self._options(opts))
+        # dockerd keeps the tar-split of every layer it applies; ours would only cost a
+        # hash of every byte (15% of a docker commit).
+        d.keep_tar_split = False
+        return d
 
     def _options(self, opts: list[str]) -> list[str]:
         engine = [f"aufs.engine={self._engine}"] if self._engine else []
@@ -141,7 +148,7 @@ class GraphDriverPlugin:
                               f"{self.name} (or with --undo) before starting dockerd")
         root = self._root or home
         with self._init_lock:
-            self._driver = aufs.init(root, self._options(opts))
+            self._driver = self._open(root, opts)
             self._remember(home, opts)
         log.info("Init: store %s (engine %s), Home %s", self._driver.root,
                  self._driver.engine.name, home)

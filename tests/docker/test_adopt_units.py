@@ -195,3 +195,12 @@ def test_running_containers_refused_mount_point_linked(tmp_path: Path) -> None:
         assert drivers(data)["c1"] == "aufs"
     finally:
         subprocess.run(["umount", str(data / "aufs")], check=True)
+
+
+def test_plugin_refuses_to_start_a_new_store_beside_a_legacy_one(tmp_path: Path) -> None:
+    data = legacy(tmp_path / "docker")
+    plugin = GraphDriverPlugin(NAME, state_dir=str(tmp_path / "state"))
+    with pytest.raises(PluginError, match=f"{data} holds the images of Docker's aufs driver: "
+                                          f"stop dockerd and run aufs docker-adopt"):
+        plugin.init({"Home": str(data / NAME)})
+    assert not (data / NAME).exists()

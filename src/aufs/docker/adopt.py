@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from aufs._sys import mountinfo
 from aufs._sys.files import write_atomic
 
-__all__ = ["JOURNAL", "LEGACY", "AdoptError", "Report", "pending", "run"]
+__all__ = ["JOURNAL", "LEGACY", "AdoptError", "Report", "is_legacy", "pending", "run"]
 
 LEGACY = "aufs"  # the name Docker's own aufs driver keeps its data under
 JOURNAL = ".aufs-adopt.json"
@@ -84,6 +84,12 @@ def pending(data_root: str) -> dict[str, str] | None:
     if not isinstance(raw, dict) or not {"from", "to"} <= raw.keys():
         raise AdoptError(f"{data_root}/{JOURNAL} is not an adoption journal")
     return {"from": str(raw["from"]), "to": str(raw["to"])}
+
+
+def is_legacy(data_root: str) -> bool:
+    """Does ``data_root`` hold what Docker's aufs driver wrote (its store and images)?"""
+    return (os.path.isdir(os.path.join(data_root, LEGACY, "layers"))
+            and os.path.isdir(os.path.join(data_root, "image", LEGACY)))
 
 
 def run(data_root: str, name: str, *, undo: bool = False) -> Report:

@@ -141,11 +141,15 @@ class GraphDriverPlugin:
         if body.get("UIDMaps") or body.get("GIDMaps"):
             raise PluginError(f"{self.name} does not support user namespace remapping "
                               "(--userns-remap)")
-        unfinished = adopt.pending(os.path.dirname(os.path.abspath(home)))
-        if unfinished is not None:
-            raise PluginError(f"an adoption of {os.path.dirname(home)} was interrupted: run "
-                              f"aufs docker-adopt --data-root {os.path.dirname(home)} --name "
-                              f"{self.name} (or with --undo) before starting dockerd")
+        data = os.path.dirname(os.path.abspath(home))
+        if adopt.pending(data) is not None:
+            raise PluginError(f"an adoption of {data} was interrupted: run aufs docker-adopt "
+                              f"--data-root {data} --name {self.name} (or with --undo) before "
+                              "starting dockerd")
+        if self._root is None and not os.path.lexists(home) and adopt.is_legacy(data):
+            # A new empty store here would hide the old one and block its adoption.
+            raise PluginError(f"{data} holds the images of Docker's aufs driver: stop dockerd "
+                              f"and run aufs docker-adopt --data-root {data} --name {self.name}")
         root = self._root or home
         with self._init_lock:
             self._driver = self._open(root, opts)

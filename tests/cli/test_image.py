@@ -243,3 +243,31 @@ def test_import_keeps_the_config_until_the_layer_goes(cli: Aufs, tmp_path: Path)
     assert kept["config"].encode() == files[config_name]  # byte for byte
     cli.ok("rm", top)
     assert not (cli.root / ".aufs" / "images" / f"{top}.json").exists()
+
+
+def test_names_round_trip(cli: Aufs, tmp_path: Path) -> None:
+    """Every RepoTags entry names the top layer; export writes a full reference back;
+    OCI ref names come in as names too."""
+    files = docker_save_files([BASE])
+    manifest = json.loads(files["manifest.json"])
+    manifest[0]["RepoTags"] = ["interop:3", "localhost:5000/team/app:v1", "bad name:1"]
+    files["manifest.json"] = json.dumps(manifest).encode()
+    top = cli.ok("import", str(write_tar(files, tmp_path / "s.tar"))).out.strip()
+    (row,) = cli.ok("ls", "--json").json()
+    assert row["names"] == ["interop:3", "localhost:5000/team/app:v1"]
+    out = tmp_path / "d.tar"
+    cli.ok("export", top, "-o", str(out), "--format", "docker-archive")
+    with tarfile.open(out) as tar:
+        entry = json.loads(tar.extractfile("manifest.json").read())[0]  # type: ignore[union-attr]
+    assert entry["RepoTags"] == ["interop:3"]
+    oci = tmp_path / "o.tar"
+    cli.ok("export", top, "-o", str(oci), "--tag", "localhost:5000/team/app:v2")
+    other = Aufs(tmp_path / "other")
+    try:
+        again = other.ok("import", str(oci)).out.strip()
+        assert again == top
+        (row,) = other.ok("ls", "--json").json()
+        assert row["names"] == ["localhost:5000/team/app:v2"]
+    finally:
+        other.run("cleanup")
+    assert "invalid name" in cli.fails(2, "export", top, "-o", str(oci), "--tag", "a b")

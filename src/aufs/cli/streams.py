@@ -115,7 +115,9 @@ def export(ctx: Context) -> None:
     d = ctx.driver
     layer_id = ctx.layer(a.id)
     tag = a.tag
-    if tag is None:
+    if tag is not None:
+        names.validate_name(tag)
+    else:
         own = names.by_layer(names.read(d.layout)).get(layer_id, [])
         tag = names.reference(own)
     output = a.output

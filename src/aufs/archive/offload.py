@@ -69,6 +69,10 @@ class Offload:
     def start(cls, root_fd: int, tar_fd: int) -> Offload | None:
         if not _can_run_writer():
             return None
+        # The writer's fds 0-2 are its own (/dev/null, a pipe): a tar file that is our
+        # stdin (``aufs apply ID - < layer.tar``) is handed over as a copy above them.
+        root_fd = fcntl.fcntl(root_fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        tar_fd = fcntl.fcntl(tar_fd, fcntl.F_DUPFD_CLOEXEC, 3)
         ops_r, ops_w = os.pipe2(os.O_CLOEXEC)
         reply_r, reply_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -83,6 +87,9 @@ class Offload:
             if isinstance(exc, OSError):
                 return None
             raise
+        finally:
+            os.close(root_fd)
+            os.close(tar_fd)
         os.close(ops_r)
         os.close(reply_w)
         with contextlib.suppress(OSError):  # room for records while the writer starts

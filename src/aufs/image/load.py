@@ -32,7 +32,7 @@ from aufs.driver import Driver
 from aufs.errors import ImageError
 from aufs.image import names
 from aufs.image.source import Source, open_source
-from aufs.store import images
+from aufs.store import images, incomplete
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -111,18 +111,39 @@ def store_image(driver: Driver, src: Source, image: Image, *,
     try:
         for layer, chain in zip(image.layers, chains, strict=True):
             layer_id = chain.removeprefix("sha256:")
-            if not driver.exists(layer_id):
-                driver.create(layer_id, parent)
+            if _claim(driver, layer_id, parent):
                 created.append(layer_id)
                 _apply(driver, layer_id, src, layer, on_bytes)
+                incomplete.clear(driver.layout, layer_id)
             parent = layer_id
     except BaseException:
         for layer_id in reversed(created):
             with contextlib.suppress(Exception):
                 driver.remove(layer_id)
+            incomplete.clear(driver.layout, layer_id)
         raise
     keep(driver, parent, image)
     return parent
+
+
+def _claim(driver: Driver, layer_id: str, parent: str) -> bool:
+    """Create ``layer_id`` (marked incomplete: ours) unless it is stored whole already;
+    a layer a dead import left half-applied is removed and created anew."""
+    with driver.locked():
+        if driver.exists(layer_id):
+            pid = incomplete.owner(driver.layout, layer_id)
+            if pid is None:
+                return False
+            if incomplete.alive(pid):
+                raise ImageError(f"layer {layer_id} is being imported by pid {pid}")
+            driver.remove(layer_id)
+        incomplete.mark(driver.layout, layer_id)
+        try:
+            driver.create(layer_id, parent)
+        except BaseException:
+            incomplete.clear(driver.layout, layer_id)
+            raise
+    return True
 
 
 def keep(driver: Driver, top: str, image: Image) -> None:

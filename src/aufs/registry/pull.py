@@ -28,6 +28,7 @@ from aufs.registry import RegistryError, blobinfo, manifest
 from aufs.registry.client import Cancelled, Repository
 from aufs.registry.events import Events
 from aufs.registry.reference import Reference
+from aufs.store import incomplete
 from aufs.store.staging import name as staging_name
 
 PARALLEL = 3                   # downloads at a time (Docker's default is 3)
@@ -114,7 +115,8 @@ def pull(driver: Driver, ref: Reference, *, platform: manifest.Platform | None =
             raise RegistryError(f"{repo.name}: manifest {digest} lists {len(image.layers)} "
                                 f"layers, its config {len(diff_ids)} diff ids")
         chains = [c.removeprefix("sha256:") for c in load.chain_ids(diff_ids)]
-        have = {c for c in chains if driver.exists(c)}
+        have = {c for c in chains  # a layer a dead import left half-applied is fetched
+                if driver.exists(c) and incomplete.owner(driver.layout, c) is None}
         staging = driver.layout.staging(staging_name("pull", secrets.token_hex(4)))
         os.makedirs(driver.layout.staging_dir, exist_ok=True)
         os.mkdir(staging)

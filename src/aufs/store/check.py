@@ -18,6 +18,9 @@ kind                what                                        ``--repair``
                                                                 deleted)
 ``temp``            an unfinished atomic write (``…~pid``)      removed
 ``staging``         a staging entry whose process is gone       removed
+``incomplete``      ``.aufs/incomplete/<id>``: an import that   the half-applied layer
+                    died while applying layer <id>              and marker removed if
+                                                                no layer stands on it
 ``orphan-diff``     ``diff/<id>`` of no layer                   left (layer data)
 ``orphan-mnt``      ``mnt/<id>`` of no layer                    removed if an empty,
                                                                 unmounted directory
@@ -30,7 +33,7 @@ kind                what                                        ``--repair``
                     conversion unfinished
 ==================  ==========================================  ========================
 
-Nothing that holds layer data is ever removed by a repair.
+Nothing that holds layer data is ever removed by a repair (but a half-applied layer).
 """
 
 from __future__ import annotations
@@ -44,9 +47,10 @@ from aufs._sys import mountinfo
 from aufs._sys.files import rmtree, write_atomic
 from aufs.errors import DriverError, StoreCorruptError
 from aufs.store import chain as chains
-from aufs.store import meta, recover, refs
+from aufs.store import incomplete, meta, recover, refs
 from aufs.store.layers import format_chain
 from aufs.store.layout import REMOVING_SUFFIX, Layout, is_valid_id
+from aufs.store.store import Store
 
 __all__ = ["Problem", "Report", "check", "repair"]
 
@@ -129,8 +133,21 @@ def check(layout: Layout) -> Report:
             path = layout.staging(name)
             report.add("staging", path, f"{_rel(layout, path)}: left by a process that "
                        f"is gone")
+    _check_incomplete(layout, report)
     _check_meta(layout, report)
     return report
+
+
+def _check_incomplete(layout: Layout, report: Report) -> None:
+    for name in incomplete.listed(layout):
+        path = os.path.join(layout.incomplete_dir, name)
+        if not is_valid_id(name):
+            report.add("bad-name", path, f"{_rel(layout, path)}: not a layer id")
+            continue
+        pid = incomplete.owner(layout, name)
+        if pid is not None and not incomplete.alive(pid):
+            report.add("incomplete", path, f"{_rel(layout, path)}: incomplete import of "
+                       f"layer {name} (pid {pid} is gone)", name)
 
 
 def _is_dir(path: str) -> bool:
@@ -276,10 +293,19 @@ def _fix(layout: Layout, p: Problem) -> str | None:
         return f"{rel}: removed"
     if p.kind == "bad-name":
         parent = os.path.dirname(p.path)
-        if parent in (layout.layers_dir, layout.refs_dir) and _is_file(p.path):
+        if (parent in (layout.layers_dir, layout.refs_dir, layout.incomplete_dir)
+                and _is_file(p.path)):
             os.unlink(p.path)  # a marker or a count: no layer data
             return f"{rel}: removed"
         return None
+    if p.kind == "incomplete":
+        store = Store(layout)
+        if store.exists(p.layer):
+            if store.children(p.layer) or os.path.ismount(layout.mnt(p.layer)):
+                return None
+            store.remove(p.layer)
+        incomplete.clear(layout, p.layer)
+        return f"{rel}: removed with the half-applied layer {p.layer}"
     if p.kind == "orphan-mnt":
         if os.path.ismount(p.path) or not _is_dir(p.path):
             return None

@@ -13,6 +13,7 @@
         ├── work/<id>   overlayfs work dir (same filesystem as diff/)
         ├── l/          short symlinks to diff dirs (overlay, old kernels, long chains)
         ├── staging/    things being built; renamed into place when whole
+        ├── incomplete/<id>  pid of the import applying layer <id> (aufs.store.incomplete)
         ├── empty/      an empty lower branch, for a layer whose opaque root hides its parents
         ├── names.json  names given to layers (``aufs import --name``): {name: id}
         ├── images/<id>.json  the config and manifest of the image whose top layer is <id>
@@ -135,6 +136,13 @@ class Layout:
 
     def staging(self, name: str) -> str:
         return f"{self.root}/.aufs/staging/{name}"
+
+    @property
+    def incomplete_dir(self) -> str:
+        return f"{self.root}/.aufs/incomplete"
+
+    def incomplete(self, layer_id: str) -> str:
+        return f"{self.root}/.aufs/incomplete/{validate_id(layer_id)}"
 
     @property
     def empty_dir(self) -> str:

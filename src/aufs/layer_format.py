@@ -24,11 +24,10 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aufs._sys import safefs
-from aufs._sys.files import ensure_dir, list_xattrs, rmtree, write_atomic
+from aufs._sys.files import ensure_dir, list_xattrs, rmtree, walk_dirs, write_atomic
 from aufs.errors import DriverError
 from aufs.store.layout import Layout
 from aufs.whiteout import (
@@ -91,40 +90,11 @@ def normalize_layer(layout: Layout, layer_id: str, path: str,
     return counts
 
 
-def _walk_dirs(path: str) -> Iterator[tuple[int, str, list[os.DirEntry[str]]]]:
-    """Each directory of the layer at ``path``: an open fd, its path below the layer ("" for
-    the root) and its entries. No symlink is followed, no mount crossed, and no directory
-    whose name is a marker or housekeeping (``.wh.*``) entered."""
-    root_fd = os.open(path, safefs.O_DIR)
-    dev = os.fstat(root_fd).st_dev
-    stack = [(root_fd, "")]
-    try:
-        while stack:
-            fd, rel = stack.pop()
-            try:
-                with os.scandir(fd) as it:
-                    entries = list(it)
-                yield fd, rel, entries
-                for e in entries:
-                    if e.name.startswith(WH_PREFIX) or not e.is_dir(follow_symlinks=False):
-                        continue
-                    sub = os.open(e.name, safefs.O_DIR, dir_fd=fd)
-                    if os.fstat(sub).st_dev != dev:
-                        os.close(sub)
-                        continue
-                    stack.append((sub, f"{rel}/{e.name}" if rel else e.name))
-            finally:
-                os.close(fd)
-    finally:
-        for fd, _ in stack:
-            os.close(fd)
-
-
 def _drop_xattrs_below(path: str, prefix: str) -> None:
     """Remove the other engine's private attributes (never content, never exported) from
     every file and directory of the layer: kernel overlayfs would show fuse-overlayfs's
     ``user.fuseoverlayfs.*``, fuse-overlayfs kernel overlayfs's ``trusted.overlay.*``."""
-    for fd, _, entries in _walk_dirs(path):
+    for fd, _, entries in walk_dirs(path, WH_PREFIX):
         _drop_xattrs(fd, prefix)
         for e in entries:
             if e.is_file(follow_symlinks=False):
@@ -161,7 +131,7 @@ def _dirs_to_touch(path: str, attic: str | None) -> dict[str, list[int]]:
     change: it holds a marker of either format or housekeeping, is overlay-opaque, or
     gets housekeeping back from ``attic``. Keys are paths below the layer ("" = root)."""
     out: dict[str, list[int]] = {}
-    for fd, rel, entries in _walk_dirs(path):
+    for fd, rel, entries in walk_dirs(path, WH_PREFIX):
         touched = has_opaque_xattr(fd)
         for e in entries:
             if touched:

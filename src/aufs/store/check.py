@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from aufs._sys import mountinfo
@@ -150,11 +151,20 @@ def _check_incomplete(layout: Layout, report: Report) -> None:
                        f"layer {name} (pid {pid} is gone)", name)
 
 
-def _is_dir(path: str) -> bool:
+def _lstat_is(path: str, test: Callable[[int], bool]) -> bool:
+    """Is ``path`` (not followed) of the kind ``test`` tells (False if missing)?"""
     try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
+        return test(os.lstat(path).st_mode)
     except FileNotFoundError:
         return False
+
+
+def _is_dir(path: str) -> bool:
+    return _lstat_is(path, stat.S_ISDIR)
+
+
+def _is_file(path: str) -> bool:
+    return _lstat_is(path, stat.S_ISREG)
 
 
 def _check_layers(layout: Layout, report: Report) -> set[str]:
@@ -333,8 +343,3 @@ def _fix(layout: Layout, p: Problem) -> str | None:
     return None
 
 
-def _is_file(path: str) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return False

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests import daemons
+from tests.cli.kit import Aufs
 from tests.conftest import require_engine
 from tests.docker import kit, scenario
 from tests.leaks import fuse_daemons_below, mounts_below
@@ -241,7 +242,14 @@ def test_kill9_during_run_then_restart(env: Env) -> None:
         proc.communicate()
     assert "A /done" in env.d.out("diff", "k1").splitlines()
     env.d.out("rm", "k1")
-    assert store_problems(env.home) == []
+    _checks_clean(env.home)
+
+
+def _checks_clean(home: str) -> None:
+    """The store is whole by our invariants and by ``aufs check`` (the user's tool)."""
+    assert store_problems(home) == []
+    r = Aufs(Path(home)).run("check", "--json")
+    assert r.code == 0 and r.json()["clean"], r.out + r.err
 
 
 def test_kill9_during_commit_then_restart(env: Env) -> None:
@@ -273,7 +281,7 @@ def test_kill9_during_commit_then_restart(env: Env) -> None:
     env.d.out("rm", "big")
     env.d.out("rmi", "bigimg:1")
     assert env.d.out("run", "--rm", *NET, "built:1", "true") == ""
-    assert store_problems(env.home) == []
+    _checks_clean(env.home)
 
 
 def test_rm_rmi_leave_nothing(env: Env) -> None:
@@ -290,5 +298,5 @@ def test_rm_rmi_leave_nothing(env: Env) -> None:
     assert [m for m in mounts_below(home) if m != os.path.realpath(home)] == []
     refs = os.path.join(home, ".aufs", "refs")
     assert [n for n in os.listdir(refs) if Path(refs, n).read_text().strip() != "0"] == []
-    assert store_problems(home) == []
+    _checks_clean(home)
 

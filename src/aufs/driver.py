@@ -487,6 +487,9 @@ class Driver:
         mounted union, must not change under that union's users."""
         if self.mounted(id):
             raise LayerMountedError(f"layer {id} is mounted: apply_diff needs it unmounted")
+        if self.refcount(id) > 0:  # a base layer's get hands out diff/<id> itself
+            raise LayerMountedError(f"layer {id} is in use (get without put): apply_diff "
+                                    "needs it released")
         mnt_dir = self.layout.mnt_dir
         for entry in mountinfo.mounts_under(mnt_dir):
             head, _, other = entry.mountpoint.rpartition("/")

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
@@ -209,3 +210,21 @@ def test_a_file_gone_after_the_fingerprint(store: aufs.Driver, tmp_path: Path) -
         with pytest.raises(tarsplit.Unusable, match="no longer"):
             while r.read(1 << 16):
                 pass
+
+
+@pytest.mark.parametrize("swap", ["fifo", "symlink"])
+def test_a_record_that_is_no_regular_file_is_unusable(store: aufs.Driver, tmp_path: Path,
+                                                      swap: str) -> None:
+    """The record is the store's own file, so not trusted: a FIFO put in its place must
+    not hang the export, a symlink must not be followed."""
+    _apply(store, "l", _tar(tarfile.PAX_FORMAT))
+    path = store.layout.tar_split("l")
+    outside = tmp_path / "outside"
+    shutil.copyfile(path, outside)  # the store root is a bind mount: no rename out
+    os.unlink(path)
+    if swap == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink(outside, path)  # a valid record, but reached through a link
+    with pytest.raises(tarsplit.Unusable, match=r"not a regular file|cannot be opened"):
+        _rebuilt(store, "l")

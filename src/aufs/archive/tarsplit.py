@@ -351,10 +351,16 @@ def _content(layer_fd: int, path: str, size: int) -> Iterator[bytes]:
 def open_rebuilt(split_path: str, layer_dir: str) -> Iterator[Rebuilt]:
     """The tar recorded in ``split_path``, rebuilt from ``layer_dir``; Unusable if there
     is no record or the layer changed since."""
-    try:
-        f = open(split_path, "rb")  # noqa: SIM115 (the with below)
+    try:  # the store's own file: no symlink followed, no FIFO waited on
+        fd = os.open(split_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise Unusable("no tar-split recorded") from None
+    except OSError as exc:
+        raise Unusable(f"the record cannot be opened: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise Unusable("the record is not a regular file")
+    f = os.fdopen(fd, "rb")
     with f:
         raw = f.read(HEADER_SIZE)
         if not raw.startswith(MAGIC):

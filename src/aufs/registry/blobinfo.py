@@ -14,8 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aufs._sys.files import write_atomic
+from aufs.errors import DriverError
 from aufs.registry.manifest import Descriptor
+from aufs.store.chain import read_store_file
 from aufs.store.layout import Layout
+
+_LIMIT = 64 << 20
 
 _KEEP = 8
 
@@ -35,11 +39,12 @@ def digest_of(data: bytes, algorithm: str = "sha256") -> str:
 
 def _read(layout: Layout) -> dict[str, list[dict[str, object]]]:
     try:
-        with open(layout.blob_sources_file, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (FileNotFoundError, ValueError):
+        raw = json.loads(read_store_file(layout.blob_sources_file, _LIMIT, "blob record"))
+    except (OSError, ValueError, DriverError):
+        return {}  # a hint only: damaged, it is dropped (the next write starts it anew)
+    if not isinstance(raw, dict):
         return {}
-    return raw if isinstance(raw, dict) else {}
+    return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, list)}
 
 
 def seen(layout: Layout, diff_id: str, host: str) -> list[Seen]:

@@ -27,7 +27,7 @@ from aufs.errors import StoreCorruptError
 from aufs.store.layout import Layout, is_valid_id
 
 __all__ = ["MAX_BYTES", "check_dirs", "dir_problem", "first_parent", "not_a_dir", "parse",
-           "read_chain", "read_verified"]
+           "read_chain", "read_store_file", "read_verified"]
 
 #: Docker's aufs stacks at most 127 layers (a 65-byte line each); 1 MiB is far beyond.
 MAX_BYTES = 1 << 20
@@ -52,26 +52,33 @@ def _kind(mode: int) -> str:
 def read_bytes(path: str) -> bytes:
     """The content of the layer file ``path``; FileNotFoundError if there is none,
     StoreCorruptError if it is no regular file or too large."""
+    return read_store_file(path)
+
+
+def read_store_file(path: str, limit: int = MAX_BYTES, what: str = "layer file") -> bytes:
+    """The content of the store's own file ``path`` (``what``, for errors), read without
+    following a symlink or blocking on a FIFO; FileNotFoundError if there is none,
+    StoreCorruptError if it is no regular file or larger than ``limit``."""
     try:
         fd = os.open(path, _O_READ)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise StoreCorruptError(f"{path}: is a symlink, not a layer file") from None
+            raise StoreCorruptError(f"{path}: is a symlink, not a {what}") from None
         if exc.errno == errno.ENXIO:  # a socket
-            raise StoreCorruptError(f"{path}: is a socket, not a layer file") from None
+            raise StoreCorruptError(f"{path}: is a socket, not a {what}") from None
         raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise StoreCorruptError(f"{path}: is {_kind(st.st_mode)}, not a layer file")
-        if st.st_size > MAX_BYTES:
-            raise StoreCorruptError(f"{path}: {st.st_size} bytes, too large for a layer file")
+            raise StoreCorruptError(f"{path}: is {_kind(st.st_mode)}, not a {what}")
+        if st.st_size > limit:
+            raise StoreCorruptError(f"{path}: {st.st_size} bytes, too large for a {what}")
         chunks: list[bytes] = []
         size = 0
         while chunk := os.read(fd, 1 << 16):
             size += len(chunk)
-            if size > MAX_BYTES:
-                raise StoreCorruptError(f"{path}: too large for a layer file")
+            if size > limit:
+                raise StoreCorruptError(f"{path}: too large for a {what}")
             chunks.append(chunk)
     finally:
         os.close(fd)

@@ -24,6 +24,8 @@ import os
 from dataclasses import dataclass
 
 from aufs._sys.files import write_atomic
+from aufs.errors import DriverError
+from aufs.store.chain import read_store_file
 from aufs.store.layout import Layout
 
 __all__ = ["ImageMeta", "forget", "nearest", "read", "write"]
@@ -60,12 +62,14 @@ def write(layout: Layout, layer_id: str, meta: ImageMeta) -> None:
     write_atomic(layout.image(layer_id), json.dumps(doc).encode() + b"\n")
 
 
+RECORD_LIMIT = 64 << 20  # an image's config and manifest: JSON, far below this
+
+
 def read(layout: Layout, layer_id: str) -> ImageMeta | None:
     """The image kept for ``layer_id``, or None."""
     try:
-        with open(layout.image(layer_id), "rb") as f:
-            doc = json.loads(f.read())
-    except (OSError, ValueError):
+        doc = json.loads(read_store_file(layout.image(layer_id), RECORD_LIMIT, "image record"))
+    except (OSError, ValueError, DriverError):
         return None
     if not isinstance(doc, dict):
         return None

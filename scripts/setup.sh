@@ -7,6 +7,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends \
     fuse-overlayfs fuse3 libarchive13 libarchive-tools skopeo umoci e2fsprogs \
-    docker.io docker-registry busybox-static debootstrap >/dev/null
+    docker.io docker-registry busybox-static podman debootstrap >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -8,6 +8,7 @@ Never the system's daemon: the client always talks to our own socket (``-H``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -124,9 +125,12 @@ def dockerd(base: Path, storage_driver: str, *, extra: Sequence[str] = (),
     base.mkdir(parents=True, exist_ok=True)
     data, exec_root = base / "data", base / "exec"
     sock, pidfile, log = base / "docker.sock", base / "docker.pid", base / "dockerd.log"
+    config = base / "daemon.json"  # its own, not /etc/docker's
+    config.write_text(json.dumps({"deprecated-key-path": str(base / "key.json")}))  # not in /etc
     argv = [DOCKERD, "--data-root", str(data), "--exec-root", str(exec_root),
             "-H", f"unix://{sock}", "--pidfile", str(pidfile), "--iptables=false",
-            "--bridge=none", "--ip-masq=false", "-s", storage_driver, *extra]
+            "--bridge=none", "--ip-masq=false", "-s", storage_driver,
+            "--config-file", str(config), *extra]
     if experimental:
         argv.append("--experimental")
     with open(log, "ab") as logf:

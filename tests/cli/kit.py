@@ -38,15 +38,27 @@ class Aufs:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def run(self, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None,
-            root: bool = True) -> Result:
+    def _argv(self, args: tuple[str, ...], root: bool = True) -> list[str]:
         argv = [sys.executable, "-m", "aufs"]
         if root:
             argv += ["--root", str(self.root)]
+        return [*argv, *args]
+
+    @staticmethod
+    def _env(env: dict[str, str] | None = None) -> dict[str, str]:
         # This checkout's package, whatever the editable install points at.
         path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
-        p = subprocess.run([*argv, *args], input=stdin, capture_output=True, timeout=120,
-                           env={**os.environ, "PYTHONPATH": path, **(env or {})}, check=False)
+        return {**os.environ, "PYTHONPATH": path, **(env or {})}
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        """``aufs --root ROOT ARGS`` started, its stdout and stderr pipes (text)."""
+        return subprocess.Popen(self._argv(args), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=self._env())
+
+    def run(self, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None,
+            root: bool = True) -> Result:
+        p = subprocess.run(self._argv(args, root), input=stdin, capture_output=True,
+                           timeout=120, env=self._env(env), check=False)
         return Result(p.returncode, p.stdout.decode(errors="replace"),
                       p.stderr.decode(errors="replace"), p.stdout)
 

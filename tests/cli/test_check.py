@@ -13,6 +13,13 @@ from tests.conftest import require_engine
 from tests.engines.test_convert_support import build_docker_store, snapshot
 
 
+@pytest.fixture(autouse=True)
+def _overlay_here(request: pytest.FixtureRequest) -> None:
+    """The tests that force ``--engine overlay`` skip where it cannot run."""
+    if "docker_store" not in request.node.name:
+        require_engine("overlay")
+
+
 def _damage(cli: Aufs, outside: Path) -> None:
     """Every kind of problem the check knows that a store can hold without a mount."""
     root = cli.root

@@ -27,11 +27,12 @@ from tests import daemons
 from tests.cli.kit import Aufs, layer
 
 SKOPEO = shutil.which("skopeo")
-BUSYBOX = "/bin/busybox"
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 
 pytestmark = pytest.mark.skipif(
-    daemons.skip_reason_registry() is not None or SKOPEO is None,
-    reason=daemons.skip_reason_registry() or "skopeo not installed")
+    daemons.skip_reason_registry() is not None or SKOPEO is None
+    or not os.path.exists(BUSYBOX),
+    reason=daemons.skip_reason_registry() or "skopeo or busybox not installed")
 
 
 def _sha(data: bytes) -> str:

@@ -204,3 +204,11 @@ def test_plugin_refuses_to_start_a_new_store_beside_a_legacy_one(tmp_path: Path)
                                           f"stop dockerd and run aufs docker-adopt"):
         plugin.init({"Home": str(data / NAME)})
     assert not (data / NAME).exists()
+
+
+def test_a_container_config_that_is_no_object_is_a_clear_refusal(tmp_path: Path) -> None:
+    data = legacy(tmp_path / "docker")
+    (data / "containers" / "c9").mkdir()
+    (data / "containers" / "c9" / "config.v2.json").write_text("[1, 2]")
+    with pytest.raises(adopt.AdoptError, match="not a container config"):
+        adopt.run(str(data), NAME)

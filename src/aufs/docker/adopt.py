@@ -240,6 +240,8 @@ def _retag_containers(data: str, source: str, target: str) -> list[str]:
                 continue
             except (OSError, ValueError) as exc:
                 raise AdoptError(f"{path} is unreadable: {exc}") from exc
+            if not isinstance(config, dict):
+                raise AdoptError(f"{path} is not a container config (no JSON object)")
             driver = config.get("Driver")
             # dockerd restores a container without a Driver under aufs only.
             if driver == source or (source == LEGACY and not driver):

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from aufs.archive import ArchiveError
+from aufs.docker.adopt import AdoptError
 from aufs.docker.plugin import Body, GraphDriverPlugin, PluginError, RequestError
 from aufs.graphdriver import DriverError
 
@@ -67,7 +68,8 @@ def _error_text(exc: BaseException) -> str:
 
 def _failure(method: str, exc: BaseException) -> Body:
     """``{"Err": ...}`` for an exception; an unexpected one is logged with its traceback."""
-    if not isinstance(exc, DriverError | ArchiveError | PluginError | ValueError | OSError):
+    if not isinstance(exc, DriverError | ArchiveError | PluginError | AdoptError | ValueError
+                      | OSError):
         log.error("%s failed", method, exc_info=exc)
         return {"Err": f"internal error in the {method} call: {type(exc).__name__}: {exc}"}
     log.info("%s: %s", method, _error_text(exc))

@@ -8,12 +8,16 @@ Never the system's daemon: the client always talks to our own socket (``-H``).
 from __future__ import annotations
 
 import contextlib
+import gzip
+import hashlib
+import io
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -201,3 +205,24 @@ def registry(base: Path, *, htpasswd: Path | None = None,
         yield Registry(base, proc, port)
     finally:
         _stop(proc, 10)
+
+
+def layer_diff_ids(archive: bytes) -> tuple[list[str], list[str]]:
+    """A docker-archive's layers hashed here (sha256 of each uncompressed tar, in manifest
+    order) and its config's ``rootfs.diff_ids``: equal iff the tars are the image's layers.
+    ``docker load`` skips a layer whose chain id the daemon already has without reading its
+    tar, so a load alone proves nothing about the tars."""
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+        def read(name: str) -> bytes:
+            f = tar.extractfile(name)
+            assert f is not None, name
+            return f.read()
+        manifest = json.loads(read("manifest.json"))[0]
+        config = json.loads(read(manifest["Config"]))
+        hashed = []
+        for name in manifest["Layers"]:
+            data = read(name)
+            if data[:2] == b"\x1f\x8b":
+                data = gzip.decompress(data)
+            hashed.append("sha256:" + hashlib.sha256(data).hexdigest())
+        return hashed, list(config["rootfs"]["diff_ids"])

@@ -106,3 +106,15 @@ def driver(store_root: Path, engine: str) -> Iterator[aufs.Driver]:
         yield d
     finally:
         d.cleanup()
+
+
+@pytest.fixture
+def overlay_driver(store_root: Path) -> Iterator[aufs.Driver]:
+    """A driver on a fresh store at ``store_root`` with kernel overlayfs (skips where it
+    cannot run): for tests about the store itself, not about engines."""
+    require_engine("overlay")
+    d = aufs.init(store_root, ["aufs.engine=overlay"])
+    try:
+        yield d
+    finally:
+        d.cleanup()

@@ -9,7 +9,6 @@ union, never a raw exception.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,8 @@ from tests.conftest import require_engine
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[aufs.Driver]:
-    require_engine("overlay")
-    d = aufs.init(tmp_path / "s", ["aufs.engine=overlay"])
-    try:
-        yield d
-    finally:
-        d.cleanup()
+def store(overlay_driver: aufs.Driver) -> aufs.Driver:
+    return overlay_driver
 
 
 @pytest.fixture
@@ -143,7 +137,7 @@ def test_a_removal_marker_named_dot_dot_destroys_nothing(tmp_path: Path) -> None
     """``layers/..-removing`` used to make the next command remove ``diff/..`` — the
     store root — and, with ``diff/`` a symlink to another disk, what lies beside it."""
     require_engine("overlay")
-    root = tmp_path / "s"
+    root = tmp_path / "store"
     d = aufs.init(root, ["aufs.engine=overlay"])
     d.create("a")
     (Path(d.layout.diff("a")) / "data").write_text("keep")

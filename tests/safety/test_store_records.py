@@ -5,25 +5,17 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import aufs
 from aufs.errors import LayerMountedError
 from aufs.store import images
-from tests.conftest import require_engine
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[aufs.Driver]:
-    require_engine("overlay")
-    d = aufs.init(tmp_path / "store", ["aufs.engine=overlay"])
-    try:
-        yield d
-    finally:
-        d.cleanup()
+def store(overlay_driver: aufs.Driver) -> aufs.Driver:
+    return overlay_driver
 
 
 @pytest.mark.parametrize("swap", ["fifo", "symlink to /dev/zero", "too large"])

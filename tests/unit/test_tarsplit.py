@@ -10,14 +10,13 @@ import os
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import aufs
 from aufs.archive import tarsplit
-from tests.conftest import require_engine
 
 MTIME = 1_500_000_000
 
@@ -72,13 +71,8 @@ def _gnu_tar(tmp: Path) -> bytes:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[aufs.Driver]:
-    require_engine("overlay")
-    d = aufs.init(tmp_path / "store", ["aufs.engine=overlay"])
-    try:
-        yield d
-    finally:
-        d.cleanup()
+def store(overlay_driver: aufs.Driver) -> aufs.Driver:
+    return overlay_driver
 
 
 def _apply(d: aufs.Driver, layer_id: str, data: bytes, parent: str = "") -> None:

@@ -116,16 +116,23 @@ def _into_cat(write: Callable[[int], object]) -> None:
         cat.wait()
 
 
-def bench_diff(mnt: str, report: Report, reps: int) -> None:
-    """Warm and cold diffs of the corpus's base layer, against GNU tar into ``| cat``."""
-    root = os.path.join(mnt, "store-diff")
-    tarball = os.path.join(mnt, "base.tar")
+def _base_store(mnt: str, root: str, tar_name: str) -> aufs.Driver:
+    """A store at ``root`` whose layer ``base`` is the corpus's base layer, applied from a
+    copy ``tar_name`` of its tarball on the bench filesystem (kept); released."""
+    tarball = os.path.join(mnt, tar_name)
     shutil.copyfile(corpus.base_tarball(), tarball)
     d = aufs.init(root)
     d.create("base")
     with open(tarball, "rb") as f:
         d.apply_diff("base", "", f)
     d.cleanup()
+    return d
+
+
+def bench_diff(mnt: str, report: Report, reps: int) -> None:
+    """Warm and cold diffs of the corpus's base layer, against GNU tar into ``| cat``."""
+    root = os.path.join(mnt, "store-diff")
+    d = _base_store(mnt, root, "base.tar")
     env = _child_env()
     layer = d.layout.diff("base")
     tar = Job("tar -cf - | cat", lambda: subprocess.run(
@@ -159,14 +166,8 @@ def bench_export(mnt: str, report: Report, reps: int) -> None:
     """``aufs export`` (OCI, gzip level 6 / zstd / none) of the corpus's base layer against
     ``skopeo copy docker-archive: oci-archive:`` of the same image; peak RSS."""
     root = os.path.join(mnt, "store-export")
-    tarball = os.path.join(mnt, "export-base.tar")
-    shutil.copyfile(corpus.base_tarball(), tarball)
-    d = aufs.init(root)
-    d.create("base")
-    with open(tarball, "rb") as f:
-        d.apply_diff("base", "", f)
-    d.cleanup()
-    os.unlink(tarball)
+    _base_store(mnt, root, "export-base.tar")
+    os.unlink(os.path.join(mnt, "export-base.tar"))
     env = _child_env()
     archive = os.path.join(mnt, "image-docker.tar")
     subprocess.run([sys.executable, "-m", "aufs", "--root", root, "export", "base",

@@ -105,12 +105,7 @@ def check(layout: Layout) -> Report:
         for name in _names(top):
             path = os.path.join(top, name)
             if name.endswith(REMOVING_SUFFIX):
-                if recover.removing_id(name) is None:
-                    report.add("bad-name", path, f"{_rel(layout, path)}: names no layer "
-                               f"(invalid id)")
-                else:
-                    report.add("removing", path, f"{_rel(layout, path)}: left by an "
-                               f"unfinished removal")
+                _removing(layout, report, path, name)
             elif not is_valid_id(name):
                 report.add("bad-name", path, f"{_rel(layout, path)}: not a layer id")
             elif name not in layer_ids:
@@ -167,18 +162,21 @@ def _is_file(path: str) -> bool:
     return _lstat_is(path, stat.S_ISREG)
 
 
+def _removing(layout: Layout, report: Report, path: str, name: str) -> None:
+    """A ``<id>-removing`` leftover at ``path``: an unfinished removal, or a bad name."""
+    if recover.removing_id(name) is None:
+        report.add("bad-name", path, f"{_rel(layout, path)}: names no layer (invalid id)")
+    else:
+        report.add("removing", path, f"{_rel(layout, path)}: left by an unfinished removal")
+
+
 def _check_layers(layout: Layout, report: Report) -> set[str]:
     """Problems of ``layers/``; returns the ids of the layers (damaged ones too)."""
     ids: set[str] = set()
     for name in _names(layout.layers_dir):
         path = os.path.join(layout.layers_dir, name)
         if name.endswith(REMOVING_SUFFIX):
-            if recover.removing_id(name) is None:
-                report.add("bad-name", path, f"{_rel(layout, path)}: names no layer "
-                           f"(invalid id)")
-            else:
-                report.add("removing", path, f"{_rel(layout, path)}: left by an "
-                           f"unfinished removal")
+            _removing(layout, report, path, name)
             continue
         if "~" in name:
             report.add("temp", path, f"{_rel(layout, path)}: an unfinished write")

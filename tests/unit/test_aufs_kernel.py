@@ -214,6 +214,28 @@ def test_a_chain_over_the_limit_is_refused_naming_it(monkeypatch: pytest.MonkeyP
     assert kernel.branches == limit
 
 
+def test_an_interrupt_between_appends_leaves_no_half_stack(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or any non-OSError) after the first spec mounted: the partial union goes."""
+    kernel = _Kernel(1000)
+    calls = 0
+
+    def run(spec: MountSpec) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise KeyboardInterrupt
+        kernel.run(spec)
+
+    monkeypatch.setattr(sysmount, "run", run)
+    monkeypatch.setattr(aufs_engine, "unmount", kernel.unmount)
+    engine = aufs_engine.AufsEngine(layout=None,  # type: ignore[arg-type]
+                                    caps=aufs_engine.AufsCaps(dirperm1=True, auplink=None))
+    with pytest.raises(KeyboardInterrupt):
+        engine.mount(Branches(target="/m", rw="/r", lowers=tuple(_lowers(200))))
+    assert kernel.unmounted and kernel.branches == 0
+
+
 def test_other_mount_errors_pass_through(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(spec: MountSpec) -> None:
         raise sysmount.MountError(errno.EINVAL, "Invalid argument", spec)

@@ -126,10 +126,11 @@ class AufsEngine:
             for spec in specs:
                 sysmount.run(spec)
                 done += branch_count(spec)
-        except OSError as exc:
+        except BaseException as exc:  # a signal between two appends must not leave half a stack
             with contextlib.suppress(OSError):
                 unmount(branches.target, self.caps.auplink)
-            if exc.errno == errno.ENOSPC:  # one branch more than the kernel stacks
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                # one branch more than the kernel stacks
                 limit = done or self.caps.branch_max or aufs_kernel.DEFAULT_BRANCH_MAX
                 raise ChainTooLongError(too_long_message(len(branches.lowers), limit)) from exc
             raise

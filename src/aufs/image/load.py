@@ -258,7 +258,8 @@ def _size(desc: dict[str, Any]) -> int | None:
     return size if isinstance(size, int) and size >= 0 else None
 
 
-def _blob(digest: str) -> str:
+def blob_path(digest: str) -> str:
+    """Where an OCI image layout keeps the blob of ``digest``."""
     algorithm, _, hexpart = digest.partition(":")
     return f"blobs/{algorithm}/{hexpart}"
 
@@ -304,17 +305,17 @@ def _read_oci(src: Source) -> Image:
         if desc.get("mediaType") not in (OCI_INDEX, DOCKER_LIST):
             break
         digest = _digest(desc, "index.json")
-        nested = _read_json(src, _blob(digest), digest, _size(desc))
+        nested = _read_json(src, blob_path(digest), digest, _size(desc))
         desc = _pick(nested.get("manifests", []) if isinstance(nested, dict) else [], digest)
     digest = _digest(desc, "index.json")
-    raw_manifest = _read_raw(src, _blob(digest), digest, _size(desc))
+    raw_manifest = _read_raw(src, blob_path(digest), digest, _size(desc))
     manifest = json.loads(raw_manifest)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), list):
         raise ImageError(f"manifest {digest}: no layers list")
     config_desc = manifest.get("config")
     config_digest = _digest(config_desc, f"manifest {digest} config")
     assert isinstance(config_desc, dict)
-    raw_config = _read_raw(src, _blob(config_digest), config_digest, _size(config_desc))
+    raw_config = _read_raw(src, blob_path(config_digest), config_digest, _size(config_desc))
     diff_ids = _diff_ids(json.loads(raw_config), f"config {config_digest}")
     layers = manifest["layers"]
     if len(layers) != len(diff_ids):
@@ -323,7 +324,7 @@ def _read_oci(src: Source) -> Image:
     layer_refs = []
     for i, (ld, diff_id) in enumerate(zip(layers, diff_ids, strict=True)):
         ldigest = _digest(ld, f"manifest {digest} layer {i}")
-        layer_refs.append(LayerRef(_blob(ldigest), ldigest, _size(ld), diff_id))
+        layer_refs.append(LayerRef(blob_path(ldigest), ldigest, _size(ld), diff_id))
     media_type = manifest.get("mediaType") or desc.get("mediaType") or OCI_MANIFEST
     return Image(tuple(layer_refs), raw_config, raw_manifest,
                  media_type if isinstance(media_type, str) else OCI_MANIFEST, refs)

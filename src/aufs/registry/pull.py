@@ -61,11 +61,6 @@ class _Downloading:
         return self._dir.open(name)
 
 
-def _blob_name(digest: str) -> str:
-    algorithm, _, hexpart = digest.partition(":")
-    return f"blobs/{algorithm}/{hexpart}"
-
-
 def resolve(repo: Repository, ref: Reference, want: manifest.Platform
             ) -> tuple[manifest.Manifest, bytes, str]:
     """The image manifest ``ref`` names for ``want``: parsed, its bytes and digest."""
@@ -125,7 +120,8 @@ def pull(driver: Driver, ref: Reference, *, platform: manifest.Platform | None =
                                   staging, events)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    blobinfo.remember(driver.layout, ref.host, ref.path, image.layers, diff_ids)
+    with driver.locked():  # a push or pull beside this one writes the same record
+        blobinfo.remember(driver.layout, ref.host, ref.path, image.layers, diff_ids)
     events.emit("pulled", id=top, digest=digest, reference=ref.familiar())
     return Pulled(top, digest, len(image.layers), fetched)
 
@@ -141,8 +137,8 @@ def _layout(staging: str, data: bytes, digest: str, config: bytes,
             f.write(content)
 
     put("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-    put(_blob_name(digest), data)
-    put(_blob_name(image.config.digest), config)
+    put(load.blob_path(digest), data)
+    put(load.blob_path(image.config.digest), config)
     desc = {"mediaType": image.media_type, "digest": digest, "size": len(data),
             "annotations": {_REF_NAME: name}}
     put("index.json", json.dumps({"schemaVersion": 2, "manifests": [desc]}).encode())
@@ -160,7 +156,7 @@ def _store(driver: Driver, repo: Repository, image: manifest.Manifest, data: byt
             wanted.setdefault(layer.digest, layer)
 
     def download(layer: manifest.Descriptor) -> None:
-        path = os.path.join(staging, _blob_name(layer.digest))
+        path = os.path.join(staging, load.blob_path(layer.digest))
         where = f"{repo.name}: blob {layer.digest}"
         events.layer(layer.digest, "downloading", size=layer.size)
         with events.transfer("download", layer.digest, layer.size) as on_bytes:
@@ -171,7 +167,7 @@ def _store(driver: Driver, repo: Repository, image: manifest.Manifest, data: byt
 
     os.makedirs(os.path.join(staging, "blobs", "sha256"), exist_ok=True)
     with cf.ThreadPoolExecutor(PARALLEL, thread_name_prefix="aufs-pull") as pool:
-        pending = {_blob_name(d): pool.submit(download, layer) for d, layer in wanted.items()}
+        pending = {load.blob_path(d): pool.submit(download, layer) for d, layer in wanted.items()}
         try:
             src = _Downloading(staging, pending)
             parsed = load.read_image(src)

@@ -421,7 +421,7 @@ class Driver:
                 from aufs.graphdriver import naive  # the tar and apply code: only here
 
                 return naive.naive_diff(self, id, parent)
-            return export.export_layer(self.layout.diff(id))
+            return export.export_layer(self.store.data_dir(id))
 
     def changes(self, id: str, parent: str = "") -> list[Change]:
         from aufs.archive import changes
@@ -432,8 +432,8 @@ class Driver:
                 from aufs.graphdriver import naive
 
                 return naive.naive_changes(self, id, parent)
-            lowers = [self.layout.diff(p) for p in chain]
-            return changes.layer_changes(lowers, self.layout.diff(id))
+            lowers = [self.store.data_dir(p) for p in chain]
+            return changes.layer_changes(lowers, self.store.data_dir(id))
 
     def diff_size(self, id: str, parent: str = "") -> int:
         from aufs.archive import changes
@@ -443,7 +443,7 @@ class Driver:
                 from aufs.graphdriver import naive
 
                 return naive.naive_diff_size(self, id, parent)
-            return changes.diff_size(self.layout.diff(id))
+            return changes.diff_size(self.store.data_dir(id))
 
     def apply_diff(self, id: str, parent: str, stream: IO[bytes]) -> int:
         self.parents(id)

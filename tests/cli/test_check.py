@@ -131,3 +131,24 @@ def test_a_docker_store_checks_clean_without_a_byte_changing(
     assert before == {top: snapshot(root / top) for top in ("layers", "diff", "mnt")}
     if opened:
         docker.ok("cleanup")
+
+
+def test_a_diff_symlink_out_of_the_store_is_refused_and_removable(cli: Aufs,
+                                                                  tmp_path: Path) -> None:
+    """``diff/<id>`` swapped for a symlink to a host directory: never stacked, read or
+    written through; check names it; ``rm`` drops the link and nothing behind it."""
+    outside = tmp_path / "host"
+    outside.mkdir()
+    (outside / "passwd").write_text("root:x:0:0\n")
+    cli.ok("--engine", "overlay", "create", "a")
+    cli.ok("create", "b", "--parent", "a")
+    os.rmdir(cli.root / "diff" / "b")
+    os.symlink(outside, cli.root / "diff" / "b")
+    r = cli.run("check", "--json")
+    assert r.code == 1 and [p["kind"] for p in r.json()["problems"]] == ["bad-diff"]
+    for args in (["mount", "b"], ["diff", "b"], ["changes", "b"], ["size", "b"]):
+        line = cli.fails(1, *args)
+        assert "not where a migration leaves a layer" in line, args
+    cli.ok("rm", "b")
+    assert sorted(os.listdir(outside)) == ["passwd"]
+    assert cli.run("check").code == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from aufs.archive import Change, ChangeKind
-from aufs.errors import LayerInUseError, LayerNotFoundError
+from aufs.errors import LayerInUseError, LayerNotFoundError, StoreCorruptError
 from aufs.union.base import Branches
 from tests.fake_engine import driver_with_fake_engine
 
@@ -45,14 +45,42 @@ def test_get_asks_for_the_chain_nearest_first(tmp_path: Path) -> None:
 def test_a_migrated_layer_gets_its_work_dir_beside_its_data(tmp_path: Path) -> None:
     d, engine = driver_with_fake_engine(tmp_path / "store")
     d.create("base")
-    elsewhere = tmp_path / "old-graph" / "layer"
+    elsewhere = tmp_path / "docker" / "graph" / "child" / "layer"
     elsewhere.mkdir(parents=True)
     os.symlink(elsewhere, d.layout.diff("child"))  # what migrate leaves when it cannot rename
     d.create("child", "base")
     d.get("child")
     (_, branches), = engine.calls
     assert isinstance(branches, Branches)
-    assert branches.work == str(tmp_path / "old-graph" / ".layer.aufs-work")
+    assert branches.work == str(elsewhere.parent / ".layer.aufs-work")
+
+
+@pytest.mark.parametrize("target", [
+    "/etc",                                   # a host directory as the rw branch
+    "{t}/docker/graph/other/layer",           # another id's data
+    "{t}/docker/graph/child/../child/layer",  # not normalized
+    "graph/child/layer",                      # relative: resolved against diff/
+    "{t}/docker/graph/child/swapped",         # the right shape, a symlink to /etc below
+])
+def test_a_tampered_migration_symlink_is_refused_everywhere(tmp_path: Path, target: str) -> None:
+    """``diff/<id>`` may be a symlink only as migrate leaves one; anything else would stack
+    or read a directory outside the store: every entry point refuses it, naming it."""
+    d, engine = driver_with_fake_engine(tmp_path / "store")
+    d.create("base")
+    for name in ("child", "other"):
+        (tmp_path / "docker" / "graph" / name / "layer").mkdir(parents=True)
+    os.symlink("/etc", tmp_path / "docker" / "graph" / "child" / "swapped")
+    if target.endswith("swapped"):  # …/graph/child/layer itself a symlink to /etc
+        (tmp_path / "docker" / "graph" / "child" / "layer").rmdir()
+        os.symlink("/etc", tmp_path / "docker" / "graph" / "child" / "layer")
+        target = "{t}/docker/graph/child/layer"
+    os.symlink(target.format(t=tmp_path), d.layout.diff("child"))
+    d.create("child", "base")
+    for call in (lambda: d.get("child"), lambda: d.diff("child").close(),
+                 lambda: d.changes("child"), lambda: d.diff_size("child")):
+        with pytest.raises(StoreCorruptError, match="not where a migration leaves a layer"):
+            call()
+    assert engine.calls == []  # nothing was mounted
 
 
 def test_remove_asks_the_engine_to_forget_and_renames_first(tmp_path: Path) -> None:

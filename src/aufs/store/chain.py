@@ -10,6 +10,10 @@ a filesystem that lost a write, a disk error) or tampered with (``layers/b`` lis
 - it must be UTF-8, at most :data:`MAX_BYTES`, one valid layer id a line (blank lines
   and surrounding white space are tolerated, as the seed's reader did);
 - no id may appear twice, nor the layer itself (a cycle);
+- ``diff/<id>`` may be a symlink only as a migration leaves one (:func:`relocated_dir`):
+  to the absolute path of the old graph's ``…/graph/<id>/layer`` or
+  ``…/containers/<id>/rw`` of the same id; ``diff/b`` pointing at ``/etc`` would make
+  ``/etc`` the rw branch of ``b``'s union;
 - :func:`read_verified` also checks that the direct parent's own file lists exactly the
   rest of the chain, and that every ancestor exists — what a union would be built from.
 
@@ -27,7 +31,7 @@ from aufs.errors import StoreCorruptError
 from aufs.store.layout import Layout, is_valid_id
 
 __all__ = ["MAX_BYTES", "check_dirs", "dir_problem", "first_parent", "not_a_dir", "parse",
-           "read_chain", "read_store_file", "read_verified"]
+           "read_chain", "read_store_file", "read_verified", "relocated_dir"]
 
 #: Docker's aufs stacks at most 127 layers (a 65-byte line each); 1 MiB is far beyond.
 MAX_BYTES = 1 << 20
@@ -161,16 +165,45 @@ def first_parent(layout: Layout, layer_id: str) -> str | None:
     return ""
 
 
+#: Where a pre-0.7 Docker graph kept a layer's files, as ``(dir, leaf)`` around its id:
+#: the only places a migration's ``diff/<id>`` symlink may point to.
+_MIGRATED_FROM = (("graph", "layer"), ("containers", "rw"))
+
+
+def _migrated_shape(path: str, layer_id: str) -> bool:
+    parts = path.split("/")
+    return len(parts) >= 4 and (parts[-3], parts[-1]) in _MIGRATED_FROM and \
+        parts[-2] == layer_id
+
+
+def relocated_dir(layout: Layout, layer_id: str) -> str:
+    """The directory a migration's ``diff/<id>`` symlink stands for, checked before it is
+    used (StoreCorruptError if not): the link names an absolute, normalized
+    ``…/graph/<id>/layer`` or ``…/containers/<id>/rw`` of this very id, and so does the
+    real path it resolves to (no symlink swapped in further down)."""
+    link = layout.diff(layer_id)
+    target = os.readlink(link)
+    real = os.path.realpath(target)
+    if not (os.path.isabs(target) and os.path.normpath(target) == target
+            and _migrated_shape(target, layer_id) and _migrated_shape(real, layer_id)):
+        raise StoreCorruptError(
+            f"{link}: a symlink to {target!r}, which is not where a migration leaves a "
+            f"layer (an absolute …/graph/{layer_id}/layer or …/containers/{layer_id}/rw)")
+    return real
+
+
 def dir_problem(layout: Layout, layer_ids: list[str]) -> str | None:
     """Why the data directory of one of ``layer_ids`` cannot be used, or None:
     ``diff/<id>`` must be a directory (or, for a layer migrated in place, a symlink
-    to one)."""
+    to one that :func:`relocated_dir` accepts)."""
     for layer_id in layer_ids:
         path = layout.diff(layer_id)
         try:
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
-                st = os.stat(path)
+                st = os.stat(relocated_dir(layout, layer_id))
+        except StoreCorruptError as exc:
+            return str(exc)
         except FileNotFoundError:
             return f"{path}: missing (the files of layer {layer_id})"
         except OSError as exc:

@@ -11,6 +11,10 @@ kind                what                                        ``--repair``
                     missing parent, a chain that disagrees      line 1 names a sound
                     with the parent's own file                  parent; else left
 ``missing-diff``    a layer without ``diff/<id>``               left
+``bad-diff``        ``diff/<id>`` neither a directory nor a     left
+                    migration's symlink (to an absolute
+                    ``…/graph/<id>/layer`` or
+                    ``…/containers/<id>/rw``)
 ``bad-name``        an entry under ``layers/``, ``diff/``,      a marker file in
                     ``mnt/``, ``.aufs/refs/`` whose name is no  ``layers/`` or a refs
                     layer id (``..-removing``)                  file removed; else left
@@ -197,6 +201,9 @@ def _check_layers(layout: Layout, report: Report) -> set[str]:
         if not os.path.lexists(layout.diff(name)):
             report.add("missing-diff", layout.diff(name),
                        f"layer {name} has no {_rel(layout, layout.diff(name))}", name)
+        elif (problem := chains.dir_problem(layout, [name])) is not None:
+            report.add("bad-diff", layout.diff(name), problem.replace(layout.root + "/", ""),
+                       name)
     return ids
 
 

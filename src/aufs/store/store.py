@@ -56,9 +56,9 @@ class Store:
 
     def data_dir(self, id: str) -> str:
         """Where the layer's files are: ``diff/<id>``, or where it points if it is a
-        migration's symlink."""
+        migration's symlink (checked: :func:`aufs.store.chain.relocated_dir`)."""
         rw = self.layout.diff(id)
-        return os.path.realpath(rw) if os.path.islink(rw) else rw
+        return chains.relocated_dir(self.layout, id) if os.path.islink(rw) else rw
 
     def work(self, id: str) -> str:
         """The union's work dir, which must be on the rw branch's mount: a layer migrated

@@ -25,9 +25,10 @@ import os
 import signal
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 
@@ -94,6 +95,48 @@ async def _in_thread(request: web.Request, fn: Callable[..., T], *args: Any) -> 
     return await loop.run_in_executor(request.app[_POOL], fn, *args)
 
 
+class _Handoff(Generic[T]):
+    """A worker's result and the handler that waits for it: whichever comes second of
+    "the result is there" and "the handler was cancelled" undoes the result."""
+
+    def __init__(self, undo: Callable[[T], object]) -> None:
+        self._undo = undo
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._result: list[T] = []
+
+    def deliver(self, result: T) -> T:  # in the worker
+        with self._lock:
+            abandoned = self._abandoned
+            if not abandoned:
+                self._result.append(result)
+        if abandoned:
+            self._undo(result)
+        return result
+
+    def abandon(self) -> None:  # in the handler, on cancellation
+        with self._lock:
+            self._abandoned = True
+            left = self._result
+        for result in left:
+            self._undo(result)
+
+
+async def _in_thread_undoable(request: web.Request, fn: Callable[[Body], T], body: Body,
+                              undo: Callable[[T], object]) -> T:
+    """``fn(body)`` in a worker; if the handler is cancelled while it runs (aiohttp's
+    shutdown timeout ran out), what it made is undone once it is made: a ``Get``'s
+    reference that dockerd never learnt of (so never puts), a ``Diff``'s open stream."""
+    handoff: _Handoff[T] = _Handoff(undo)
+    future = asyncio.get_running_loop().run_in_executor(
+        request.app[_POOL], lambda: handoff.deliver(fn(body)))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        handoff.abandon()
+        raise
+
+
 # -- handlers ---------------------------------------------------------------------------
 
 async def _activate(request: web.Request) -> web.Response:
@@ -111,7 +154,10 @@ async def _call(request: web.Request) -> web.Response:
     started = time.monotonic()
     try:
         body = await _read_json(request)
-        answer = await _in_thread(request, handler, body)
+        if method == "Get":
+            answer = await _in_thread_undoable(request, handler, body, lambda _: plugin.put(body))
+        else:
+            answer = await _in_thread(request, handler, body)
     except RequestError as exc:
         return _json({"Err": str(exc)}, 400)
     except Exception as exc:
@@ -127,7 +173,7 @@ async def _diff(request: web.Request) -> web.StreamResponse:
     try:
         body = await _read_json(request)
         log.debug("Diff %s: starting", body.get("ID", ""))
-        stream = await _in_thread(request, plugin.diff, body)
+        stream = await _in_thread_undoable(request, plugin.diff, body, lambda s: s.close())
     except RequestError as exc:
         return _json({"Err": str(exc)}, 400)
     except Exception as exc:

@@ -165,6 +165,14 @@ def test_refusals(tmp_path: Path) -> None:
     with pytest.raises(adopt.AdoptError, match="interrupted run between aufs and other"):
         adopt.run(str(data), NAME, undo=True)
     (data / adopt.JOURNAL).unlink()
+    os.mkfifo(data / adopt.JOURNAL)  # read without waiting for a writer
+    with pytest.raises(adopt.AdoptError, match="is unreadable: .* is a FIFO"):
+        adopt.run(str(data), NAME, undo=True)
+    (data / adopt.JOURNAL).unlink()
+    (data / adopt.JOURNAL).symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(adopt.AdoptError, match="is unreadable: .* is a symlink"):
+        adopt.run(str(data), NAME, undo=True)
+    (data / adopt.JOURNAL).unlink()
     empty = tmp_path / "empty"
     (empty / "aufs").mkdir(parents=True)
     with pytest.raises(adopt.AdoptError, match="has no layers/"):

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 from aufs._sys import mountinfo
 from aufs._sys.files import write_atomic
+from aufs.errors import StoreCorruptError
+from aufs.store.chain import read_store_file
 
 __all__ = ["JOURNAL", "LEGACY", "AdoptError", "Report", "is_legacy", "pending", "run"]
 
@@ -74,12 +76,12 @@ class Report:
 
 def pending(data_root: str) -> dict[str, str] | None:
     """The journal of an unfinished adoption of ``data_root``, if there is one."""
-    try:
-        with open(os.path.join(data_root, JOURNAL), encoding="utf-8") as f:
-            raw = json.load(f)
+    try:  # never through a symlink, never waiting on a FIFO, bounded
+        raw = json.loads(read_store_file(os.path.join(data_root, JOURNAL), 1 << 16,
+                                         "adoption journal"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, StoreCorruptError) as exc:
         raise AdoptError(f"{data_root}/{JOURNAL} is unreadable: {exc}") from exc
     if not isinstance(raw, dict) or not {"from", "to"} <= raw.keys():
         raise AdoptError(f"{data_root}/{JOURNAL} is not an adoption journal")

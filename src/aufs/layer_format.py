@@ -24,10 +24,12 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aufs._sys import safefs
-from aufs._sys.files import ensure_dir, list_xattrs, rmtree, walk_dirs, write_atomic
+from aufs._sys.deep import DirStep, Enter, walk_dirs
+from aufs._sys.files import ensure_dir, list_xattrs, rmtree, write_atomic
 from aufs.errors import DriverError
 from aufs.store.layout import Layout
 from aufs.whiteout import (
@@ -94,11 +96,15 @@ def _drop_xattrs_below(path: str, prefix: str) -> None:
     """Remove the other engine's private attributes (never content, never exported) from
     every file and directory of the layer: kernel overlayfs would show fuse-overlayfs's
     ``user.fuseoverlayfs.*``, fuse-overlayfs kernel overlayfs's ``trusted.overlay.*``."""
-    for fd, _, entries in walk_dirs(path, WH_PREFIX):
+    for fd, _, entries in walk_dirs(path, _no_marker):
         _drop_xattrs(fd, prefix)
         for e in entries:
             if e.is_file(follow_symlinks=False):
-                _drop_xattrs(f"/proc/self/fd/{fd}/{e.name}", prefix)
+                _drop_xattrs(safefs.proc_path(fd, e.name), prefix)
+
+
+def _no_marker(entry: os.DirEntry[str]) -> bool:
+    return not entry.name.startswith(WH_PREFIX)
 
 
 def _drop_xattrs(target: int | str, prefix: str) -> None:
@@ -131,7 +137,7 @@ def _dirs_to_touch(path: str, attic: str | None) -> dict[str, list[int]]:
     change: it holds a marker of either format or housekeeping, is overlay-opaque, or
     gets housekeeping back from ``attic``. Keys are paths below the layer ("" = root)."""
     out: dict[str, list[int]] = {}
-    for fd, rel, entries in walk_dirs(path, WH_PREFIX):
+    for fd, rel, entries in walk_dirs(path, _no_marker):
         touched = has_opaque_xattr(fd)
         for e in entries:
             if touched:
@@ -211,23 +217,31 @@ class _AtticMover:
 def _attic_entries(attic: str) -> list[tuple[str, str]]:
     """(path below the layer, path in the attic) of each housekeeping entry set aside."""
     out: list[tuple[str, str]] = []
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        where = f"{attic}/{rel}" if rel else attic
-        try:
-            entries = list(os.scandir(where))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
+    for fd, rel, entries in _walk_attic(attic, _attic_dir):
         for e in entries:
             sub = f"{rel}/{e.name}" if rel else e.name
             if _PARTIAL in e.name:
-                rmtree(e.path)  # an unfinished copy
+                safefs.remove_at(fd, e.name)  # an unfinished copy
             elif classify_name(e.name).kind is Kind.HOUSEKEEPING:
-                out.append((sub, e.path))
-            elif e.is_dir(follow_symlinks=False):
-                stack.append(sub)
+                out.append((sub, f"{attic}/{sub}"))
     return out
+
+
+def _walk_attic(attic: str, enter: Enter | None) -> Iterator[DirStep]:
+    """The attic's directories (none if it is missing)."""
+    try:
+        fd = os.open(attic, safefs.O_DIR)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        yield from walk_dirs(fd, enter)
+    finally:
+        os.close(fd)
+
+
+def _attic_dir(entry: os.DirEntry[str]) -> bool:
+    """Not what is set aside or half copied."""
+    return _PARTIAL not in entry.name and classify_name(entry.name).kind is not Kind.HOUSEKEEPING
 
 
 def _restore_attic(attic: str, layer: str) -> int:
@@ -247,15 +261,15 @@ def _restore_attic(attic: str, layer: str) -> int:
             _remove(src)  # restored, or the layer has since got an entry of that name
         finally:
             os.close(fd)
-    if os.path.isdir(attic):
-        _remove_empty_dirs(attic)
+    _remove_empty_dirs(attic)
     return restored
 
 
 def _remove_empty_dirs(top: str) -> None:
-    for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+    """Remove ``top`` and the directories below it that are empty, deepest first."""
+    for rel in reversed([rel for _, rel, _ in _walk_attic(top, None)]):
         with contextlib.suppress(OSError):
-            os.rmdir(dirpath)
+            os.rmdir(f"{top}/{rel}" if rel else top)
 
 
 def _lexists_at(dir_fd: int, name: str) -> bool:

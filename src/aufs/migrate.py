@@ -246,8 +246,7 @@ def setup_init_layer(root: str) -> None:
                 if kind == "dir":
                     os.mkdir(leaf, 0o755, dir_fd=fd)
                 elif kind == "file":
-                    os.close(os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                                     | os.O_CLOEXEC, 0o755, dir_fd=fd))
+                    os.close(os.open(leaf, safefs.O_NEW, 0o755, dir_fd=fd))
                 else:
                     os.symlink(kind, leaf, dir_fd=fd)
             finally:

@@ -271,13 +271,11 @@ class AufsWhiteouts(WhiteoutFormat):
         return WH_PREFIX + name
 
     def make_whiteout(self, dir_fd: int, name: str, mode: int = 0o600) -> None:
-        fd = os.open(WH_PREFIX + name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     mode & 0o7777, dir_fd=dir_fd)
+        fd = os.open(WH_PREFIX + name, safefs.O_WRITE, mode & 0o7777, dir_fd=dir_fd)
         os.close(fd)
 
     def make_opaque(self, dir_fd: int) -> None:
-        fd = os.open(WH_OPAQUE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=dir_fd)
+        fd = os.open(WH_OPAQUE, safefs.O_WRITE, 0o600, dir_fd=dir_fd)
         os.close(fd)
 
     def _enters(self, entry: os.DirEntry[str]) -> bool:

@@ -6,7 +6,6 @@ import contextlib
 import errno
 import os
 import resource
-from collections.abc import Iterator
 
 from aufs._sys import safefs
 
@@ -22,8 +21,8 @@ def fd_budget(share: int, most: int, least: int = 1) -> int:
 
 def raise_fd_limit() -> None:
     """Raise the soft fd limit to the hard one, as every Go program (dockerd among them)
-    does at start: a walk of a 6,000-deep layer holds an fd a level (export), more than
-    the usual soft limit of 1,024."""
+    does at start: a walk of a 6,000-deep layer may hold an fd a level (export, where each
+    level has entries after its subdirectory), more than the usual soft limit of 1,024."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 1 << 20 if hard == resource.RLIM_INFINITY else hard  # the kernel's nr_open
     if soft != resource.RLIM_INFINITY and soft < want:
@@ -34,7 +33,7 @@ def raise_fd_limit() -> None:
 def write_atomic(path: str, data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     tmp = f"{path}~{os.getpid()}"  # "~" is never part of a layer id
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    fd = os.open(tmp, safefs.O_WRITE | os.O_TRUNC, 0o644)
     try:
         os.write(fd, data)
         if fsync:
@@ -85,37 +84,3 @@ def rmtree(path: str) -> None:
 def ensure_dir(path: str, mode: int = 0o755) -> None:
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, mode)
-
-
-DirStep = tuple[int, str, list[os.DirEntry[str]]]
-
-
-def walk_dirs(root: str, skip_prefix: str = "") -> Iterator[DirStep]:
-    """Each directory under ``root`` (itself first): an open fd, its path below ``root``
-    ("" for the root) and its entries. No symlink is followed, no mount point crossed, and
-    no directory whose name starts with ``skip_prefix`` (if given) entered. The fd is
-    valid until the next step."""
-    root_fd = os.open(root, safefs.O_DIR)
-    dev = os.fstat(root_fd).st_dev
-    stack = [(root_fd, "")]
-    try:
-        while stack:
-            fd, rel = stack.pop()
-            try:
-                with os.scandir(fd) as it:
-                    entries = list(it)
-                yield fd, rel, entries
-                for e in entries:
-                    if ((skip_prefix and e.name.startswith(skip_prefix))
-                            or not e.is_dir(follow_symlinks=False)):
-                        continue
-                    sub = os.open(e.name, safefs.O_DIR, dir_fd=fd)
-                    if os.fstat(sub).st_dev != dev:
-                        os.close(sub)
-                        continue
-                    stack.append((sub, f"{rel}/{e.name}" if rel else e.name))
-            finally:
-                os.close(fd)
-    finally:
-        for fd, _ in stack:
-            os.close(fd)

@@ -23,6 +23,12 @@ from typing import NoReturn
 from aufs._sys import libc
 
 __all__ = [
+    "O_DIR",
+    "O_FILE",
+    "O_NEW",
+    "O_ROOT",
+    "O_SAFE",
+    "O_WRITE",
     "NotADirectoryInPathError",
     "SymlinkInPathError",
     "exchange",
@@ -33,15 +39,20 @@ __all__ = [
     "remove_at",
 ]
 
-# The one definition of the open flags of a walk: O_ROOT opens the directory a walk
-# starts from (its path may go through symlinks), O_DIR every directory below it
-# (never a symlink).
+# The one definition of the open flags (spelled out nowhere else, but for a copy in the
+# extraction's writer script, which imports nothing of aufs; a test keeps it equal).
+# O_ROOT opens the directory a walk starts from (its path may go through symlinks), O_DIR
+# every directory below it (never a symlink).
 O_ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 O_DIR = O_ROOT | os.O_NOFOLLOW
-# A file to read (never a symlink; a FIFO or device never blocks the open), and a new
-# file to write (never an existing inode: O_EXCL).
-O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
-O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Any file of a tree or the store, with O_RDONLY / O_RDWR: never a symlink, and a FIFO or
+# device never blocks the open nor becomes the controlling terminal.
+O_SAFE = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+O_FILE = os.O_RDONLY | O_SAFE  # a file to read
+# A file to write, made if missing, never through a symlink; O_NEW: never an existing
+# inode (O_EXCL).
+O_WRITE = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+O_NEW = O_WRITE | os.O_EXCL
 RENAME_EXCHANGE = 2
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04

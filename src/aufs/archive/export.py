@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
 from aufs._sys import safefs
+from aufs._sys.deep import DirStack
 from aufs._sys.files import list_xattrs
 from aufs.archive.entries import (
     S_IFMT,
@@ -97,15 +98,13 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
     the hot path of every diff.
     """
     members = Members()
-    stack: list[tuple[int, bytes, Iterator[_Item]]] = []
     os_open, os_close, fstat = os.open, os.close, os.fstat
+    items, root_opaque = _list_dir(root_fd)
+    if root_opaque or has_opaque_xattr(root_fd):
+        yield members.opaque(b"", root_fd)
+    walk: DirStack[bytes, _Item] = DirStack(root_fd, b"", items)
     try:
-        items, root_opaque = _list_dir(root_fd)
-        if root_opaque or has_opaque_xattr(root_fd):
-            yield members.opaque(b"", root_fd)
-        stack.append((root_fd, b"", iter(items)))
-        while stack:
-            fd, prefix, it = stack[-1]
+        for fd, prefix, it in walk:
             for key, kind, entry in it:
                 arcname = prefix + key
                 name = key.decode("utf-8", "surrogateescape") if entry is None else entry.name
@@ -142,7 +141,7 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
                         except BaseException:
                             os_close(sub)
                             raise
-                        stack.append((sub, arcname + b"/", iter(sub_items)))
+                        walk.push(sub, arcname + b"/", sub_items)
                         yield dir_member
                         if opaque or aufs_opaque:
                             yield members.opaque(arcname + b"/", sub)
@@ -160,14 +159,8 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
                     member = members.whiteout(arcname, wst, mode)
                 if member is not None:
                     yield member
-            else:
-                stack.pop()
-                if fd != root_fd:
-                    os_close(fd)
     finally:
-        for fd, _, _ in stack:
-            if fd != root_fd:
-                os_close(fd)
+        walk.close()
 
 
 def _stream(root: str, walk: Callable[[int], Iterator[Member]],

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Protocol
 
 from aufs._sys import safefs
+from aufs._sys.deep import DirStack
 from aufs._sys.files import list_xattrs
 from aufs.observe import entry_hook
 
@@ -76,27 +77,40 @@ def fingerprint(root: str) -> str:
         for name in sorted(list_xattrs(fd)):
             with contextlib.suppress(OSError):
                 h.update(os.fsencode(name) + b"=" + os.getxattr(fd, name) + b"\n")
-        _walk(fd, b"", h, st.st_dev)
+        _hash_tree(fd, h, st.st_dev)
     finally:
         os.close(fd)
     return "sha256:" + h.hexdigest()
 
 
-def _walk(fd: int, rel: bytes, h: hashlib._Hash, dev: int) -> None:
+def _sorted(fd: int) -> list[os.DirEntry[str]]:
     with os.scandir(fd) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for e in entries:
-        st = e.stat(follow_symlinks=False)
-        path = rel + os.fsencode(e.name)
-        h.update(b"%s\0%d %d %d\n" % (path, st.st_ino, st.st_ctime_ns, st.st_mode))
-        if stat.S_ISDIR(st.st_mode):
-            if st.st_dev != dev:
-                raise Unusable(f"a filesystem is mounted in the layer at {os.fsdecode(path)}")
-            sub = safefs.open_dir_at(fd, e.name)
-            try:
-                _walk(sub, path + b"/", h, dev)
-            finally:
-                os.close(sub)
+        return sorted(it, key=lambda e: e.name)
+
+
+def _hash_tree(root_fd: int, h: hashlib._Hash, dev: int) -> None:
+    """Every entry below ``root_fd`` in name order, each directory's right after it."""
+    walk: DirStack[bytes, os.DirEntry[str]] = DirStack(root_fd, b"", _sorted(root_fd))
+    try:
+        for fd, rel, entries in walk:
+            for e in entries:
+                st = e.stat(follow_symlinks=False)
+                path = rel + os.fsencode(e.name)
+                h.update(b"%s\0%d %d %d\n" % (path, st.st_ino, st.st_ctime_ns, st.st_mode))
+                if stat.S_ISDIR(st.st_mode):
+                    if st.st_dev != dev:
+                        raise Unusable("a filesystem is mounted in the layer at "
+                                       + os.fsdecode(path))
+                    sub = safefs.open_dir_at(fd, e.name)
+                    try:
+                        below = _sorted(sub)
+                    except BaseException:
+                        os.close(sub)
+                        raise
+                    walk.push(sub, path + b"/", below)
+                    break
+    finally:
+        walk.close()
 
 
 # -- recording ------------------------------------------------------------------------------
@@ -352,7 +366,7 @@ def open_rebuilt(split_path: str, layer_dir: str) -> Iterator[Rebuilt]:
     """The tar recorded in ``split_path``, rebuilt from ``layer_dir``; Unusable if there
     is no record or the layer changed since."""
     try:  # the store's own file: no symlink followed, no FIFO waited on
-        fd = os.open(split_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(split_path, safefs.O_FILE)
     except FileNotFoundError:
         raise Unusable("no tar-split recorded") from None
     except OSError as exc:

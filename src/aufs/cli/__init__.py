@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     from aufs._sys.files import raise_fd_limit
 
-    raise_fd_limit()  # deep layers: the export walk holds an fd a level
+    raise_fd_limit()  # deep layers: the export walk may hold an fd a level
     ctx = Context(args)
     try:
         try:

@@ -28,7 +28,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from aufs._sys import mountinfo
+from aufs._sys import mountinfo, safefs
 from aufs._sys.files import write_atomic
 from aufs.errors import StoreCorruptError
 from aufs.store.chain import read_store_file
@@ -254,7 +254,7 @@ def _retag_containers(data: str, source: str, target: str) -> list[str]:
 
 
 def _sync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(path, safefs.O_ROOT)
     try:
         os.fsync(fd)
     finally:

@@ -27,7 +27,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import tarfile
 import tempfile
 import time
@@ -35,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
+from aufs._sys.files import rmtree
 from aufs.archive import compressor, tarsplit
 from aufs.driver import Driver
 from aufs.errors import ImageError
@@ -226,7 +226,7 @@ def export_image(driver: Driver, layer_id: str, output: str, *, format: str = "o
         os.replace(tmp, output)
     finally:
         with contextlib.suppress(OSError):
-            shutil.rmtree(scratch)
+            rmtree(scratch)
     return image.manifest.digest
 
 

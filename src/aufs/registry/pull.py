@@ -14,13 +14,14 @@ the layers this pull created are removed and the staging directory goes with it.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import secrets
-import shutil
 from dataclasses import dataclass
 from typing import IO
 
+from aufs._sys.files import rmtree
 from aufs.driver import Driver
 from aufs.image import load
 from aufs.image.source import DirSource
@@ -119,7 +120,8 @@ def pull(driver: Driver, ref: Reference, *, platform: manifest.Platform | None =
             top, fetched = _store(driver, repo, image, data, digest, config, chains, have,
                                   staging, events)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                rmtree(staging)
     with driver.locked():  # a push or pull beside this one writes the same record
         blobinfo.remember(driver.layout, ref.host, ref.path, image.layers, diff_ids)
     events.emit("pulled", id=top, digest=digest, reference=ref.familiar())

@@ -18,13 +18,14 @@ which must be the manifest's). The staging directory is removed whatever happens
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import secrets
-import shutil
 from dataclasses import dataclass
 from typing import Any
 
+from aufs._sys.files import rmtree
 from aufs.driver import Driver
 from aufs.image import save
 from aufs.registry import RegistryError, blobinfo, manifest
@@ -65,7 +66,8 @@ def push(driver: Driver, layer_id: str, ref: Reference, *, insecure: bool = Fals
             image = save.image_blobs(driver, layer_id, staging, on_bytes=on_bytes)
         return _push(driver, image, ref, insecure, staging, events)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            rmtree(staging)
 
 
 def _push(driver: Driver, image: save.ImageBlobs, ref: Reference, insecure: bool,

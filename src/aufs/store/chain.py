@@ -27,6 +27,7 @@ import errno
 import os
 import stat
 
+from aufs._sys.safefs import O_FILE
 from aufs.errors import StoreCorruptError
 from aufs.store.layout import Layout, is_valid_id
 
@@ -36,7 +37,6 @@ __all__ = ["MAX_BYTES", "check_dirs", "dir_problem", "first_parent", "not_a_dir"
 #: Docker's aufs stacks at most 127 layers (a 65-byte line each); 1 MiB is far beyond.
 MAX_BYTES = 1 << 20
 
-_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def _kind(mode: int) -> str:
@@ -64,7 +64,7 @@ def read_store_file(path: str, limit: int = MAX_BYTES, what: str = "layer file")
     following a symlink or blocking on a FIFO; FileNotFoundError if there is none,
     StoreCorruptError if it is no regular file or larger than ``limit``."""
     try:
-        fd = os.open(path, _O_READ)
+        fd = os.open(path, O_FILE)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise StoreCorruptError(f"{path}: is a symlink, not a {what}") from None
@@ -147,7 +147,7 @@ def first_parent(layout: Layout, layer_id: str) -> str | None:
     (so a damaged child keeps protecting its parent). None if there is no such file."""
     path = layout.layers(layer_id)
     try:
-        fd = os.open(path, _O_READ)
+        fd = os.open(path, O_FILE)
     except FileNotFoundError:
         return None
     except OSError:

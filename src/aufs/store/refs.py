@@ -11,17 +11,16 @@ import errno
 import os
 import stat
 
+from aufs._sys import safefs
 from aufs._sys.files import rmtree
 from aufs.errors import StoreCorruptError
-
-# Never through a symlink (a tampered store would have us write a count into a host
-# file), never waiting on a FIFO.
-_O_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def _open(path: str, flags: int) -> int:
     try:
-        fd = os.open(path, flags | _O_FLAGS, 0o644)
+        # never through a symlink (a tampered store would have us write a count into a
+        # host file), never waiting on a FIFO
+        fd = os.open(path, flags | safefs.O_SAFE, 0o644)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
             raise StoreCorruptError(f"{path}: not a reference count file") from None

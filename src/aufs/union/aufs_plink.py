@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from aufs._sys import mount as sysmount
 from aufs._sys import mountinfo
-from aufs._sys.files import walk_dirs
+from aufs._sys.deep import walk_dirs
 from aufs.union import aufs_kernel
 from aufs.union.aufs_kernel import PLINK_DIR, Branch
 from aufs.union.base import MountSpec

@@ -24,7 +24,8 @@ import os
 import stat
 from collections.abc import Sequence
 
-from aufs._sys.files import walk_dirs
+from aufs._sys.deep import walk_dirs
+from aufs._sys.files import NO_XATTRS, list_xattrs
 from aufs.whiteout import (
     OVERLAY_OPAQUE_XATTR,
     WH_META_PREFIX,
@@ -36,7 +37,6 @@ from aufs.whiteout import (
 
 ORIGIN_XATTR = "user.fuseoverlayfs.origin"
 DAEMON_OPAQUE_DEVICE = WH_PREFIX + ".opq"  # the 0:0 device mkdir makes beside the marker
-_NO_XATTRS = (errno.ENOTSUP, errno.ENODATA, errno.EPERM)
 
 
 def has_directory_below(lowers: Sequence[str], rel: str) -> bool:
@@ -67,7 +67,7 @@ def tidy(rw: str, lowers: Sequence[str], since: float | None = None) -> tuple[in
     origins (None: all). No symlink is followed and no mount crossed. Returns (origins,
     markers) dropped."""
     origins = markers = 0
-    for fd, rel, entries in walk_dirs(rw, WH_META_PREFIX):
+    for fd, rel, entries in walk_dirs(rw, _not_housekeeping):
         names = {e.name for e in entries}
         if (rel and WH_OPAQUE in names and is_daemon_opaque(has_opaque_xattr(fd), names)
                 and not has_directory_below(lowers, rel)):
@@ -82,6 +82,10 @@ def tidy(rw: str, lowers: Sequence[str], since: float | None = None) -> tuple[in
             if e.is_file(follow_symlinks=False) and not e.name.startswith(WH_PREFIX):
                 origins += _drop_origin(fd, e.name)
     return origins, markers
+
+
+def _not_housekeeping(entry: os.DirEntry[str]) -> bool:
+    return not entry.name.startswith(WH_META_PREFIX)
 
 
 SLACK = 2.0  # seconds: btime is whole seconds, the start time in clock ticks
@@ -127,11 +131,11 @@ def _is_device(dir_fd: int) -> bool:
 def _drop_origin(dir_fd: int, name: str) -> int:
     path = f"/proc/self/fd/{dir_fd}/{name}"
     try:
-        if ORIGIN_XATTR not in os.listxattr(path, follow_symlinks=False):
+        if ORIGIN_XATTR not in list_xattrs(path):
             return 0
         os.removexattr(path, ORIGIN_XATTR, follow_symlinks=False)
     except OSError as exc:
-        if exc.errno in _NO_XATTRS or exc.errno == errno.ENOENT:
+        if exc.errno in NO_XATTRS or exc.errno == errno.ENOENT:
             return 0
         raise
     return 1

@@ -421,7 +421,15 @@ class Driver:
                 from aufs.graphdriver import naive  # the tar and apply code: only here
 
                 return naive.naive_diff(self, id, parent)
-            return export.export_layer(self.store.data_dir(id))
+            path = self.store.data_dir(id)
+
+            def still_this_layer(root_fd: int) -> None:
+                st = os.fstat(root_fd)
+                if not self.exists(id) or _inode(path) != st.st_ino:
+                    raise LayerNotFoundError(f"layer {id} was removed or replaced while its "
+                                             "diff was read")
+
+            return export.export_layer(path, at_end=still_this_layer)
 
     def changes(self, id: str, parent: str = "") -> list[Change]:
         from aufs.archive import changes

@@ -166,11 +166,11 @@ def test_refusals(tmp_path: Path) -> None:
         adopt.run(str(data), NAME, undo=True)
     (data / adopt.JOURNAL).unlink()
     os.mkfifo(data / adopt.JOURNAL)  # read without waiting for a writer
-    with pytest.raises(adopt.AdoptError, match="is unreadable: .* is a FIFO"):
+    with pytest.raises(adopt.AdoptError, match=r"is unreadable: .* is a FIFO"):
         adopt.run(str(data), NAME, undo=True)
     (data / adopt.JOURNAL).unlink()
     (data / adopt.JOURNAL).symlink_to(tmp_path / "elsewhere.json")
-    with pytest.raises(adopt.AdoptError, match="is unreadable: .* is a symlink"):
+    with pytest.raises(adopt.AdoptError, match=r"is unreadable: .* is a symlink"):
         adopt.run(str(data), NAME, undo=True)
     (data / adopt.JOURNAL).unlink()
     empty = tmp_path / "empty"

@@ -118,3 +118,41 @@ def test_apply_diff_and_changes_need_no_mount(tmp_path: Path) -> None:
                                 Change("/etc/hostname", ChangeKind.MODIFY),
                                 Change("/new", ChangeKind.ADD)]
     assert engine.calls == []
+
+
+@pytest.mark.parametrize("meanwhile", ["remove", "apply_diff"])
+def test_a_diff_read_while_its_layer_goes_ends_in_an_error_not_a_short_tar(
+        tmp_path: Path, meanwhile: str) -> None:
+    """The walk is lazy: a layer removed (or replaced by an apply) while its diff is read
+    must not yield a complete-looking tar of what happened to be left."""
+    d, _ = driver_with_fake_engine(tmp_path / "store")
+    d.create("base")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(3000):
+            info = tarfile.TarInfo(f"d{i // 100}/f{i}")
+            info.size = 100
+            tar.addfile(info, io.BytesIO(b"x" * 100))
+    d.apply_diff("base", "", io.BytesIO(buf.getvalue()))
+    stream = d.diff("base")
+    try:
+        stream.read(4096)  # started: the walk has begun
+        if meanwhile == "remove":
+            d.remove("base")
+        else:
+            d.apply_diff("base", "", io.BytesIO(tar_of({"new": b"1"})))
+        with pytest.raises(LayerNotFoundError, match="removed or replaced while"):
+            while stream.read(1 << 20):
+                pass
+    finally:
+        stream.close()
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -164,19 +164,29 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
 
 
 def _stream(root: str, walk: Callable[[int], Iterator[Member]],
-            on_close: Iterable[Callable[[], None]]) -> IO[bytes]:
+            on_close: Iterable[Callable[[], None]],
+            at_end: Callable[[int], None] | None = None) -> IO[bytes]:
     root_fd = os.open(root, safefs.O_ROOT)
+
+    def members() -> Iterator[Member]:
+        yield from walk(root_fd)
+        if at_end is not None:
+            at_end(root_fd)  # may raise: the reader gets an error, not a short tar
+
     # Callbacks run last first: the root is closed before anything else (an unmount).
-    return tar_stream(walk(root_fd), name=root,
-                      on_close=[*on_close, lambda: os.close(root_fd)])
+    return tar_stream(members(), name=root, on_close=[*on_close, lambda: os.close(root_fd)])
 
 
-def export_layer(diff_dir: str, *, on_close: Iterable[Callable[[], None]] = ()) -> IO[bytes]:
+def export_layer(diff_dir: str, *, on_close: Iterable[Callable[[], None]] = (),
+                 at_end: Callable[[int], None] | None = None) -> IO[bytes]:
     """The tar of a layer's own directory (``diff/<id>``), as a readable binary stream.
 
     Nothing is read until the stream is; ``on_close`` callbacks run when it is closed.
+    ``at_end(root_fd)`` runs after the walk's last entry, before the end-of-archive
+    blocks: an exception from it ends the stream with that error (a layer removed or
+    replaced while it was read must not look like a complete, shorter tar).
     """
-    return _stream(diff_dir, _walk_tree, on_close)
+    return _stream(diff_dir, _walk_tree, on_close, at_end)
 
 
 def export_dir(path: str, *, on_close: Iterable[Callable[[], None]] = ()) -> IO[bytes]:

@@ -14,7 +14,9 @@ import pytest
 
 from aufs._sys import deep, safefs
 from aufs.archive import _writer, tarsplit
+from aufs.archive import ChangeKind
 from aufs.archive.export import export_dir
+from aufs.archive.treediff import changes_dirs
 from aufs.union import fuse_tidy
 from tests.cli.test_deep_layer import _deep_tree
 
@@ -143,6 +145,40 @@ def test_a_wide_directory_under_a_small_fd_limit(tmp_path: Path, few_fds: None) 
     assert fuse_tidy.tidy(str(tmp_path), []) == (0, 0)
     assert sum(1 for _ in deep.walk_dirs(str(tmp_path))) == 8 * FDS + 1
     assert _open_fds() == before
+
+
+def _long_chain(top: Path, capability: bool) -> str:
+    """A chain whose path passes PATH_MAX (4,096), a file ``g`` at its end; returns
+    the path of ``g`` below ``top``."""
+    name = "d" * 200
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(21):
+            os.mkdir(name, dir_fd=fd)
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        os.close(os.open("g", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+        os.utime("g", ns=(10**18, 10**18), dir_fd=fd)
+        if capability:
+            os.setxattr(safefs.proc_path(fd, "g"), "security.capability",
+                        bytes.fromhex("0100000200040000000000000000000000000000"))
+    finally:
+        os.close(fd)
+    return f"/{name}" * 21 + "/g"
+
+
+def test_naive_changes_read_xattrs_past_the_path_limit(tmp_path: Path, few_fds: None) -> None:
+    """changes_dirs walks by fd; the capability of a file past PATH_MAX is still read."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    g = _long_chain(tmp_path / "old", capability=False)
+    assert _long_chain(tmp_path / "new", capability=True) == g and len(g) > 4096
+    before = _open_fds()
+    changes = changes_dirs(str(tmp_path / "new"), str(tmp_path / "old"))
+    assert [(c.path, c.kind) for c in changes][-1] == (g, ChangeKind.MODIFY)
+    assert len(changes) == 22 and _open_fds() == before
+    assert changes_dirs(str(tmp_path / "new"), str(tmp_path / "new")) == []
 
 
 def test_the_writer_scripts_copy_of_the_open_flags_is_the_one_definition() -> None:

@@ -85,15 +85,18 @@ class DirStack(Generic[R, T]):
     Iterating yields the deepest directory; its caller takes items from it in order
     until one leads down — it opens that directory, pushes it (:meth:`push`) and stops
     taking (``break``) — or until none is left. A directory whose items are all taken is
-    dropped and its fd closed; one left with items is yielded again. :meth:`close` (also
+    dropped and its fd closed (``on_drop(rel)``, if given, is told: what the caller
+    opened for it goes too); one left with items is yielded again. :meth:`close` (also
     on an exception) closes every fd still open.
     """
 
-    __slots__ = ("_root_fd", "_stack")
+    __slots__ = ("_on_drop", "_root_fd", "_stack")
 
-    def __init__(self, root_fd: int, rel: R, items: list[T]) -> None:
+    def __init__(self, root_fd: int, rel: R, items: list[T],
+                 on_drop: Callable[[R], None] | None = None) -> None:
         self._root_fd = root_fd
         self._stack: list[tuple[int, R, Iterator[T]]] = [(root_fd, rel, iter(items))]
+        self._on_drop = on_drop
 
     def push(self, fd: int, rel: R, items: list[T]) -> None:
         """Descend into the directory open as ``fd`` (now owned by the walk). Its parent
@@ -104,9 +107,11 @@ class DirStack(Generic[R, T]):
         stack.append((fd, rel, iter(items)))
 
     def _drop(self) -> None:
-        fd = self._stack.pop()[0]
+        fd, rel, _ = self._stack.pop()
         if fd != self._root_fd:
             os.close(fd)
+        if self._on_drop is not None:
+            self._on_drop(rel)
 
     def __iter__(self) -> Iterator[tuple[int, R, Iterator[T]]]:
         stack = self._stack

@@ -20,7 +20,7 @@ import os
 import stat
 from collections.abc import Iterable
 
-from aufs._sys import deep
+from aufs._sys import deep, safefs
 from aufs._sys.files import list_xattrs
 from aufs.archive.types import Change, ChangeKind
 from aufs.whiteout import WH_META_PREFIX
@@ -56,76 +56,138 @@ def _capability(path: str) -> bytes | None:
         return None
 
 
-def _scan(path: str) -> dict[str, os.DirEntry[str]]:
-    with os.scandir(path) as it:
+def _scan(fd: int) -> dict[str, os.DirEntry[str]]:
+    with os.scandir(fd) as it:
         return {e.name: e for e in it if not e.name.startswith(WH_META_PREFIX)}
+
+
+class _Spell:
+    """A name in a directory of the walk as a path, for calls that take no ``dir_fd``
+    (xattrs): below the tree's root while that is short (a path walk costs less than
+    ``/proc/self/fd``'s), else through the directory's fd."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/")
+
+    def __call__(self, dir_fd: int, path: str) -> str:
+        full = self.root + path
+        if len(full) < deep.LIMIT:
+            return full
+        return safefs.proc_path(dir_fd, path.rpartition("/")[2])
+
+
+# A directory of the walk: its path below the roots and its fd in the old tree (-1: none).
+_Rel = tuple[str, int]
+# A subdirectory to enter: its name, and whether the old tree has a directory there.
+_Sub = tuple[str, bool]
 
 
 def changes_dirs(new_dir: str, old_dir: str | None) -> list[Change]:
     """What changed from the tree ``old_dir`` to the tree ``new_dir``, sorted by path.
 
-    ``old_dir`` None (or "") compares against an empty tree: everything is ``ADD``.
+    ``old_dir`` None (or "") compares against an empty tree: everything is ``ADD``. The
+    walk is the one walker's (:class:`aufs._sys.deep.DirStack`) over the new tree, each
+    directory's old counterpart opened from its parent's: no symlink is followed below
+    the roots and neither tree's mounts are entered.
     """
     out: list[tuple[str, ChangeKind]] = []
-    new_dev = os.stat(new_dir).st_dev
-    old_dev = os.stat(old_dir).st_dev if old_dir else -1
-    # Frames: ("in", new path, old dir path or None, change path, listed?, devs)
-    # and ("out", change path, len(out) on entry, listed?): a post-order step.
-    stack: list[tuple[bool, str, str | None, str, bool, int, int, int]] = [
-        (True, new_dir, old_dir or None, "", True, new_dev, old_dev, 0)]
-    with deep.ShortPaths() as short:
-        while stack:
-            _compare_dir(stack, out, short)
+    new_root = os.open(new_dir, safefs.O_ROOT)
+    old_root = -1
+    try:
+        if old_dir:
+            old_root = os.open(old_dir, safefs.O_ROOT)
+        _walk(new_root, old_root, (_Spell(new_dir), _Spell(old_dir or "")), out)
+    finally:
+        os.close(new_root)
+        if old_root >= 0:
+            os.close(old_root)
+    _add_parents(out)
     out.sort()
     return [Change(path, kind) for path, kind in out]
 
 
-_Frame = tuple[bool, str, "str | None", str, bool, int, int, int]
+def _walk(new_root: int, old_root: int, spell: tuple[_Spell, _Spell],
+          out: list[tuple[str, ChangeKind]]) -> None:
+    """Compare every directory of the new tree with its old counterpart (the roots
+    stay open: the caller's)."""
+    def drop(rel: _Rel) -> None:
+        if rel[1] not in (-1, old_root):
+            os.close(rel[1])
+
+    new_dev = os.fstat(new_root).st_dev
+    old_dev = os.fstat(old_root).st_dev if old_root >= 0 else -1
+    walk: deep.DirStack[_Rel, _Sub] = deep.DirStack(
+        new_root, ("", old_root), _compare(new_root, old_root, "", out, spell), drop)
+    try:
+        for fd, (rel, old_fd), subs in walk:
+            for name, old_has in subs:
+                sub = deep.open_subdir(fd, name, new_dev)
+                if sub is None:
+                    continue
+                sub_rel = f"{rel}/{name}"
+                old_sub: int | None = None
+                try:
+                    if old_has:
+                        old_sub = deep.open_subdir(old_fd, name, old_dev)
+                    if old_sub is None:
+                        old_sub = -1
+                    below = _compare(sub, old_sub, sub_rel, out, spell)
+                except BaseException:
+                    os.close(sub)
+                    if old_sub is not None:
+                        drop((sub_rel, old_sub))
+                    raise
+                walk.push(sub, (sub_rel, old_sub), below)
+                break
+    finally:
+        walk.close()
 
 
-def _compare_dir(stack: list[_Frame], out: list[tuple[str, ChangeKind]],
-                 short: deep.ShortPaths) -> None:
-    """One step of :func:`changes_dirs`: compare one directory, or close one."""
+def _compare(new_fd: int, old_fd: int, rel: str, out: list[tuple[str, ChangeKind]],
+             spell: tuple[_Spell, _Spell]) -> list[_Sub]:
+    """Compare one directory of each tree (``old_fd`` -1: none): its changes go to
+    ``out``; returns the subdirectories to walk."""
     append = out.append
-    enter, new_path, old_path, rel, listed, ndev, odev, mark = stack.pop()
-    if not enter:
-        if len(out) > mark and not listed:
-            append((rel, ChangeKind.MODIFY))
-        return
-    new_path = short(new_path)
-    if old_path is not None:
-        old_path = short(old_path)
-    stack.append((False, "", None, rel, listed, 0, 0, len(out)))
-    new_entries = _scan(new_path)
-    old_entries = _scan(old_path) if old_path is not None else {}
-    same_dev = ndev == odev
+    new_entries = _scan(new_fd)
+    old_entries = _scan(old_fd) if old_fd >= 0 else {}
+    same_dev = old_fd >= 0 and os.fstat(new_fd).st_dev == os.fstat(old_fd).st_dev
+    subs: list[_Sub] = []
     for name, ne in new_entries.items():
         oe = old_entries.pop(name, None)
         if oe is not None and same_dev and ne.inode() == oe.inode():
             continue
         path = rel + "/" + name
         nst = ne.stat(follow_symlinks=False)
-        old_child: str | None = None
-        child_listed = True
-        child_odev = -1
+        old_is_dir = False
         if oe is None:
             append((path, ChangeKind.ADD))
         else:
             ost = oe.stat(follow_symlinks=False)
             if _stat_different(ost, nst) or (
                     stat.S_ISREG(nst.st_mode)
-                    and _capability(ne.path) != _capability(oe.path)):
+                    and _capability(spell[0](new_fd, path))
+                    != _capability(spell[1](old_fd, path))):
                 append((path, ChangeKind.MODIFY))
-            else:
-                child_listed = False
-            if stat.S_ISDIR(ost.st_mode):
-                old_child = oe.path
-                child_odev = ost.st_dev
+            old_is_dir = stat.S_ISDIR(ost.st_mode)
         if stat.S_ISDIR(nst.st_mode):
-            stack.append((True, ne.path, old_child, path, child_listed, nst.st_dev,
-                          child_odev, 0))
+            subs.append((name, old_is_dir))
     for name in old_entries:
         append((rel + "/" + name, ChangeKind.DELETE))
+    return subs
+
+
+def _add_parents(out: list[tuple[str, ChangeKind]]) -> None:
+    """A directory with any change below it is a ``MODIFY`` too (Docker's ``addChanges``;
+    one not listed is in both trees and unchanged itself), the root excepted."""
+    listed = {path for path, _ in out}
+    for path, _ in list(out):
+        parent = path.rpartition("/")[0]
+        while parent and parent not in listed:
+            listed.add(parent)
+            out.append((parent, ChangeKind.MODIFY))
+            parent = parent.rpartition("/")[0]
 
 
 def changes_size(new_dir: str, changes: Iterable[Change]) -> int:

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from aufs._sys import deep, safefs
-from aufs.archive import _writer, tarsplit
-from aufs.archive import ChangeKind
+from aufs.archive import ChangeKind, _writer, tarsplit
 from aufs.archive.export import export_dir
 from aufs.archive.treediff import changes_dirs
 from aufs.union import fuse_tidy

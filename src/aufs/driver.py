@@ -518,8 +518,28 @@ class Driver:
 
         migrate.migrate(self, os.fspath(path), setup_init)
 
+    def move_in(self, id: str, path: str | os.PathLike[str]) -> None:
+        """Make the directory ``path`` the files of the existing layer ``id``, whose own
+        directory must be empty (just created) or a symlink an earlier call left.
+
+        Whiteouts in ``path`` are first rewritten into the store's format (as ``aufs
+        convert`` does). Then ``path`` is renamed into the store; where that fails
+        (another filesystem, a union of the store mounted) ``diff/<id>`` becomes a
+        symlink to it instead — only if ``path`` is where a pre-0.7 graph keeps a layer
+        (``…/graph/<id>/layer`` or ``…/containers/<id>/rw``), the one symlink the store
+        follows; otherwise DriverError. Calling it again after a kill, or after a
+        symlink, finishes the move. What the seed's Migrate did for each layer."""
+        validate_id(id)
+        src = os.path.abspath(os.fspath(path))
+        with self._root_unbound():
+            self.store.check_move_in(id, src)
+            from aufs.layer_format import normalize_layer
+
+            normalize_layer(self.layout, id, os.path.realpath(src), self.whiteouts)
+            self.store.move_in(id, src)
+
     @contextlib.contextmanager
-    def root_unbound(self) -> Iterator[None]:
+    def _root_unbound(self) -> Iterator[None]:
         """Hold the lock with the root's private bind released, when nothing is mounted
         below it, so that renames from elsewhere on the filesystem into the store work
         (a bind mount is a different mount: rename(2) across it fails with EXDEV)."""

@@ -8,22 +8,28 @@ container gets an ``<id>-init`` layer between it and its image, prepared by
 ``setup_init(mounted_path)``; ``repositories`` becomes ``repositories-aufs``. A path
 without ``graph/`` is left alone.
 
-Moving data:
+It is a user of the public API (docs/API.md): the driver's ``exists``, ``create``,
+``get``, ``put`` and ``move_in``, the id rule of :func:`aufs.graphdriver.validate_id`
+and the errors; nothing of the store's insides (a contract in pyproject.toml says so).
+
+Moving data (:meth:`aufs.Driver.move_in`, one call a layer):
 
 - A layer's directory is *renamed* into ``diff/<id>`` where possible and *symlinked*
   there where not (another filesystem, a mount in the way). A later run finds the old
   directory still in place, drops the symlink and tries the rename again.
-- Everything is checked before anything moves: ids, metadata, parents, images. A graph
-  that cannot be migrated whole raises :class:`~aufs.graphdriver.DriverError` untouched.
+- Everything is checked before anything moves: ids, metadata, parents, images, that
+  each layer is a directory. A graph that cannot be migrated whole raises
+  :class:`~aufs.graphdriver.DriverError` untouched.
 - A layer is registered (``create``, which makes an empty ``diff/<id>``) *before* its
   data is moved onto that empty directory by one ``rename``. A kill in between leaves a
   registered layer whose data is still in the old graph; the next run moves it. A
   container is registered only after ``setup_init`` returned, so an interrupted run
   prepares its init layer again.
-- Pre-0.7 layers are in AUFS format; in a store that keeps overlay whiteouts they are
-  converted (as ``aufs convert`` does, housekeeping set aside) before they move in.
-- Renames into the store need the store root's private bind released
-  (:meth:`Driver.root_unbound`): a bind is another mount, across which ``rename(2)``
+- Pre-0.7 layers are in AUFS format; in a store that keeps overlay whiteouts
+  ``move_in`` converts them (as ``aufs convert`` does, housekeeping set aside) before
+  they move in.
+- Renames into the store need the store root's private bind released (``move_in``
+  does so under the store lock): a bind is another mount, across which ``rename(2)``
   fails with ``EXDEV``. Where a union of the store is mounted the bind stays, and the
   fallback is a symlink.
 """
@@ -34,37 +40,26 @@ import contextlib
 import json
 import os
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from aufs._sys import safefs
 from aufs.errors import DriverError, InvalidLayerIDError
-from aufs.layer_format import normalize_layer
-from aufs.store.layout import is_valid_id
-
-if TYPE_CHECKING:
-    from aufs.store.layout import Layout
-    from aufs.whiteout import WhiteoutFormat
+from aufs.graphdriver import validate_id
 
 REPOSITORIES = "repositories"
 MIGRATED_REPOSITORIES = "repositories-aufs"
 
 
 class Driver(Protocol):
-    """What migration needs of the store it moves the graph into (:class:`aufs.Driver`
-    has it): the ``ProtoDriver`` methods it calls, the store's layout and whiteout
-    format, and a way to hold the store lock with the root's private bind released."""
+    """What migration needs of the store it moves the graph into: public methods of
+    :class:`aufs.Driver` (docs/API.md)."""
 
-    @property
-    def layout(self) -> Layout: ...
-    @property
-    def whiteouts(self) -> WhiteoutFormat: ...
     def exists(self, id: str) -> bool: ...
     def create(self, id: str, parent: str = "") -> None: ...
     def get(self, id: str, mount_label: str = "") -> str: ...
     def put(self, id: str) -> None: ...
-    def root_unbound(self) -> AbstractContextManager[None]: ...
+    def move_in(self, id: str, path: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +85,16 @@ def migrate(driver: Driver, path: str, setup_init: Callable[[str], object]) -> N
     images = _scan_images(driver, graph)
     containers = _scan_containers(driver, os.path.join(path, "containers"), images)
     _migrate_repositories(path)
+    # Registered first, then the data moved onto its empty diff (a kill in between: the
+    # next run finds the data still in the graph); move_in converts its AUFS whiteouts.
     for image in _parents_first(images):
         if not driver.exists(image.id):
             driver.create(image.id, image.parent)
-        _relocate_into(driver, image.layer, image.id)
+        driver.move_in(image.id, image.layer)
     for ctr in containers:
         if not ctr.registered:
             _register_container(driver, ctr, setup_init)
-        _relocate_into(driver, ctr.rw, ctr.id)
+        driver.move_in(ctr.id, ctr.rw)
 
 
 def _migrate_repositories(path: str) -> None:
@@ -125,8 +122,15 @@ def _text(raw: dict[str, object], key: str, where: str) -> str:
 
 
 def _check_id(layer_id: str, where: str) -> None:
-    if not is_valid_id(layer_id):
-        raise InvalidLayerIDError(f"{where}: invalid layer id {layer_id!r}")
+    try:
+        validate_id(layer_id)
+    except InvalidLayerIDError:
+        raise InvalidLayerIDError(f"{where}: invalid layer id {layer_id!r}") from None
+
+
+def _check_dir(path: str) -> None:
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise DriverError(f"{path}: not a directory (a layer's files)")
 
 
 def _scan_images(driver: Driver, graph: str) -> dict[str, _Image]:
@@ -138,6 +142,7 @@ def _scan_images(driver: Driver, graph: str) -> dict[str, _Image]:
         if not (os.path.isdir(os.path.join(graph, name)) and os.path.exists(layer)):
             continue
         _check_id(name, layer)
+        _check_dir(layer)
         meta_path = os.path.join(graph, name, "json")
         raw = _load(meta_path)
         # The directory names the image: the data to move is there, whatever "id" says.
@@ -181,6 +186,7 @@ def _scan_containers(driver: Driver, containers: str,
         if not (os.path.isdir(os.path.join(containers, name)) and os.path.exists(rw)):
             continue
         _check_id(name, rw)
+        _check_dir(rw)
         registered = driver.exists(name)
         image = ""
         if not registered:
@@ -258,39 +264,3 @@ def setup_init_layer(root: str) -> None:
 def _unlink_non_dir(dir_fd: int, name: str) -> None:
     with contextlib.suppress(FileNotFoundError, IsADirectoryError):
         os.unlink(name, dir_fd=dir_fd)
-
-
-def _relocate_into(driver: Driver, old: str, layer_id: str) -> None:
-    with driver.root_unbound():
-        # Pre-0.7 Docker ran on AUFS: its layers hold AUFS whiteouts and housekeeping.
-        # They take the store's format before they move in (idempotent: a killed run
-        # is finished by the next, which finds the data still in the old graph).
-        normalize_layer(driver.layout, layer_id, os.path.realpath(old), driver.whiteouts)
-        relocate(old, driver.layout.diff(layer_id))
-
-
-def relocate(old: str, new: str) -> None:
-    """Rename ``old`` to ``new``; if that fails, symlink ``new`` -> ``old``.
-
-    ``new`` may be a symlink (an earlier run could not rename: it is replaced) or an
-    empty directory (the layer was registered first: the rename replaces it). A
-    non-empty directory at ``new`` is another layer's data and raises DriverError.
-    """
-    if os.path.islink(new):
-        os.unlink(new)
-    try:
-        os.rename(old, new)
-    except OSError as rename_err:
-        if os.path.isdir(new) and not os.path.islink(new):
-            try:
-                os.rmdir(new)  # the empty diff dir of the layer just registered
-            except OSError as rmdir_err:
-                raise DriverError(
-                    f"unable to relocate {old} to {new}: rename: {rename_err.strerror}; "
-                    f"{new} is in the way: {rmdir_err.strerror}") from rename_err
-        try:
-            os.symlink(old, new)
-        except OSError as link_err:
-            raise DriverError(
-                f"unable to relocate {old} to {new}: rename: {rename_err.strerror}; "
-                f"symlink: {link_err.strerror}") from link_err

@@ -290,3 +290,24 @@ def test_dockers_setup_init_layer(driver: aufs.Driver, tmp_path: Path) -> None:
     assert list(victim.iterdir()) == []
     changes = {str(c) for c in driver.changes(f"{CTR}-init")}
     assert {"C /etc/hosts", "C /proc", "C /sys", "A /.dockerinit", "A /etc/mtab"} <= changes
+
+
+def test_a_layer_that_is_a_symlink_is_refused_before_anything_moves(
+        driver: aufs.Driver, tmp_path: Path) -> None:
+    """``graph/<id>/layer`` a symlink to a directory outside the graph: neither that
+    directory's whiteouts are converted nor the symlink moved into the store."""
+    old = tmp_path / "old"
+    make_graph(old)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / ".wh.victim").touch()
+    (outside / "file").write_text("mine")
+    layer = old / "graph" / "b1" / "layer"
+    layer.rename(tmp_path / "b1-layer")
+    layer.symlink_to(outside)
+    before = sorted((str(p), p.lstat().st_mode) for p in (*old.rglob("*"), *outside.rglob("*")))
+    with pytest.raises(DriverError, match="not a directory"):
+        driver.migrate(old, lambda p: None)
+    assert sorted((str(p), p.lstat().st_mode)
+                  for p in (*old.rglob("*"), *outside.rglob("*"))) == before
+    assert driver.ids() == []

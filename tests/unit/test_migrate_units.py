@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from aufs.graphdriver import DriverError
-from aufs.migrate import _Image, _parents_first, relocate
+from aufs.graphdriver import DriverError, InvalidLayerIDError, validate_id
+from aufs.migrate import _Image, _parents_first
+from aufs.store.store import relocate
 
 
 def images(parents: dict[str, str]) -> dict[str, _Image]:
@@ -95,3 +96,32 @@ def test_relocate_falls_back_to_a_symlink(tmp_path: Path) -> None:
     new = old / "inside"
     relocate(str(old), str(new))
     assert os.readlink(new) == str(old)
+
+
+def test_relocate_without_link_leaves_both_sides_alone(tmp_path: Path) -> None:
+    """Where a symlink is not allowed (not a graph's layer): a failed rename is an error,
+    and a symlink already there (another directory's) is never dropped."""
+    old = tmp_path / "old"
+    old.mkdir()
+    new = old / "inside"  # rename into its own subtree: EINVAL
+    with pytest.raises(DriverError, match="symlink is kept only"):
+        relocate(str(old), str(new), link=False)
+    assert old.is_dir() and not os.path.lexists(new)
+    other = tmp_path / "new"
+    other.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DriverError, match="is a symlink to"):
+        relocate(str(old), str(other), link=False)
+    assert os.readlink(other) == str(tmp_path / "elsewhere") and old.is_dir()
+
+
+@pytest.mark.parametrize(("layer_id", "valid"), [
+    ("a" * 64, True), ("ctr1-init", True), ("x.y_z", True), ("a" * 129, False),
+    ("", False), (".", False), ("..", False), ("a/b", False), ("bad id", False),
+    ("x-removing", False),
+])
+def test_the_public_id_rule_migrate_checks_with(layer_id: str, valid: bool) -> None:
+    if valid:
+        assert validate_id(layer_id) == layer_id
+    else:
+        with pytest.raises(InvalidLayerIDError):
+            validate_id(layer_id)

@@ -1,8 +1,9 @@
 """The graph-driver contract: errors, the ``Driver`` protocol, the registry.
 
 The errors are defined in :mod:`aufs.errors`, the protocols in
-:mod:`aufs.graphdriver.protocol`, ``NaiveDiffDriver`` in :mod:`aufs.graphdriver.naive`;
-all are re-exported here (their public home). Exception tree::
+:mod:`aufs.graphdriver.protocol`, ``NaiveDiffDriver`` in :mod:`aufs.graphdriver.naive`,
+the layer-id rule ``validate_id`` in :mod:`aufs.store.layout`; all are re-exported here
+(their public home). Exception tree::
 
     DriverError
     ├── NotSupportedError          no union engine can work on this host
@@ -37,6 +38,7 @@ from aufs.graphdriver.protocol import Driver, ProtoDriver, Status
 
 if TYPE_CHECKING:
     from aufs.graphdriver.naive import NaiveDiffDriver
+    from aufs.store.layout import validate_id
 
 
 def __getattr__(name: str) -> object:
@@ -47,6 +49,11 @@ def __getattr__(name: str) -> object:
 
         globals()[name] = NaiveDiffDriver
         return NaiveDiffDriver
+    if name == "validate_id":  # the id rule (docs/API.md, "Layer ids"): the store's own
+        from aufs.store.layout import validate_id
+
+        globals()[name] = validate_id
+        return validate_id
     raise AttributeError(f"module 'aufs.graphdriver' has no attribute {name!r}")
 
 __all__ = [
@@ -67,6 +74,7 @@ __all__ = [
     "drivers",
     "get_driver",
     "register",
+    "validate_id",
 ]
 
 

@@ -31,8 +31,8 @@ from aufs._sys.safefs import O_FILE
 from aufs.errors import StoreCorruptError
 from aufs.store.layout import Layout, is_valid_id
 
-__all__ = ["MAX_BYTES", "check_dirs", "dir_problem", "first_parent", "not_a_dir", "parse",
-           "read_chain", "read_store_file", "read_verified", "relocated_dir"]
+__all__ = ["MAX_BYTES", "check_dirs", "dir_problem", "first_parent", "may_link_to", "not_a_dir",
+           "parse", "read_chain", "read_store_file", "read_verified", "relocated_dir"]
 
 #: Docker's aufs stacks at most 127 layers (a 65-byte line each); 1 MiB is far beyond.
 MAX_BYTES = 1 << 20
@@ -176,16 +176,30 @@ def _migrated_shape(path: str, layer_id: str) -> bool:
         parts[-2] == layer_id
 
 
+def may_link_to(target: str, layer_id: str) -> bool:
+    """May ``diff/<layer_id>`` be a symlink to ``target``? Only as a migration leaves one:
+    ``target`` is an absolute, normalized ``…/graph/<id>/layer`` or ``…/containers/<id>/rw``
+    of this very id, and so is the real path it resolves to (no symlink swapped in
+    further down)."""
+    return _link_dir(target, layer_id) is not None
+
+
+def _link_dir(target: str, layer_id: str) -> str | None:
+    """The real path of ``target`` if :func:`may_link_to` allows it, else None."""
+    if not (os.path.isabs(target) and os.path.normpath(target) == target
+            and _migrated_shape(target, layer_id)):
+        return None
+    real = os.path.realpath(target)
+    return real if _migrated_shape(real, layer_id) else None
+
+
 def relocated_dir(layout: Layout, layer_id: str) -> str:
     """The directory a migration's ``diff/<id>`` symlink stands for, checked before it is
-    used (StoreCorruptError if not): the link names an absolute, normalized
-    ``…/graph/<id>/layer`` or ``…/containers/<id>/rw`` of this very id, and so does the
-    real path it resolves to (no symlink swapped in further down)."""
+    used (StoreCorruptError if not: :func:`may_link_to`)."""
     link = layout.diff(layer_id)
     target = os.readlink(link)
-    real = os.path.realpath(target)
-    if not (os.path.isabs(target) and os.path.normpath(target) == target
-            and _migrated_shape(target, layer_id) and _migrated_shape(real, layer_id)):
+    real = _link_dir(target, layer_id)
+    if real is None:
         raise StoreCorruptError(
             f"{link}: a symlink to {target!r}, which is not where a migration leaves a "
             f"layer (an absolute …/graph/{layer_id}/layer or …/containers/{layer_id}/rw)")

@@ -6,7 +6,8 @@ its paths to ``<path>-removing`` first (``layers/<id>`` before the others: that 
 the moment the layer stops existing), so a crash never leaves half a layer that looks
 whole (:mod:`aufs.store.recover` finishes it). And the one rule of migrated layers:
 ``diff/<id>`` may be a symlink, left by a migration that could not rename the layer's
-data into the store; :meth:`Store.data_dir` and :meth:`Store.work` handle it.
+data into the store (:meth:`Store.move_in`, :func:`relocate`); :meth:`Store.data_dir`
+and :meth:`Store.work` handle it.
 
 It holds no lock and mounts nothing: the driver calls it under the store lock, after
 unmounting what must be unmounted.
@@ -18,12 +19,13 @@ import contextlib
 import os
 
 from aufs._sys.files import rmtree
+from aufs.errors import DriverError, LayerNotFoundError
 from aufs.store import chain as chains
 from aufs.store import children as child_index
 from aufs.store import images, layers, refs
 from aufs.store.layout import Layout, is_valid_id
 
-__all__ = ["Store"]
+__all__ = ["Store", "relocate"]
 
 
 class Store:
@@ -66,6 +68,29 @@ class Store:
         if self.relocated(id):
             return self.layout.work_beside(self.data_dir(id))
         return self.layout.work(id)
+
+    def check_move_in(self, id: str, src: str) -> None:
+        """Raise unless :meth:`move_in` may take ``src`` into the layer ``id``: the layer
+        exists (LayerNotFoundError), ``src`` is a directory, not a symlink, and
+        ``diff/<id>`` holds no data: an empty directory, or a symlink (DriverError)."""
+        if not self.exists(id):
+            raise LayerNotFoundError(f"no such layer: {id}")
+        if not os.path.isdir(src) or os.path.islink(src):
+            raise DriverError(f"{src}: not a directory")
+        diff = self.layout.diff(id)
+        if os.path.islink(diff):
+            if not chains.may_link_to(src, id):
+                raise DriverError(f"layer {id} has its files at {os.readlink(diff)} already")
+        elif os.path.isdir(diff) and os.listdir(diff):
+            raise DriverError(f"layer {id} has files already ({diff})")
+
+    def move_in(self, id: str, src: str) -> None:
+        """Make the directory ``src`` (an absolute path) the files of the layer ``id``:
+        renamed onto ``diff/<id>``; where that fails (another filesystem, a mount in the
+        way) ``diff/<id>`` becomes a symlink to ``src`` — only if ``src`` is where a
+        migration finds a layer (:func:`aufs.store.chain.may_link_to`), the one symlink
+        the store follows; otherwise DriverError. See :func:`relocate`."""
+        relocate(src, self.layout.diff(id), link=chains.may_link_to(src, id))
 
     # -- create and remove --------------------------------------------------------------
     def create(self, id: str, chain: list[str]) -> None:
@@ -113,3 +138,39 @@ class Store:
         if indexed:
             child_index.removed(lay, parent if parent and is_valid_id(parent) else "", id)
             child_index.seen(lay)
+
+
+def relocate(old: str, new: str, *, link: bool = True) -> None:
+    """Rename ``old`` to ``new``; if that fails, symlink ``new`` -> ``old`` (if ``link``,
+    else DriverError).
+
+    ``new`` may be a symlink (an earlier run could not rename: it is replaced) or an
+    empty directory (the layer was registered first: the rename replaces it). A
+    non-empty directory at ``new`` is another layer's data and raises DriverError.
+    """
+    if os.path.islink(new):
+        if not link:  # the layer's data, moved in from elsewhere by a migration
+            raise DriverError(f"unable to relocate {old} to {new}: {new} is a symlink to "
+                              f"{os.readlink(new)}")
+        os.unlink(new)
+    try:
+        os.rename(old, new)
+    except OSError as rename_err:
+        if not link:
+            raise DriverError(
+                f"unable to relocate {old} to {new}: rename: {rename_err.strerror}; a "
+                f"symlink is kept only for …/graph/<id>/layer or …/containers/<id>/rw "
+                f"of the same id") from rename_err
+        if os.path.isdir(new) and not os.path.islink(new):
+            try:
+                os.rmdir(new)  # the empty diff dir of the layer just registered
+            except OSError as rmdir_err:
+                raise DriverError(
+                    f"unable to relocate {old} to {new}: rename: {rename_err.strerror}; "
+                    f"{new} is in the way: {rmdir_err.strerror}") from rename_err
+        try:
+            os.symlink(old, new)
+        except OSError as link_err:
+            raise DriverError(
+                f"unable to relocate {old} to {new}: rename: {rename_err.strerror}; "
+                f"symlink: {link_err.strerror}") from link_err

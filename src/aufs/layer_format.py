@@ -14,6 +14,11 @@ store). Per layer:
 3. the saved times are put back and the time file goes.
 
 Every step is idempotent: running it again after a kill finishes the job.
+
+Every write into the layer or the attic is made relative to a directory fd opened without
+following a symlink (``*at`` calls, :mod:`aufs._sys.safefs`), also the copy and removal
+of a move across filesystems: a directory of the layer swapped for a symlink meanwhile
+never redirects one outside.
 """
 
 from __future__ import annotations
@@ -22,14 +27,13 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aufs._sys import safefs
 from aufs._sys.deep import DirStep, Enter, walk_dirs
-from aufs._sys.files import ensure_dir, list_xattrs, rmtree, write_atomic
+from aufs._sys.files import ensure_dir, list_xattrs, write_atomic
 from aufs.errors import DriverError
 from aufs.store.layout import Layout
 from aufs.whiteout import (
@@ -203,15 +207,35 @@ class _AtticMover:
         self.count = 0
 
     def __call__(self, dir_fd: int, name: str, rel: str) -> None:
-        dst = f"{self.attic}/{rel}"
-        os.makedirs(os.path.dirname(dst), 0o700, exist_ok=True)
-        if os.path.lexists(dst):
-            if os.stat(dir_fd).st_dev == os.lstat(os.path.dirname(dst)).st_dev:
-                raise DriverError(f"cannot set {self.layer}/{rel} aside: {dst} exists")
-            _remove(f"{self.layer}/{rel}")  # a killed run published the copy already
-        else:
-            _move(name, dst, src_path=f"{self.layer}/{rel}", dst_path=dst, src_dir_fd=dir_fd)
+        dst_fd = _open_attic_dir(self.attic, rel.rpartition("/")[0])
+        try:
+            if _lexists_at(dst_fd, name):
+                if os.fstat(dir_fd).st_dev == os.fstat(dst_fd).st_dev:
+                    raise DriverError(f"cannot set {self.layer}/{rel} aside: "
+                                      f"{self.attic}/{rel} exists")
+                safefs.remove_at(dir_fd, name)  # a killed run published the copy already
+            else:
+                _move(dir_fd, name, dst_fd)
+        finally:
+            os.close(dst_fd)
         self.count += 1
+
+
+def _open_attic_dir(attic: str, rel: str) -> int:
+    """The directory ``rel`` below the attic, made (0700) where missing, one component at
+    a time from the store's ``.aufs/attic``, no symlink followed."""
+    top, _, layer_id = attic.rpartition("/")
+    os.makedirs(top, 0o700, exist_ok=True)  # the store's own .aufs/attic
+    fd = os.open(top, safefs.O_ROOT)
+    try:
+        for name in (layer_id, *(rel.split("/") if rel else ())):
+            sub = safefs.open_dir_at(fd, name, create=0o700)
+            os.close(fd)
+            fd = sub
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _attic_entries(attic: str) -> list[tuple[str, str]]:
@@ -247,20 +271,26 @@ def _attic_dir(entry: os.DirEntry[str]) -> bool:
 def _restore_attic(attic: str, layer: str) -> int:
     """Move the housekeeping set aside from ``layer`` back; returns entries restored."""
     restored = 0
-    for rel, src in _attic_entries(attic):
+    for rel, _ in _attic_entries(attic):
         parent, _, name = rel.rpartition("/")
-        fd = _open_rel(layer, parent)
-        if fd is None:  # the directory went while the store was in overlay format
-            _remove(src)
-            continue
+        src_fd = _open_rel(attic, parent)
+        if src_fd is None:
+            continue  # gone meanwhile
         try:
-            taken = _lexists_at(fd, name)
-            if not taken:
-                _move(src, name, src_path=src, dst_path=f"{layer}/{rel}", dst_dir_fd=fd)
-                restored += 1
-            _remove(src)  # restored, or the layer has since got an entry of that name
+            fd = _open_rel(layer, parent)
+            if fd is None:  # the directory went while the store was in overlay format
+                safefs.remove_at(src_fd, name)
+                continue
+            try:
+                if not _lexists_at(fd, name):
+                    _move(src_fd, name, fd)
+                    restored += 1
+                # restored, or the layer has since got an entry of that name
+                safefs.remove_at(src_fd, name)
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
+            os.close(src_fd)
     _remove_empty_dirs(attic)
     return restored
 
@@ -280,30 +310,108 @@ def _lexists_at(dir_fd: int, name: str) -> bool:
     return True
 
 
-def _move(src: str, dst: str, *, src_path: str, dst_path: str, src_dir_fd: int | None = None,
-          dst_dir_fd: int | None = None) -> None:
-    """Move ``src`` (in ``src_dir_fd``, known as ``src_path``) to ``dst`` (in
-    ``dst_dir_fd``, known as ``dst_path``): a rename, or across filesystems a copy made
-    under ``<dst>~partial`` (for a housekeeping name still housekeeping, so no union
-    shows it), published by rename, and then the removal of the source."""
+def _move(src_fd: int, name: str, dst_fd: int) -> None:
+    """Move ``name`` from the directory ``src_fd`` to the directory ``dst_fd``: a rename,
+    or across filesystems a copy made under ``<name>~partial`` (for a housekeeping name
+    still housekeeping, so no union shows it), published by rename, and then the removal
+    of the source — all relative to the two fds."""
     try:
-        os.rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        os.rename(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
         return
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-    _remove(dst_path + _PARTIAL)
-    _copy(src_path, dst_path + _PARTIAL)
-    os.rename(dst + _PARTIAL, dst, src_dir_fd=dst_dir_fd, dst_dir_fd=dst_dir_fd)
-    _remove(src_path)
+    partial = name + _PARTIAL
+    safefs.remove_at(dst_fd, partial)
+    _copy(src_fd, name, dst_fd, partial)
+    os.rename(partial, name, src_dir_fd=dst_fd, dst_dir_fd=dst_fd)
+    safefs.remove_at(src_fd, name)
 
 
-def _copy(src: str, dst: str) -> None:
-    if stat.S_ISDIR(os.lstat(src).st_mode):
-        shutil.copytree(src, dst, symlinks=True)
-    else:
-        shutil.copy2(src, dst, follow_symlinks=False)
+def _copy(src_fd: int, name: str, dst_fd: int, dst_name: str) -> None:
+    """Copy the entry ``name`` of ``src_fd`` (a whole tree if a directory, symlinks as
+    symlinks) to ``dst_name`` in ``dst_fd``, with modes, owners (as root), times and
+    extended attributes; no symlink followed on either side, no mount crossed."""
+    st = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        _copy_entry(src_fd, name, st, dst_fd, dst_name)
+        return
+    top = safefs.open_dir_at(src_fd, name)
+    try:
+        os.mkdir(dst_name, 0o700, dir_fd=dst_fd)
+        dst_top = safefs.open_dir_at(dst_fd, dst_name)
+        try:
+            dirs: list[tuple[str, os.stat_result]] = [("", st)]
+            for fd, rel, entries in walk_dirs(top):
+                out = safefs.open_beneath(dst_top, rel) if rel else os.dup(dst_top)
+                try:
+                    _copy_xattrs(fd, out)
+                    for e in entries:
+                        est = e.stat(follow_symlinks=False)
+                        if stat.S_ISDIR(est.st_mode):
+                            os.mkdir(e.name, 0o700, dir_fd=out)  # its mode once filled
+                            dirs.append((f"{rel}/{e.name}" if rel else e.name, est))
+                        else:
+                            _copy_entry(fd, e.name, est, out, e.name)
+                finally:
+                    os.close(out)
+            for rel, dst in dirs:
+                fd = safefs.open_beneath(dst_top, rel) if rel else os.dup(dst_top)
+                try:
+                    _copy_meta(fd, dst)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(dst_top)
+    finally:
+        os.close(top)
 
 
-def _remove(path: str) -> None:
-    rmtree(path)  # a file or a tree, never across a mount, no error if absent
+def _copy_entry(src_fd: int, name: str, st: os.stat_result, dst_fd: int,
+                dst_name: str) -> None:
+    """Copy one non-directory: a file's data, a symlink's target, a device or FIFO."""
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(name, dir_fd=src_fd), dst_name, dir_fd=dst_fd)
+        if os.geteuid() == 0:
+            os.chown(dst_name, st.st_uid, st.st_gid, dir_fd=dst_fd, follow_symlinks=False)
+        os.utime(dst_name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst_fd,
+                 follow_symlinks=False)
+        return
+    if stat.S_ISREG(st.st_mode):
+        src = os.open(name, safefs.O_FILE, dir_fd=src_fd)
+        try:
+            out = os.open(dst_name, safefs.O_NEW, 0o600, dir_fd=dst_fd)
+            try:
+                while os.sendfile(out, src, None, 1 << 20):
+                    pass
+                _copy_xattrs(src, out)
+                _copy_meta(out, st)
+            finally:
+                os.close(out)
+        finally:
+            os.close(src)
+        return
+    os.mknod(dst_name, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=dst_fd)
+    fd = os.open(dst_name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dst_fd)
+    try:
+        if stat.S_IFMT(os.fstat(fd).st_mode) != stat.S_IFMT(st.st_mode):
+            raise OSError(errno.EEXIST, "replaced while being copied", dst_name)
+        _copy_meta(f"/proc/self/fd/{fd}", st)  # the inode itself (an O_PATH fd's)
+    finally:
+        os.close(fd)
+
+
+def _copy_meta(target: int | str, st: os.stat_result) -> None:
+    """Give ``target`` (an open fd, or the ``/proc/self/fd`` path of one) the owner (as
+    root), mode and times of ``st``."""
+    if os.geteuid() == 0:
+        os.chown(target, st.st_uid, st.st_gid)
+    os.chmod(target, stat.S_IMODE(st.st_mode))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _copy_xattrs(src_fd: int, dst_fd: int) -> None:
+    """The extended attributes of one open file onto another (those it may set)."""
+    for attr in list_xattrs(src_fd):
+        with contextlib.suppress(OSError):
+            os.setxattr(dst_fd, attr, os.getxattr(src_fd, attr))

@@ -296,10 +296,17 @@ def _restore_attic(attic: str, layer: str) -> int:
 
 
 def _remove_empty_dirs(top: str) -> None:
-    """Remove ``top`` and the directories below it that are empty, deepest first."""
-    for rel in reversed([rel for _, rel, _ in _walk_attic(top, None)]):
-        with contextlib.suppress(OSError):
-            os.rmdir(f"{top}/{rel}" if rel else top)
+    """Remove ``top`` and the directories below it that are empty, deepest first, each
+    in its parent's fd (none reached through a symlink)."""
+    for rel in reversed([rel for _, rel, _ in _walk_attic(top, None) if rel]):
+        parent, _, name = rel.rpartition("/")
+        fd = _open_rel(top, parent)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(name, dir_fd=fd)
+            os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(top)  # the store's own .aufs/attic/<id>
 
 
 def _lexists_at(dir_fd: int, name: str) -> bool:

@@ -222,12 +222,8 @@ class WhiteoutFormat:
         directory (the converter moves it to the store's attic). Without ``set_aside``
         housekeeping is left in place.
         """
-        fd = os.open(root, safefs.O_DIR)
-        try:
-            return sum(self._normalize_dir(dir_fd, rel, entries, set_aside)
-                       for dir_fd, rel, entries in deep.walk_dirs(fd, self._enters))
-        finally:
-            os.close(fd)
+        return sum(self._normalize_dir(dir_fd, rel, entries, set_aside)
+                   for dir_fd, rel, entries in deep.walk_dirs(root, self._enters))
 
     def _enters(self, entry: os.DirEntry[str]) -> bool:
         """Does :meth:`normalize` walk into the directory ``entry``?"""

@@ -53,6 +53,9 @@ class RecordingEngine:
     def forget(self, rw: str) -> None:
         self.calls.append(("forget", rw))
 
+    def clear(self, target: str) -> None:
+        pass  # nothing ever starts behind its back
+
 
 def driver_with_fake_engine(root: str | os.PathLike[str], whiteouts: str = "aufs",
                             ) -> tuple[Driver, RecordingEngine]:

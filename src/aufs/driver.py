@@ -289,6 +289,7 @@ class Driver:
                     count = 0  # the mount table is the truth: a dead holder's count is void
                     chains.check_dirs(lay, id, chain)  # no mount follows a symlink out
                     ensure_dir(target)
+                    self.engine.clear(target)  # a killed get's daemon may still be starting
                     self.engine.mount(branches)
                     mounted_now = True
                 try:
@@ -318,6 +319,8 @@ class Driver:
                 ref.set(0)
             if mounted:
                 self._engine_unmount(id, target)
+            elif chain:
+                self.engine.clear(target)
 
     def _unmount(self, id: str) -> None:
         target = self.layout.mnt(id)

@@ -192,8 +192,8 @@ def test_the_daemon_gets_none_of_our_descriptors(fuse: aufs.Driver) -> None:
 
 def test_put_of_a_layer_with_nothing_mounted(fuse: aufs.Driver,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """A stale count (holders that died) and a put with no mount: no error, no /proc scan,
-    no unmount attempted (fusermount3 -u would fail on it)."""
+    """A stale count (holders that died) and a put with no mount: no error, no unmount
+    attempted (fusermount3 -u would fail on it)."""
     mnt = fuse.get("top")
     fuse.put("top")
     from aufs.store import refs
@@ -206,6 +206,52 @@ def test_put_of_a_layer_with_nothing_mounted(fuse: aufs.Driver,
     fuse.put("top")
     fuse.put("top")
     assert fuse.refcount("top") == 0 and mounts_below(mnt) == []
+
+
+def _orphan_daemon(d: aufs.Driver, id: str) -> subprocess.Popen[bytes]:
+    """What a ``get`` killed half way leaves: a fuse-overlayfs daemon for the layer's
+    mount point that has not mounted yet. Made slow on purpose: a process that looks
+    like the daemon (its argv) and turns into the real one after 0.4 s."""
+    branches = d._branches(id, d.parents(id), "")
+    os.makedirs(branches.work, exist_ok=True)
+    (spec,) = fuse_overlayfs.fuse_specs(branches, d.engine.caps)  # type: ignore[attr-defined]
+    assert spec.argv is not None
+    late = ("import os, sys, time; time.sleep(0.4); "
+            f"os.execv({spec.argv[0]!r}, ['fuse-overlayfs', *sys.argv[1:]])")
+    proc = subprocess.Popen(["fuse-overlayfs", "-c", late, *spec.argv[1:]],
+                            executable=sys.executable, start_new_session=True)
+    deadline = time.monotonic() + 5
+    while not fuse_overlayfs.daemon_pids(branches.target):  # argv shows a moment after exec
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.001)
+    return proc
+
+
+@pytest.mark.parametrize("call", ["put", "get"])
+def test_a_killed_gets_daemon_never_mounts_behind_our_back(fuse: aufs.Driver,
+                                                          call: str) -> None:
+    """``put`` with nothing mounted (the holder died) and ``get`` about to mount stop a
+    daemon still starting at the mount point: it cannot mount after the put (a leaked
+    union) or on top of the new one (a put would then unmount only the top)."""
+    mnt = fuse.layout.mnt("top")
+    proc = _orphan_daemon(fuse, "top")
+    try:
+        if call == "put":
+            fuse.put("top")
+        else:
+            assert fuse.get("top") == mnt
+        time.sleep(1.0)  # time enough for a live daemon to mount
+        assert proc.poll() is not None, "the orphan daemon still runs"
+        expected = 1 if call == "get" else 0
+        assert len(mounts_below(mnt)) == expected, mounts_below(mnt)
+        if call == "get":
+            assert (Path(mnt) / "f").read_text() == "lower"
+            fuse.put("top")
+            assert mounts_below(mnt) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 def test_a_missing_program_is_a_mount_error(fuse: aufs.Driver,

@@ -76,6 +76,13 @@ class UnionEngine(Protocol):
         keeps for it in the store (the store lock is held)."""
         ...
 
+    def clear(self, target: str) -> None:
+        """Nothing is mounted at ``target`` and the store lock is held: stop whatever a
+        killed process left still starting there (a FUSE daemon whose ``get`` died before
+        its mount was ready mounts on its own a moment later), so that it cannot appear
+        behind the driver's back after a ``put`` or on top of a new ``get``."""
+        ...
+
 
 def escape_overlay_path(path: str) -> str:
     """Escape the characters overlayfs (and fuse-overlayfs) split option values on."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -96,6 +97,20 @@ class FuseOverlayEngine:
 
     def forget(self, rw: str) -> None:
         pass  # nothing kept per layer
+
+    def clear(self, target: str) -> None:
+        """A daemon serving ``target`` while nothing is mounted there is the child of a
+        ``get`` killed before the mount was ready: it is killed, and if it mounted in
+        between, that (now dead) mount is dropped."""
+        fds = daemon.open_pidfds(daemon_pids(target))
+        if not fds:
+            return
+        for fd in fds:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        daemon.reap(fds, DAEMON_EXIT_TIMEOUT)
+        with contextlib.suppress(OSError):  # EINVAL: it had not mounted
+            sysmount.detach(target)
 
 
 def unmount(target: str, fusermount: str | None = None,

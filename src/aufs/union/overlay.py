@@ -120,6 +120,9 @@ class OverlayEngine:
         return overlay_specs(branches, self.caps, self.layout.links_dir,
                              self._short_names(branches.lowers, create=False))
 
+    def clear(self, target: str) -> None:
+        pass  # a mount(2) is done or not when its caller dies
+
     def forget(self, rw: str) -> None:
         """Remove the short link to ``rw``, if one was made (the lock is held)."""
         target = os.path.relpath(rw, self.layout.links_dir)

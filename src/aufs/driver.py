@@ -289,8 +289,14 @@ class Driver:
                     count = 0  # the mount table is the truth: a dead holder's count is void
                     chains.check_dirs(lay, id, chain)  # no mount follows a symlink out
                     ensure_dir(target)
-                    self.engine.clear(target)  # a killed get's daemon may still be starting
-                    self.engine.mount(branches)
+                    if ref.mounting:  # a get died mounting: its daemon may still be starting
+                        self.engine.clear(target)
+                    ref.mark_mounting()
+                    try:
+                        self.engine.mount(branches)
+                    except BaseException:
+                        ref.set(0)
+                        raise
                     mounted_now = True
                 try:
                     ref.set(count + 1)
@@ -308,6 +314,7 @@ class Driver:
             target = lay.mnt(id)
             with refs.Count(lay.refs(id)) as ref:
                 count = ref.value
+                starting = ref.mounting  # a get died mounting (see refs)
                 if count > 1:
                     state = mount_state(target, lay.mnt_dir) if chain else MountState.LIVE
                     if state is MountState.LIVE:  # other holders remain
@@ -319,7 +326,7 @@ class Driver:
                 ref.set(0)
             if mounted:
                 self._engine_unmount(id, target)
-            elif chain:
+            elif starting:
                 self.engine.clear(target)
 
     def _unmount(self, id: str) -> None:
@@ -353,6 +360,9 @@ class Driver:
         lay = self.layout
         with self._lock.hold():
             errors: list[str] = []
+            for name in os.listdir(lay.refs_dir):
+                if is_valid_id(name) and refs.mounting(lay.refs(name)):
+                    self.engine.clear(lay.mnt(name))  # before its daemon can mount
             for entry in reversed(list(mountinfo.mounts_under(lay.mnt_dir))):
                 name = os.path.basename(entry.mountpoint)
                 try:

@@ -192,8 +192,8 @@ def test_the_daemon_gets_none_of_our_descriptors(fuse: aufs.Driver) -> None:
 
 def test_put_of_a_layer_with_nothing_mounted(fuse: aufs.Driver,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """A stale count (holders that died) and a put with no mount: no error, no unmount
-    attempted (fusermount3 -u would fail on it)."""
+    """A stale count (holders that died) and a put with no mount: no error, no /proc scan,
+    no unmount attempted (fusermount3 -u would fail on it)."""
     mnt = fuse.get("top")
     fuse.put("top")
     from aufs.store import refs
@@ -227,17 +227,21 @@ def _orphan_daemon(d: aufs.Driver, id: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-@pytest.mark.parametrize("call", ["put", "get"])
+@pytest.mark.parametrize("call", ["put", "get", "cleanup"])
 def test_a_killed_gets_daemon_never_mounts_behind_our_back(fuse: aufs.Driver,
                                                           call: str) -> None:
-    """``put`` with nothing mounted (the holder died) and ``get`` about to mount stop a
-    daemon still starting at the mount point: it cannot mount after the put (a leaked
+    """A get killed while mounting leaves its mark in the count file; ``put`` and
+    ``cleanup`` with nothing mounted, and ``get`` about to mount, then stop the daemon
+    still starting at the mount point: it cannot mount after the put or cleanup (a leaked
     union) or on top of the new one (a put would then unmount only the top)."""
     mnt = fuse.layout.mnt("top")
     proc = _orphan_daemon(fuse, "top")
+    Path(fuse.layout.refs("top")).write_text("0 m\n")  # what the dead get wrote
     try:
         if call == "put":
             fuse.put("top")
+        elif call == "cleanup":
+            fuse.cleanup()
         else:
             assert fuse.get("top") == mnt
         time.sleep(1.0)  # time enough for a live daemon to mount

@@ -1,7 +1,10 @@
 """Reference counts of ``get``/``put``, on disk so that every process shares them.
 
-``refs/<id>`` holds a decimal count. Callers hold the store lock. A missing or
-unreadable file is zero; the driver reconciles counts with the mount table.
+``refs/<id>`` holds a decimal count, followed by `` m`` while a ``get`` is mounting the
+layer (:meth:`Count.mark_mounting`): found by the next ``get``/``put``/``cleanup``, it
+says a process died mid-mount and may have left a FUSE daemon that mounts on its own
+later. Callers hold the store lock. A missing or unreadable file is zero; the driver
+reconciles counts with the mount table.
 """
 
 from __future__ import annotations
@@ -31,11 +34,30 @@ def _open(path: str, flags: int) -> int:
     return fd
 
 
+_MOUNTING = b"m"
+
+
 def _parse(raw: bytes) -> int:
     try:
-        return max(int(raw or b"0"), 0)
+        return max(int(raw.split(maxsplit=1)[0] if raw.strip() else b"0"), 0)
     except ValueError:
         return 0
+
+
+def _marked(raw: bytes) -> bool:
+    return raw.split()[1:2] == [_MOUNTING]
+
+
+def mounting(path: str) -> bool:
+    """Was a ``get`` mounting this layer when its process died (see the module doc)?"""
+    try:
+        fd = _open(path, os.O_RDONLY)
+    except (FileNotFoundError, StoreCorruptError):
+        return False
+    try:
+        return _marked(os.read(fd, 32))
+    finally:
+        os.close(fd)
 
 
 def read(path: str) -> int:
@@ -64,16 +86,25 @@ class Count:
             os.close(self._fd)
             raise
         self.value = _parse(self._raw)
+        self.mounting = _marked(self._raw)
+
+    def mark_mounting(self) -> None:
+        """Say that a mount is being made (cleared by the next :meth:`set`)."""
+        self._write(b"%d %s\n" % (self.value, _MOUNTING))
+        self.mounting = True
 
     def set(self, count: int) -> None:
         # One small pwrite is all-or-nothing for our purposes; a torn count is re-read
         # as 0 and then corrected against the mount table.
-        data = b"%d\n" % max(count, 0)
+        self._write(b"%d\n" % max(count, 0))
+        self.value = count
+        self.mounting = False
+
+    def _write(self, data: bytes) -> None:
         os.pwrite(self._fd, data, 0)
         if len(data) < len(self._raw):
             os.ftruncate(self._fd, len(data))
         self._raw = data
-        self.value = count
 
     def close(self) -> None:
         os.close(self._fd)

@@ -77,10 +77,10 @@ class UnionEngine(Protocol):
         ...
 
     def clear(self, target: str) -> None:
-        """Nothing is mounted at ``target`` and the store lock is held: stop whatever a
-        killed process left still starting there (a FUSE daemon whose ``get`` died before
-        its mount was ready mounts on its own a moment later), so that it cannot appear
-        behind the driver's back after a ``put`` or on top of a new ``get``."""
+        """A ``get`` died while mounting ``target`` (its reference count file says so) and
+        the store lock is held: stop whatever it left still starting there (a FUSE daemon
+        mounts on its own a moment later), so that no union appears behind the driver's
+        back after a ``put`` or ``cleanup``, or on top of a new ``get``."""
         ...
 
 

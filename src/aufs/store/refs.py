@@ -101,9 +101,9 @@ class Count:
         self.mounting = False
 
     def _write(self, data: bytes) -> None:
+        if len(data) < len(self._raw):  # padded, not truncated: one pwrite, no ftruncate
+            data = data[:-1] + b" " * (len(self._raw) - len(data)) + b"\n"
         os.pwrite(self._fd, data, 0)
-        if len(data) < len(self._raw):
-            os.ftruncate(self._fd, len(data))
         self._raw = data
 
     def close(self) -> None:

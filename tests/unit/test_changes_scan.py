@@ -1,0 +1,126 @@
+"""``layer_changes`` answers the same whether it looks each name up in the parents
+(``lstat``) or lists the parents' directory once (``SCAN_AFTER``), on random layers."""
+
+from __future__ import annotations
+
+import os
+import random
+import stat
+from pathlib import Path
+
+import pytest
+
+from aufs.archive import Change, ChangeKind, changes
+from aufs.archive.changes import layer_changes
+from aufs.whiteout import AUFS, OVERLAY, WhiteoutFormat
+
+ROOT = os.geteuid() == 0
+NAMES = ("a", "b", "c", "d", "e")
+T = 1_600_000_000
+
+
+def _whiteout(fmt: WhiteoutFormat, directory: Path, name: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fmt.make_whiteout(fd, name)
+    finally:
+        os.close(fd)
+
+
+def _opaque(fmt: WhiteoutFormat, directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fmt.make_opaque(fd)
+    finally:
+        os.close(fd)
+
+
+def _fill(rng: random.Random, d: Path, depth: int, formats: list[WhiteoutFormat]) -> None:
+    """Random entries from a small set of names, so that layers collide often."""
+    d.mkdir(exist_ok=True)
+    for name in NAMES:
+        roll = rng.random()
+        fmt = rng.choice(formats)
+        if roll < 0.25:
+            (d / name).write_text(name)
+        elif roll < 0.45 and depth > 0:
+            _fill(rng, d / name, depth - 1, formats)
+        elif roll < 0.55:
+            (d / name).symlink_to("a")
+        elif roll < 0.7:
+            _whiteout(fmt, d, name)
+        elif roll < 0.75:  # a whiteout beside the name it whites out (same layer)
+            (d / name).write_text(name)
+            _whiteout(AUFS, d, name)
+        elif roll < 0.78 and ROOT:
+            os.mknod(d / name, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # a device, kept
+    if rng.random() < 0.1:
+        _opaque(rng.choice(formats), d)
+    if rng.random() < 0.05:
+        (d / ".wh..wh.plnk").mkdir()
+    mtime = T + rng.choice((0, 0, 7))
+    os.utime(d, (mtime, mtime))
+
+
+def _layers(tmp_path: Path, seed: int) -> tuple[list[str], str]:
+    rng = random.Random(seed)
+    formats = [AUFS, OVERLAY] if ROOT else [AUFS]
+    lowers = []
+    for i in range(rng.choice((1, 1, 2, 3))):
+        low = tmp_path / f"low{i}"
+        _fill(rng, low, 3, formats)
+        lowers.append(str(low))
+    rw = tmp_path / "rw"
+    _fill(rng, rw, 3, formats)
+    return lowers, str(rw)
+
+
+def _answers(monkeypatch: pytest.MonkeyPatch, lowers: list[str], rw: str,
+             ) -> dict[int | None, list[Change]]:
+    out = {}
+    for after in (None, 0, 1, 3, -1):
+        monkeypatch.setattr(changes, "SCAN_AFTER", after)
+        out[after] = layer_changes(lowers, rw)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_scan_and_lookups_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                seed: int) -> None:
+    lowers, rw = _layers(tmp_path, seed)
+    answers = _answers(monkeypatch, lowers, rw)
+    lookups = answers[None]
+    for after, answer in answers.items():
+        assert answer == lookups, f"SCAN_AFTER={after}"
+    assert lookups == sorted(lookups, key=lambda c: (c.path, c.kind))
+
+
+def test_scan_of_a_large_parent_directory(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget from the parent directory's size: 600 names to look up in a parent of
+    1,000 lists it (and says the same as 600 lookups)."""
+    low, rw = tmp_path / "low", tmp_path / "rw"
+    (low / "d").mkdir(parents=True)
+    (rw / "d").mkdir(parents=True)
+    for i in range(1000):
+        (low / "d" / f"f{i:04d}").write_text("")
+    for i in range(0, 1200, 2):
+        (rw / "d" / f"f{i:04d}").write_text("x")
+    _whiteout(AUFS, low / "d", "f0002")  # in the parent's own layer: no effect there
+    answers = _answers(monkeypatch, [str(low)], str(rw))
+    expected = [Change("/d", ChangeKind.MODIFY)] + [
+        Change(f"/d/f{i:04d}", ChangeKind.MODIFY if i < 1000 else ChangeKind.ADD)
+        for i in range(0, 1200, 2)]
+    for after, answer in answers.items():
+        assert answer == expected, f"SCAN_AFTER={after}"
+    listed = []
+    real = changes._union_names
+
+    def union_names(lows: list[str]) -> set[str]:
+        listed.append(lows)
+        return real(lows)
+
+    monkeypatch.setattr(changes, "SCAN_AFTER", -1)
+    monkeypatch.setattr(changes, "_union_names", union_names)
+    assert layer_changes([str(low)], str(rw)) == expected
+    assert listed == [[str(low / "d")]]

@@ -64,7 +64,7 @@ def _fill(rng: random.Random, d: Path, depth: int, formats: list[WhiteoutFormat]
 
 def _layers(tmp_path: Path, seed: int) -> tuple[list[str], str]:
     rng = random.Random(seed)
-    formats = [AUFS, OVERLAY] if ROOT else [AUFS]
+    formats: list[WhiteoutFormat] = [AUFS, OVERLAY] if ROOT else [AUFS]
     lowers = []
     for i in range(rng.choice((1, 1, 2, 3))):
         low = tmp_path / f"low{i}"

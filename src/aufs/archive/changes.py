@@ -202,30 +202,45 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
     added: list[str] = []
     deleted: list[str] = []
     mod, add, gone = modified.append, added.append, deleted.append
-    lstat = os.lstat
-    scandir = os.scandir
+    lstat, fstat, listxattr, scandir = os.lstat, os.fstat, os.listxattr, os.scandir
+    open_dir, close, o_dir = os.open, os.close, safefs.O_DIR
     wh_prefix = WH_PREFIX
-    stack: list[_Frame] = [(rw_dir.rstrip("/") or "/", "", _root_lows(lower_dirs), None,
-                            False)]
+    limit = _LIMIT
+    by_size = SCAN_AFTER == -1
+    root = rw_dir.rstrip("/") or "/"
+    stack: list[_Frame] = [(root, "", _root_lows(lower_dirs), None, False)]
     pop = stack.pop
     push = stack.append
     with deep.ShortPaths() as short:
         while stack:
             rw_path, rel, lows, below, hides = pop()
-            if len(rw_path) >= _LIMIT or (lows and max(map(len, lows)) >= _LIMIT):
-                rw_path, lows = short(rw_path), [short(low) for low in lows]
+            # lows: [] (the parents show nothing here), one directory, or several
+            if len(lows) == 1:
+                low = lows[0]
+                if len(rw_path) >= limit or len(low) >= limit:
+                    rw_path, low = short(rw_path), short(low)
+                    lows = [low]
+                low += "/"
+            else:
+                low = ""
+                if len(rw_path) >= limit or any(len(path) >= limit for path in lows):
+                    rw_path, lows = short(rw_path), [short(path) for path in lows]
             # The layer's own directory may be a symlink (a layer migrated in place).
-            fd = os.open(rw_path, safefs.O_DIR if rel else safefs.O_ROOT)
+            fd = open_dir(rw_path, o_dir) if rel else os.open(rw_path, safefs.O_ROOT)
             try:
                 if lows and not hides:  # the root too: an opaque root hides every parent
                     try:
-                        maybe = OVERLAY_OPAQUE_XATTR in os.listxattr(fd)
+                        maybe = OVERLAY_OPAQUE_XATTR in listxattr(fd)
                     except OSError:
                         maybe = True  # has_opaque_xattr decides
                     hides = maybe and has_opaque_xattr(fd)
                 prefix = rel + "/"
-                low = lows[0] + "/" if len(lows) == 1 else ""
-                budget = _scan_budget(below, lows) if lows else 0
+                if not lows:
+                    budget = 0
+                elif by_size:
+                    budget = 3 + (below.st_size if below is not None else 4096) * len(lows) // 53
+                else:
+                    budget = _scan_budget(below, lows)
                 visible: set[str] | None = None
                 changed = aufs_opaque = False
                 dirs: list[str] = []
@@ -290,14 +305,15 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
                     if not lows or (visible is not None and name not in visible):
                         found_st = None
                     elif low:
+                        sub_low = low + name
                         try:
-                            found_st = lstat(low + name)
+                            found_st = lstat(sub_low)
                         except (FileNotFoundError, NotADirectoryError):
                             found_st = None
                         else:
                             fmt = found_st.st_mode & _S_IFMT
                             if fmt == _S_IFDIR:  # compared with the directory in its frame
-                                push((sub, path, [low + name], found_st, hides))
+                                push((sub, path, [sub_low], found_st, hides))
                                 continue
                             if fmt == _S_IFCHR and is_overlay_whiteout_mode(
                                     found_st.st_mode, found_st.st_rdev):
@@ -327,14 +343,16 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
                         changed = True
                 if below is not None:  # Docker's rule: a child added or deleted lists it
                     if not changed:
-                        st = os.fstat(fd)
+                        st = fstat(fd)
                         changed = not (st.st_size == below.st_size
                                        and st.st_mode == below.st_mode
-                                       and same_fs_time(st.st_mtime_ns, below.st_mtime_ns))
+                                       and (st.st_mtime_ns == below.st_mtime_ns
+                                            or same_fs_time(st.st_mtime_ns,
+                                                            below.st_mtime_ns)))
                     if changed:
                         mod(rel)
             finally:
-                os.close(fd)
+                close(fd)
     # MODIFYs, then ADDs, then DELETEs, sorted by path — the sort is stable, so a path
     # both deleted and changed comes out in (path, kind) order. The key is the Changes'
     # own field: no key tuples — a layer of 200,000 files stays under 64 MiB.

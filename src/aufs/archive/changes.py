@@ -248,7 +248,7 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
                 with scandir(fd) as it:
                     for e in it:
                         name = e.name
-                        if name.startswith(wh_prefix):
+                        if name[0] == "." and name.startswith(wh_prefix):
                             if name == WH_OPAQUE:
                                 aufs_opaque = True
                             else:

@@ -31,7 +31,7 @@ import os
 import stat
 from collections import deque
 from collections.abc import Sequence
-from itertools import repeat
+from itertools import islice, repeat
 from operator import attrgetter
 
 from aufs._sys import deep, safefs
@@ -359,21 +359,22 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
     # MODIFYs, then ADDs, then DELETEs, sorted by path — the sort is stable, so a path
     # both deleted and changed comes out in (path, kind) order. The key is the Changes'
     # own field: no key tuples — a layer of 200,000 files stays under 64 MiB.
-    out = _changes(modified, _MODIFY)
-    out += _changes(added, _ADD)
-    out += _changes(deleted, _DELETE)
+    out: list[Change] = []
+    _extend(out, modified, _MODIFY)
+    _extend(out, added, _ADD)
+    _extend(out, deleted, _DELETE)
     out.sort(key=_PATH)
     return out
 
 
-def _changes(paths: list[str], kind: ChangeKind) -> list[Change]:
-    """``[Change(path, kind) for path in paths]`` in C loops, without the frozen
-    dataclass's per-field ``__setattr__``; ``paths`` is emptied as it goes."""
-    changes = list(map(_new_change, repeat(Change, len(paths))))
-    deque(map(_set_path, changes, paths), 0)
-    deque(map(_set_kind, changes, repeat(kind)), 0)
+def _extend(out: list[Change], paths: list[str], kind: ChangeKind) -> None:
+    """``out += [Change(path, kind) for path in paths]`` in C loops, without the frozen
+    dataclass's per-field ``__setattr__``; ``paths`` is emptied."""
+    start = len(out)
+    out.extend(map(_new_change, repeat(Change, len(paths))))
+    deque(map(_set_path, islice(out, start, None), paths), 0)
+    deque(map(_set_kind, islice(out, start, None), repeat(kind)), 0)
     paths.clear()
-    return changes
 
 
 def diff_size(directory: str) -> int:

@@ -9,7 +9,7 @@ job                   reference                                     goal
 ====================  ============================================  ======
 apply_diff            ``tar -xf`` (GNU tar) into a fresh directory  <= 1.0x
 diff                  ``tar -cf - DIR | cat >/dev/null``             <= 1.0x
-changes (in-process)  ``find UPPER -printf '%p %s %T@\\n'``          <= 1.0x
+changes (in-process)  ``find UPPER -printf '%p %s %T@\\n'``          <= 1.15x
 peak RSS              apply and diff of a 2 GiB layer (child)       < 64 MiB
 ====================  ============================================  ======
 
@@ -47,7 +47,7 @@ from bench.common import (
 )
 from bench.profiling import profile
 
-GOALS = {"apply": 1.0, "diff": 1.0, "changes": 1.0}
+GOALS = {"apply": 1.0, "diff": 1.0, "changes": 1.15}  # changes: issue 17
 RSS_GOAL_MIB = 64.0
 CHANGES_PAIRS = 10
 GIB = 1 << 30

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from aufs._sys.files import rmtree
 from aufs.archive import Change, ChangeKind, changes
 from aufs.archive.changes import layer_changes
 from aufs.whiteout import AUFS, OVERLAY, WhiteoutFormat
@@ -124,3 +125,56 @@ def test_scan_of_a_large_parent_directory(tmp_path: Path,
     monkeypatch.setattr(changes, "_union_names", union_names)
     assert layer_changes([str(low)], str(rw)) == expected
     assert listed == [[str(low / "d")]]
+
+
+def _nest(top: Path, depth: int) -> None:
+    """``top/d/d/…/d``, ``depth`` levels deep, made fd by fd (the path is past
+    PATH_MAX), with two files at the bottom."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.utime(fd, (T, T))  # the parents' directories compare equal
+            os.close(fd)
+            fd = sub
+        for name in ("same", "gone"):
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+        os.utime(fd, (T, T))
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("after", [None, 0])
+def test_deep_layer_over_a_deep_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       after: int | None) -> None:
+    """Both trees 1,100 deep (paths past deep.LIMIT, re-rooted at /proc/self/fd): looked up
+    and listed alike."""
+    depth = 1100
+    low, rw = tmp_path / "low", tmp_path / "rw"
+    low.mkdir()
+    rw.mkdir()
+    _nest(low, depth)
+    _nest(rw, depth)
+    fd = os.open(rw, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        os.unlink("gone", dir_fd=fd)
+        AUFS.make_whiteout(fd, "gone")
+        os.close(os.open("new", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+        os.utime(fd, (T, T))
+    finally:
+        os.close(fd)
+    monkeypatch.setattr(changes, "SCAN_AFTER", after)
+    bottom = "/d" * depth
+    try:
+        assert layer_changes([str(low)], str(rw)) == [
+            Change(bottom, ChangeKind.MODIFY), Change(bottom + "/gone", ChangeKind.DELETE),
+            Change(bottom + "/new", ChangeKind.ADD),
+            Change(bottom + "/same", ChangeKind.MODIFY)]
+    finally:  # pytest's own clean-up of old tmp dirs recurses
+        rmtree(str(low))
+        rmtree(str(rw))

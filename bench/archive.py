@@ -39,6 +39,7 @@ from bench.common import (
     Report,
     compare,
     compare_interleaved,
+    cpu_clock,
     drop_caches,
     loop_ext4,
     main_guard,
@@ -172,6 +173,11 @@ class Bench:
             goal=GOALS["changes"],
             note=f"warm caches, {CHANGES_PAIRS} interleaved calls a round; the driver also "
                  "looks names up in the parent, find walks the upper only"))
+        self.report.add(compare_interleaved(
+            "changes (upper layer), CPU time", subject, ref, rounds=self.reps,
+            pairs=CHANGES_PAIRS, clock=cpu_clock,
+            note="the same in CPU seconds (find's own, and our fork and wait for it): "
+                 "what a loaded machine moves least"))
         # The floors: what any Python changes must do, with none of the work of an answer.
         lower = self.d.layout.diff(self.d.parents(id)[0])
         for label, fn in (

@@ -331,7 +331,7 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
                         add(path)
                         changed = True
                     else:
-                        mod(path)  # a directory where the parents have none
+                        mod(path)  # a directory where the parents show a file
                     push((sub, path, [], None, hides))
                 if whited:
                     for name in whited:

@@ -51,6 +51,7 @@ FORMATS = ("oci", "docker-archive")
 COMPRESSIONS = ("gzip", "zstd", "none")
 DEFAULT_COMPRESSION = {"oci": "gzip", "docker-archive": "none"}
 _CHUNK = 1 << 20
+BLOCK = tarfile.BLOCKSIZE
 
 OnBytes = Callable[[int], None]
 
@@ -74,72 +75,109 @@ def _memory_blob(data: bytes) -> Blob:
     return Blob("sha256:" + hashlib.sha256(data).hexdigest(), len(data), data=data)
 
 
-class _HashingWriter(io.RawIOBase):
+class _HashingWriter:
+    """Writes into ``out`` and hashes what it writes (the compressed blob's digest)."""
+
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out
         self.hash = hashlib.sha256()
         self.size = 0
 
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        view = bytes(data)
-        self._out.write(view)
-        self.hash.update(view)
-        self.size += len(view)
-        return len(view)
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = self._out.write(data)
+        self.hash.update(data)  # releases the GIL on a block: the workers go on
+        self.size += n
+        return n
 
 
 class _Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
-class _Sink(Protocol):
-    def write(self, data: bytes, /) -> int: ...
+class _Target(Protocol):
+    """Where layer blobs go: ``begin`` gives the file to write one into (at its current
+    position), ``end`` makes what was written the blob ``digest``, ``abort`` drops it."""
 
-    def close(self) -> None: ...
+    def begin(self, index: int) -> IO[bytes]: ...
+
+    def end(self, digest: str, size: int) -> Blob: ...
+
+    def abort(self) -> None: ...
 
 
-def _compressor(out: IO[bytes], compress: str) -> _Sink:
-    # gzip level 6 on every core, zstd with threads (aufs.archive.compressor)
-    return compressor.open_compressor(out, compress)
+class _ScratchFiles:
+    """Each layer blob a file ``layer<i>`` in the directory ``scratch`` (push uploads them)."""
+
+    def __init__(self, scratch: str) -> None:
+        self._scratch = scratch
+        self._file: IO[bytes] | None = None
+        self._path = ""
+
+    def begin(self, index: int) -> IO[bytes]:
+        self._path = os.path.join(self._scratch, f"layer{index}")
+        self._file = open(self._path, "xb")  # noqa: SIM115 (closed by end/abort)
+        return self._file
+
+    def end(self, digest: str, size: int) -> Blob:
+        assert self._file is not None
+        self._file.close()
+        self._file = None
+        return Blob(digest, size, path=self._path)
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path)
 
 
-def _write_layer(stream: _Readable, path: str, compress: str,
-                 on_bytes: OnBytes | None) -> tuple[Blob, str]:
-    """Write the tar ``stream`` (compressed) into the new file ``path``: its blob and
-    the tar's diff id."""
+class _OtherBytes(Exception):
+    """The rebuilt tar is not the one recorded (its diff id differs)."""
+
+
+def _write_layer(stream: _Readable, target: _Target, index: int, compress: str,
+                 on_bytes: OnBytes | None, expect: str | None = None) -> tuple[Blob, str]:
+    """Write the tar ``stream`` (compressed) as the blob of layer ``index`` into
+    ``target``: the blob and the tar's diff id. On an error — or, with ``expect``, a
+    diff id other than that (:class:`_OtherBytes`) — the blob is dropped."""
     diff_id = hashlib.sha256()
-    with open(path, "xb") as f:
-        sink = _HashingWriter(f)
-        out = _compressor(sink, compress)  # type: ignore[arg-type]
-        while chunk := stream.read(_CHUNK):
-            diff_id.update(chunk)
-            out.write(chunk)
-            if on_bytes is not None:
-                on_bytes(len(chunk))
-        out.close()
-    return (Blob("sha256:" + sink.hash.hexdigest(), sink.size, path=path),
-            "sha256:" + diff_id.hexdigest())
+    sink = _HashingWriter(target.begin(index))
+    try:
+        # the diff id is hashed as the compressor takes the bytes (gzip: a block at a
+        # time, in the calling thread, while the workers deflate the blocks before it)
+        out = compressor.open_compressor(sink, compress,  # type: ignore[arg-type]
+                                         tee=diff_id.update)
+        try:
+            while chunk := stream.read(_CHUNK):
+                out.write(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+        finally:
+            out.close()
+        tar_digest = "sha256:" + diff_id.hexdigest()
+        if expect is not None and tar_digest != expect:
+            raise _OtherBytes(tar_digest)
+        blob = target.end("sha256:" + sink.hash.hexdigest(), sink.size)
+    except BaseException:
+        target.abort()
+        raise
+    return blob, tar_digest
 
 
-def _layer_blob(driver: Driver, layer_id: str, path: str, compress: str,
+def _layer_blob(driver: Driver, layer_id: str, target: _Target, index: int, compress: str,
                 on_bytes: OnBytes | None) -> tuple[Blob, str]:
-    """The layer's tar as a blob in ``path`` and its diff id: rebuilt from its tar-split
-    when that gives the tar it came as, else generated from the layer."""
+    """The layer's tar as a blob in ``target`` and its diff id: rebuilt from its
+    tar-split when that gives the tar it came as (its sha256 is checked), else
+    generated from the layer."""
     layout = driver.layout
     try:
         with tarsplit.open_rebuilt(layout.tar_split(layer_id), layout.diff(layer_id)) as tar:
-            blob, diff_id = _write_layer(tar, path, compress, on_bytes)
-        if diff_id == tar.diff_id:
-            return blob, diff_id
-    except tarsplit.Unusable:
-        pass
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # a rebuild that failed half-way, or gave other bytes
+            return _write_layer(tar, target, index, compress, on_bytes, expect=tar.diff_id)
+    except (tarsplit.Unusable, _OtherBytes):
+        pass  # the blob written so far was dropped
     with driver.diff(layer_id) as stream:
-        return _write_layer(stream, path, compress, on_bytes)
+        return _write_layer(stream, target, index, compress, on_bytes)
 
 
 def _json(obj: object) -> bytes:
@@ -183,14 +221,18 @@ def image_blobs(driver: Driver, layer_id: str, scratch: str, *, compress: str = 
                 on_bytes: OnBytes | None = None) -> ImageBlobs:
     """The image whose top layer is ``layer_id`` as blobs; layer blobs are written into
     the directory ``scratch`` (the caller removes it). ``export`` and ``push`` share this."""
+    return _image_blobs(driver, layer_id, _ScratchFiles(scratch), compress, on_bytes)
+
+
+def _image_blobs(driver: Driver, layer_id: str, target: _Target, compress: str,
+                 on_bytes: OnBytes | None) -> ImageBlobs:
     if compress not in LAYER_MEDIA_TYPES:
         raise ValueError(f"unknown compression {compress!r} (use gzip, zstd or none)")
     chain = [*reversed(driver.parents(layer_id)), layer_id]
     layers: list[Blob] = []
     diff_ids: list[str] = []
     for i, lid in enumerate(chain):
-        blob, diff_id = _layer_blob(driver, lid, os.path.join(scratch, f"layer{i}"),
-                                    compress, on_bytes)
+        blob, diff_id = _layer_blob(driver, lid, target, i, compress, on_bytes)
         layers.append(blob)
         diff_ids.append(diff_id)
     config = _memory_blob(chain_config(driver, chain, diff_ids))
@@ -212,16 +254,18 @@ def export_image(driver: Driver, layer_id: str, output: str, *, format: str = "o
     ``latest``, docker-archive default none)."""
     if format not in FORMATS:
         raise ImageError(f"unknown image format {format!r} (use oci or docker-archive)")
+    compress = compress or DEFAULT_COMPRESSION[format]
     out_dir = os.path.dirname(os.path.abspath(output))
     scratch = tempfile.mkdtemp(prefix=".aufs-export-", dir=out_dir)
     try:
-        image = image_blobs(driver, layer_id, scratch,
-                            compress=compress or DEFAULT_COMPRESSION[format],
-                            on_bytes=on_bytes)
         tmp = os.path.join(scratch, "image.tar")
         if format == "oci":
-            _write_oci(tmp, image, tag or "latest")
+            with open(tmp, "xb") as f:
+                archive = _OciArchive(f)
+                image = _image_blobs(driver, layer_id, archive, compress, on_bytes)
+                archive.finish(image, tag or "latest")
         else:
+            image = _image_blobs(driver, layer_id, _ScratchFiles(scratch), compress, on_bytes)
             _write_docker_archive(tmp, image, tag)
         os.replace(tmp, output)
     finally:
@@ -250,24 +294,73 @@ def _add(tar: tarfile.TarFile, name: str, blob: Blob) -> None:
         tar.addfile(_info(name, blob.size), f)
 
 
-def _write_oci(path: str, image: ImageBlobs, tag: str) -> None:
-    index = _json({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [image.manifest.descriptor(OCI_MANIFEST, annotations={REF_NAME: tag})],
-    })
-    layout = _json({"imageLayoutVersion": "1.0.0"})
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        tar.addfile(_info("oci-layout", len(layout)), io.BytesIO(layout))
-        tar.addfile(_info("index.json", len(index)), io.BytesIO(index))
-        tar.addfile(_info("blobs", 0, tarfile.DIRTYPE))
-        tar.addfile(_info("blobs/sha256", 0, tarfile.DIRTYPE))
-        seen: set[str] = set()
-        for blob in [*image.layers, image.config, image.manifest]:
-            if blob.digest in seen:
-                continue  # two identical layers: one blob
-            seen.add(blob.digest)
-            _add(tar, "blobs/sha256/" + blob.hex, blob)
+class _OciArchive:
+    """An OCI image layout tar written front to back, each layer blob straight into its
+    entry (no scratch file copied in afterwards): ``oci-layout`` and the ``blobs/``
+    directories first, then for each layer a header block whose name and size are
+    written once the blob is whole (:meth:`end`), the config and manifest, and
+    ``index.json`` last (it names the manifest's digest). Readers take the entries in
+    any order (skopeo and umoci unpack the layout; containerd's import collects them)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self._start = 0
+        self._seen: set[str] = set()
+        self._add("oci-layout", _json({"imageLayoutVersion": "1.0.0"}))
+        self._add("blobs", b"", tarfile.DIRTYPE)
+        self._add("blobs/sha256", b"", tarfile.DIRTYPE)
+
+    def _add(self, name: str, data: bytes, kind: bytes = tarfile.REGTYPE) -> None:
+        self._f.write(_header(name, len(data), kind) + data + bytes(-len(data) % BLOCK))
+
+    def begin(self, index: int) -> IO[bytes]:
+        self._start = self._f.tell()
+        self._f.write(bytes(BLOCK))  # the header, once the name and size are known
+        return self._f
+
+    def end(self, digest: str, size: int) -> Blob:
+        blob = Blob(digest, size)
+        if digest in self._seen:  # two identical layers: one blob
+            self.abort()
+            return blob
+        self._seen.add(digest)
+        f = self._f
+        f.write(bytes(-size % BLOCK))
+        end = f.tell()
+        f.seek(self._start)
+        f.write(_header("blobs/sha256/" + blob.hex, size))
+        f.seek(end)
+        return blob
+
+    def abort(self) -> None:
+        self._f.seek(self._start)
+        self._f.truncate()
+
+    def finish(self, image: ImageBlobs, tag: str) -> None:
+        """The config, the manifest, ``index.json`` and the end of the archive."""
+        for blob in (image.config, image.manifest):
+            if blob.digest not in self._seen:
+                self._seen.add(blob.digest)
+                assert blob.data is not None
+                self._add("blobs/sha256/" + blob.hex, blob.data)
+        self._add("index.json", _json({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [image.manifest.descriptor(OCI_MANIFEST,
+                                                    annotations={REF_NAME: tag})],
+        }))
+        end = self._f.tell() + 2 * BLOCK  # two zero blocks, padded to a record, as tarfile
+        self._f.write(bytes(2 * BLOCK + -end % tarfile.RECORDSIZE))
+
+
+def _header(name: str, size: int, kind: bytes = tarfile.REGTYPE) -> bytes:
+    """One 512-byte header block (a blob of 8 GiB or more: its size in GNU base-256)."""
+    info = _info(name, size, kind)
+    buf = info.tobuf(tarfile.PAX_FORMAT)
+    if len(buf) != BLOCK:  # the size does not fit in 11 octal digits
+        buf = info.tobuf(tarfile.GNU_FORMAT)
+    assert len(buf) == BLOCK, name
+    return buf
 
 
 def _write_docker_archive(path: str, image: ImageBlobs, tag: str | None) -> None:

@@ -2,7 +2,9 @@
 
 :func:`image_blobs` turns the chain into blobs — each layer's tar (compressed as asked,
 into a scratch directory), the image config and an OCI manifest — and is shared by
-``export`` and ``push``. The config is the one the image came in with
+``export`` and ``push``; an OCI export writes each layer blob straight into its entry of
+the archive instead (:class:`_OciArchive`), the diff id and the blob digest hashed in the
+same pass. The config is the one the image came in with
 (:mod:`aufs.store.images`, :mod:`aufs.image.config`): unchanged when the chain is that
 image, else extended by the layers made here. Each layer's tar is rebuilt byte for byte
 from its tar-split when it has one and is unchanged (:mod:`aufs.archive.tarsplit`), so the
@@ -10,13 +12,15 @@ diff ids match the ones the image came with; otherwise it is generated from the 
 
 Formats:
 
-- ``oci`` (default): ``oci-layout``, ``index.json`` (one manifest, its reference in
-  ``org.opencontainers.image.ref.name``), ``blobs/sha256/``; layers gzip by default.
+- ``oci`` (default): ``oci-layout``, ``blobs/sha256/``, ``index.json`` (one manifest, its
+  reference in ``org.opencontainers.image.ref.name``), in that order; layers gzip by
+  default.
 - ``docker-archive``: what ``docker save`` (before Docker 25) writes and ``docker load`` /
   ``podman load`` read: ``manifest.json`` (``Config``, ``RepoTags``, ``Layers``), the
   config as ``<hex>.json``, each layer as ``<hex>/layer.tar``; uncompressed by default.
 
-Compressed blobs are deterministic (gzip: no name, mtime 0). The tar is written under a
+Compressed blobs are deterministic (gzip: a member per 1 MiB block, each with no name and
+mtime 0; :mod:`aufs.archive.compressor`). The tar is written under a
 temporary name beside ``FILE`` and renamed to ``FILE`` when whole.
 """
 

@@ -12,6 +12,11 @@ bookkeeping) and calls :meth:`Offload.barrier` before it touches a name the writ
 still be working on. An error of the writer is raised at the next barrier, as the
 extractor would have raised it.
 
+Memory stays flat however many files go through: the writer counts the files it has done
+in a small shared memory file, and :class:`Offload` forgets those (it keeps the names of
+the files sent and not known to be done — a few hundred, as the extractor writes files
+itself while the writer is :meth:`~Offload.behind`).
+
 The writer writes only below the extraction's root fd, opening directories one component
 at a time with ``O_NOFOLLOW``; it dies with this process. If it cannot be started, the
 extractor writes the files itself.
@@ -19,6 +24,7 @@ extractor writes the files itself.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
@@ -36,6 +42,7 @@ _FLUSH = 4 << 10  # bytes of records collected before they are sent
 _PIPE_SIZE = 1 << 20
 _BEHIND = 16 << 10  # about 200 files
 _ASK_EVERY = 16
+_FORGET_EVERY = 512  # files sent between two looks at what the writer has done
 
 
 def _can_run_writer() -> bool:
@@ -49,13 +56,18 @@ def _can_run_writer() -> bool:
 class Offload:
     """A running writer process; :meth:`start` returns None where none can run."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], ops: int, reply: int) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], ops: int, reply: int,
+                 state: memoryview) -> None:
         self._proc = proc
         self._ops = ops
         self._reply = reply
+        self._state = state
         self._out = bytearray()
-        self._names: list[str] = []  # entries sent since the last barrier, for errors
-        self.queued: set[str] = set()  # their paths: files the writer may not have made
+        self._sent = 0  # FILE records sent, ever (the writer numbers them alike)
+        # (number, path, entry name) of the files sent and not known to be done
+        self._pending: collections.deque[tuple[int, str, str]] = collections.deque()
+        self.queued: dict[str, int] = {}  # their paths (-> latest number): maybe unmade
+        self._forget_at = _FORGET_EVERY
         self._closed = False
         self._asks = 0
         self._behind = False
@@ -73,14 +85,22 @@ class Offload:
         # stdin (``aufs apply ID - < layer.tar``) is handed over as a copy above them.
         root_fd = fcntl.fcntl(root_fd, fcntl.F_DUPFD_CLOEXEC, 3)
         tar_fd = fcntl.fcntl(tar_fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        try:
+            state_fd = os.memfd_create("aufs-writer-state", os.MFD_CLOEXEC)
+        except (OSError, AttributeError):
+            os.close(root_fd)
+            os.close(tar_fd)
+            return None
         ops_r, ops_w = os.pipe2(os.O_CLOEXEC)
         reply_r, reply_w = os.pipe2(os.O_CLOEXEC)
         try:
+            os.ftruncate(state_fd, w.STATE_SLOTS * 8)
+            state = w.state_view(state_fd)
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", w.__file__, str(root_fd), str(tar_fd),
-                 str(ops_r), str(reply_w), str(os.getpid())],
-                pass_fds=(root_fd, tar_fd, ops_r, reply_w), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 str(ops_r), str(reply_w), str(os.getpid()), str(state_fd)],
+                pass_fds=(root_fd, tar_fd, ops_r, reply_w, state_fd),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except BaseException as exc:
             for fd in (ops_r, ops_w, reply_r, reply_w):
                 os.close(fd)
@@ -90,11 +110,12 @@ class Offload:
         finally:
             os.close(root_fd)
             os.close(tar_fd)
+            os.close(state_fd)
         os.close(ops_r)
         os.close(reply_w)
         with contextlib.suppress(OSError):  # room for records while the writer starts
             fcntl.fcntl(ops_w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        return cls(proc, ops_w, reply_r)
+        return cls(proc, ops_w, reply_r, state)
 
     def file(self, name: str, path: str, mode: int, chmod: int | None, uid: int, gid: int,
              mtime_ns: int, atime_ns: int, offset: int, size: int) -> None:
@@ -110,10 +131,30 @@ class Offload:
                            atime_ns, offset, size)
         out += d
         out += b
-        self._names.append(name)
-        self.queued.add(path)
+        number = self._sent
+        self._sent = number + 1
+        self._pending.append((number, path, name))
+        self.queued[path] = number
         if len(out) >= _FLUSH:
             self._send()
+            if number >= self._forget_at:
+                self._forget_done()
+
+    def _forget_done(self) -> None:
+        """Drop the files the writer has done from what is remembered of them."""
+        done = self._state[w.S_DONE]
+        pending, queued = self._pending, self.queued
+        while pending and pending[0][0] < done:
+            number, path, _ = pending.popleft()
+            if queued.get(path) == number:
+                del queued[path]
+        self._forget_at = self._sent + _FORGET_EVERY
+
+    def replaced(self) -> int | None:
+        """Bytes of regular files the writer replaced (a name met again), or None if one
+        of them had other links (the size of the tree is then unknown). Valid after a
+        :meth:`barrier`."""
+        return None if self._state[w.S_UNCOUNTED] else self._state[w.S_REPLACED]
 
     def behind(self) -> bool:
         """The writer has more than :data:`_BEHIND` bytes of records still to read: the
@@ -128,7 +169,7 @@ class Offload:
 
     def barrier(self) -> None:
         """Wait until every queued file is written; raise the first error among them."""
-        if not self._names:
+        if not self._pending:
             return
         self._out += w.SYNC_RECORD
         self._send()
@@ -139,10 +180,12 @@ class Offload:
                 raise ArchiveError(f"the file-writing process died{self._stderr()}")
             data += chunk
         err, index = w.REPLY.unpack(data)
-        names, self._names = self._names, []
+        pending = self._pending
+        self._pending = collections.deque()
         self.queued.clear()
+        self._forget_at = self._sent + _FORGET_EVERY
         if err:
-            name = names[index] if 0 <= index < len(names) else "?"
+            name = next((n for number, _, n in pending if number == index), "?")
             if err == w.TRUNCATED:
                 raise ArchiveError(f"tar entry {name!r}: truncated tar stream (the file "
                                    "ended meanwhile)")
@@ -175,7 +218,7 @@ class Offload:
         self._closed = True
         proc = self._proc
         try:
-            if self._names:
+            if self._pending:
                 proc.kill()
             os.close(self._ops)
             try:

@@ -16,6 +16,13 @@ at all, when the tree is a mounted union that records deletions itself). AUFS ha
 into ``.wh..wh.plnk`` are resolved as ``UnpackLayer`` does; other ``.wh..wh.*``
 housekeeping is skipped. Directory times are set last.
 
+Memory does not grow with the number of files where the tree is known (``made``, as
+:func:`aufs.store.staging.clone_tree` gives it): what is kept is per directory (its
+flags, its deferred times), per whiteout marker and per AUFS pseudo-link, never per
+regular file, symlink or device. In a known tree a non-directory that is on disk and not
+in ``made`` is one this archive wrote (``made`` lists what was there before, and loses a
+name when it is removed). The diff size is kept as a running sum.
+
 Regular files are written by :mod:`aufs.archive.writefile`.
 """
 
@@ -144,11 +151,13 @@ class Unpacker:
         # A whiteout format whose marker has its own name (AUFS ``.wh.<name>``): a new
         # entry must drop the marker of its name, or the layer would both have and hide it.
         self.marker_named = whiteouts is not None and whiteouts.whiteout_path_name("x") != "x"
+        # Non-directories go into ``made`` only where the tree is unknown (see above).
+        self.track_files = not self.known
         # The tree's diff size, kept as we go while it is simple to (the tree started
-        # empty, no directory was removed): path -> inode number of ours -> size.
-        self.inodes: dict[str, int] | None = {} if made == {} else None
-        self.inode_size: dict[int, int] = {}
-        self.plnk_inodes: dict[str, int] = {}
+        # empty, no directory was removed, no file with other links was replaced).
+        self.total: int | None = 0 if made == {} else None
+        self.plnk_size: dict[str, int] = {}  # pseudo-link (its name in _PLNK_TMP) -> size
+        self.plnk_counted: set[str] = set()  # of them, those linked into the tree
         self.stale_whiteouts = self.marker_named and (made is None or bool(made))
         # Plain new regular files go to a writer process once there are enough of them:
         # only where this process knows the whole tree (``made``: it can tell which names
@@ -256,25 +265,35 @@ class Unpacker:
         else:
             self._wait_for(path)
         self.dirs.forget(path)
-        if self.inodes is not None:
+        if self.total is not None:
             if is_dir:
-                self.inodes = None  # a tree goes: count at the end instead
+                self.total = None  # a tree goes: count at the end instead
             else:
-                self.inodes.pop(path, None)
+                self._uncount(parent_fd, base)
         return safefs.remove_at(parent_fd, base)
+
+    def _uncount(self, parent_fd: int, base: str) -> None:
+        """The non-directory ``base`` is about to go: its bytes leave the running sum."""
+        assert self.total is not None
+        try:
+            st = os.lstat(base, dir_fd=parent_fd)
+        except FileNotFoundError:
+            return
+        except NotADirectoryError:  # a path below a file: nothing there
+            return
+        if stat.S_ISDIR(st.st_mode):  # not ours to know (an unknown tree's)
+            self.total = None
+        elif stat.S_ISREG(st.st_mode):
+            if st.st_nlink > 1:
+                self.total = None  # its other links may keep it: count at the end
+            else:
+                self.total -= st.st_size
 
     @property
     def size(self) -> int | None:
         """Bytes of the regular files in the tree, each inode once (``diff_size``), if
-        known without a walk; else None."""
-        if self.inodes is None:
-            return None
-        return sum(self.inode_size[i] for i in set(self.inodes.values()))
-
-    def _new_inode(self, size: int) -> int:
-        number = len(self.inode_size)
-        self.inode_size[number] = size
-        return number
+        known without a walk; else None. Valid after :meth:`finish`."""
+        return self.total
 
     # -- one member --------------------------------------------------------------------
 
@@ -352,6 +371,7 @@ class Unpacker:
         if m.kind != t.DIR:
             raise ArchiveError(f"tar entry {m.name!r} names the layer root: not a directory")
         fd = self.root_fd
+        self._settle()  # the writer knows the group new files get in it: it may change
         self.policy.chown(fd, m.uid, m.gid)
         if m.xattrs:
             self._before_default_acl(m)
@@ -396,7 +416,13 @@ class Unpacker:
             sub = f"{path}/{name}" if path else name
             if sub == _PLNK_TMP:
                 continue
-            if not self.made.get(sub, 0) & ENTRY_FLAG:
+            flags = self.made.get(sub)
+            if flags is None:
+                # a known tree's non-directory not in ``made``: written by this archive
+                ours = self.known and not is_dir
+            else:
+                ours = bool(flags & ENTRY_FLAG)
+            if not ours:
                 self.remove(dir_fd, sub, name)
             elif is_dir:  # not cached: a deep prune must not pile up open fds
                 fd = safefs.open_dir_at(dir_fd, name)
@@ -411,7 +437,7 @@ class Unpacker:
         tmp = f"{len(self.plnk)}"
         self._write(reader, m, self.plnk_fd, tmp, None)
         self.plnk[base] = tmp
-        self.plnk_inodes[tmp] = self._new_inode(m.size)
+        self.plnk_size[tmp] = m.size
 
     # -- creating entries --------------------------------------------------------------
 
@@ -434,9 +460,10 @@ class Unpacker:
         else:
             self.files_written += 1
             self._write(reader, m, parent, base, name)
-        self.made[name] = ENTRY_FLAG
-        if self.inodes is not None:
-            self.inodes[name] = self._new_inode(m.size)
+        if self.track_files:
+            self.made[name] = ENTRY_FLAG
+        if self.total is not None:
+            self.total += m.size
 
     def _offload_pays(self, reader: t.TarReader) -> bool:
         left = self.source_size - self.source_origin - reader.offset
@@ -513,6 +540,8 @@ class Unpacker:
             chmod = chmod or mode != m.mode
         except FileExistsError:
             existed = True
+            # The writer knows the group new files get in a directory: it may change.
+            self._settle()
             # An existing directory is merged, its metadata replaced; anything else goes.
             known_dir = self.known and self.made.get(name, 0) & DIR_FLAG
             if not known_dir:
@@ -539,7 +568,8 @@ class Unpacker:
             raise BreakoutError(f"symlink {m.name!r} -> {m.linkname!r} points outside the "
                                 "layer")
         self._replace(parent, name, base, lambda: os.symlink(m.linkname, base, dir_fd=parent))
-        self.made[name] = ENTRY_FLAG
+        if self.track_files:
+            self.made[name] = ENTRY_FLAG
         self._meta_at(m, parent, base, chmod=False)
 
     def _node(self, m: t.Member, name: str, parent: int, base: str) -> None:
@@ -547,7 +577,8 @@ class Unpacker:
         dev = os.makedev(m.devmajor, m.devminor) if fmt != stat.S_IFIFO else 0
         self._replace(parent, name, base,
                       lambda: os.mknod(base, fmt | 0o600, dev, dir_fd=parent))
-        self.made[name] = ENTRY_FLAG
+        if self.track_files:
+            self.made[name] = ENTRY_FLAG
         self._meta_at(m, parent, base, chmod=True)
 
     def _meta_at(self, m: t.Member, parent: int, base: str, *, chmod: bool) -> None:
@@ -593,18 +624,23 @@ class Unpacker:
         finally:
             if owned:
                 os.close(src_fd)
-        self.made[name] = ENTRY_FLAG
-        if self.inodes is not None:
-            inode = (self.plnk_inodes.get(src_base) if src_fd == self.plnk_fd and not owned
-                     else self.inodes.get(target))
-            if inode is not None:  # else a link to a symlink or a device: no bytes
-                self.inodes[name] = inode
+        if self.track_files:
+            self.made[name] = ENTRY_FLAG
+        if (self.total is not None and not owned and src_base not in self.plnk_counted
+                and src_base in self.plnk_size):
+            # an AUFS pseudo-link's bytes count once it is in the tree (a link to a file
+            # of the tree adds none)
+            self.plnk_counted.add(src_base)
+            self.total += self.plnk_size[src_base]
 
     # -- the end -----------------------------------------------------------------------
 
     def finish(self) -> None:
         """Directory modes and times, last: creating their contents changed the times."""
         self._settle()
+        if self.offload is not None and self.total is not None:
+            replaced = self.offload.replaced()
+            self.total = None if replaced is None else self.total - replaced
         for name, times, mode in self.dir_meta:
             try:
                 fd = self.dirs.lookup(name)

@@ -199,6 +199,51 @@ def test_entries_that_touch_the_writers_files_again(driver: aufs.Driver, tmp_pat
     assert os.stat(f"{layer}/d/f80").st_mtime_ns == T * 10**9 + 500_000_000  # PAX time
 
 
+def test_files_met_again_after_the_writer_made_them(driver: aufs.Driver, tmp_path: Path,
+                                                  offload_on: list[int],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The extractor remembers no file the writer is done with: a name met again goes to
+    the writer, which replaces the file; the size stays exact (a replaced file with
+    another link leaves it to a walk)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        def add(name: str, data: bytes, link: str = "") -> None:
+            info = tarfile.TarInfo(name)
+            info.mtime = T
+            if link:
+                info.type, info.linkname = tarfile.LNKTYPE, link
+                tf.addfile(info)
+            else:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+
+        info = tarfile.TarInfo("d")
+        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, T
+        tf.addfile(info)
+        for i in range(1500):  # more than offload forgets at once
+            add(f"d/f{i:04}", b"%d" % i * 40)
+        add("d/link", b"", link="d/f0001")
+        add("d/f0000", b"again")           # replaced: its bytes leave the sum
+        add("d/f0001", b"again, linked")   # its old inode stays as d/link
+    tar = _file(tmp_path, buf.getvalue())
+    sizes = []
+    for layer in ("with", "without"):
+        if layer == "without":
+            _no_offload(monkeypatch)
+        driver.create(layer)
+        sizes.append(_apply_file(driver, layer, tar))
+    assert len(offload_on) == 1
+    assert sizes[0] == sizes[1] == driver.diff_size("with") == driver.diff_size("without")
+    layer = driver.layout.diff("with")
+    assert Path(f"{layer}/d/f0000").read_bytes() == b"again"
+    assert Path(f"{layer}/d/f0001").read_bytes() == b"again, linked"
+    assert Path(f"{layer}/d/link").read_bytes() == b"1" * 40
+    got, want = snapshot(layer), snapshot(driver.layout.diff("without"))
+    got.pop(".")  # made when the layer was: no entry of the tar
+    want.pop(".")
+    assert got == want
+
+
 def test_a_path_below_a_file_of_the_writer_is_refused_alike(
         driver: aufs.Driver, tmp_path: Path, offload_on: list[int],
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,9 +38,10 @@ from aufs.errors import ArchiveError
 
 __all__ = ["Offload"]
 
-_FLUSH = 4 << 10  # bytes of records collected before they are sent
+_FLUSH = 32 << 10  # bytes of records collected before they are sent (each send may
+# wake the writer: fewer, bigger ones cost less)
 _PIPE_SIZE = 1 << 20
-_BEHIND = 16 << 10  # about 200 files
+_BEHIND = 96 << 10  # about 1,300 files
 _ASK_EVERY = 16
 _FORGET_EVERY = 512  # files sent between two looks at what the writer has done
 

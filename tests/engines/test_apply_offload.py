@@ -244,6 +244,47 @@ def test_files_met_again_after_the_writer_made_them(driver: aufs.Driver, tmp_pat
     assert got == want
 
 
+@pytest.mark.parametrize("writer", [True, False], ids=["writer", "here"])
+def test_owners_in_setgid_directories(driver: aufs.Driver, tmp_path: Path,
+                                      offload_on: list[int], monkeypatch: pytest.MonkeyPatch,
+                                      writer: bool) -> None:
+    """No fchown where a new file has its owner already — but a file in a setgid
+    directory gets the directory's group, and a directory's entry may change both."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        def add(name: str, gid: int, mode: int = 0o644, uid: int = 0) -> None:
+            info = tarfile.TarInfo(name)
+            info.uid, info.gid, info.mode, info.mtime = uid, gid, mode, T
+            if name.endswith("/"):
+                info.type = tarfile.DIRTYPE
+                tf.addfile(info)
+            else:
+                info.size = 3
+                tf.addfile(info, io.BytesIO(b"abc"))
+
+        add("s/", 1234, 0o2775)
+        add("s/a", 0)
+        add("s/b", 1234)
+        add("s/deep/c", 0)  # an implicit directory inherits setgid and group
+        add("p/", 0, 0o755)
+        add("p/d", 0)
+        add("p/e", 0, uid=5)
+        add("p/", 1234, 0o2755)  # met again: setgid from here on
+        add("p/f", 0)
+        add("s/", 0, 0o755)  # and no longer
+        add("s/g", 1234)
+    if not writer:
+        _no_offload(monkeypatch)
+    driver.create("L")
+    _apply_file(driver, "L", _file(tmp_path, buf.getvalue()))
+    assert len(offload_on) == int(writer)
+    layer = driver.layout.diff("L")
+    owners = {name: (os.lstat(f"{layer}/{name}").st_uid, os.lstat(f"{layer}/{name}").st_gid)
+              for name in ("s/a", "s/b", "s/deep/c", "p/d", "p/e", "p/f", "s/g")}
+    assert owners == {"s/a": (0, 0), "s/b": (0, 1234), "s/deep/c": (0, 0), "p/d": (0, 0),
+                      "p/e": (5, 0), "p/f": (0, 0), "s/g": (0, 1234)}
+
+
 def test_a_path_below_a_file_of_the_writer_is_refused_alike(
         driver: aufs.Driver, tmp_path: Path, offload_on: list[int],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -588,21 +629,21 @@ def test_shipped_thresholds_start_after_2048_files_and_share_the_load(
     the writer. When the writer is behind depends on the machine; with ``behind`` made
     to say yes every other file, both sides surely write after the start."""
     order: list[str] = []
-    real_write, real_offload = unpack.Unpacker._write, unpack.Unpacker._offload
+    real_write, real_hand_over = unpack.Unpacker._write, unpack.Unpacker._hand_over
 
     def write(self: unpack.Unpacker, *args: object) -> None:
         order.append("here")
         real_write(self, *args)  # type: ignore[arg-type]
 
-    def offload_file(self: unpack.Unpacker, *args: object) -> None:
+    def hand_over(self: unpack.Unpacker, *args: object) -> None:
         order.append("writer")
-        real_offload(self, *args)  # type: ignore[arg-type]
+        real_hand_over(self, *args)  # type: ignore[arg-type]
 
     if behind != "shipped":
         asked = itertools.count()
         monkeypatch.setattr(offload.Offload, "behind", lambda self: next(asked) % 2 == 1)
     monkeypatch.setattr(unpack.Unpacker, "_write", write)
-    monkeypatch.setattr(unpack.Unpacker, "_offload", offload_file)
+    monkeypatch.setattr(unpack.Unpacker, "_hand_over", hand_over)
     files = {f"d{i % 7}/f{i:04}": b"%d\n" % i * (i % 300) for i in range(3000)}
     tar = _file(tmp_path, _files_tar(files))
     assert tar.stat().st_size < unpack.OFFLOAD_BYTES  # the file count starts it

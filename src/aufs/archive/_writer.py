@@ -1,14 +1,15 @@
 """The file-writing process of an extraction (run as a script: imports nothing of aufs).
 
 Started by :mod:`aufs.archive.offload` as ``python -I -S _writer.py ROOT_FD TAR_FD
-OPS_FD REPLY_FD PARENT_PID STATE_FD``. It creates regular files below the directory ``ROOT_FD``, their data
-copied from the tar file ``TAR_FD`` at offsets it is told, while the parent process parses
-the archive: the two run on two cores, each with its own interpreter lock.
+OPS_FD REPLY_FD PARENT_PID STATE_FD``. It creates regular files below the directory
+``ROOT_FD``, their data copied from the tar file ``TAR_FD`` at offsets it is told, while
+the parent process parses the archive: the two run on two cores, each with its own
+interpreter lock.
 
 Protocol (native byte order, both ends are this machine):
 
-- ``OPS_FD`` carries records. ``FILE``: :data:`FILE` then the directory (relative to the
-  root, "" for the root itself) and the file name. ``SYNC``: :data:`SYNC_RECORD` alone, answered
+- ``OPS_FD`` carries records. ``FILE``: :data:`FILE` then the file's path (relative to
+  the root: directory and name). ``SYNC``: :data:`SYNC_RECORD` alone, answered
   on ``REPLY_FD`` by :data:`REPLY` once every earlier record is done: ``(0, 0)``, or the
   ``errno`` (or :data:`TRUNCATED`: the tar file ended early) and number (counted from 0
   over the whole run) of the first FILE record that failed — the records after a failure
@@ -44,13 +45,13 @@ import signal
 import struct
 import sys
 
-# kind, dir length, name length, create mode, chmod mode (or 0xFFFF_FFFF: none), uid, gid,
-# mtime ns, atime ns, data offset in the tar file, data size
-FILE = struct.Struct("=BHHIIIIqqqq")
+# kind, path length, create mode, chmod mode (or 0xFFFF_FFFF: none), uid, gid, mtime ns,
+# atime ns, data offset in the tar file, data size
+FILE = struct.Struct("=BIIIIIqqqq")
 REPLY = struct.Struct("=iq")
 TRUNCATED = -1  # the error of a reply when the tar file ended early
 K_FILE, K_SYNC = 1, 2
-SYNC_RECORD = FILE.pack(K_SYNC, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # a FILE-sized record
+SYNC_RECORD = FILE.pack(K_SYNC, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # a FILE-sized record
 NO_CHMOD = 0xFFFF_FFFF
 STATE_SLOTS = 3
 S_DONE, S_REPLACED, S_UNCOUNTED = range(STATE_SLOTS)
@@ -139,9 +140,10 @@ class Writer:
             else:
                 self.state[S_REPLACED] += st.st_size
 
-    def file(self, dir_path: bytes, name: bytes, mode: int, chmod: int, uid: int, gid: int,
-             mtime: int, atime: int, offset: int, size: int) -> None:
-        if name in _NOT_NAMES or b"/" in name:
+    def file(self, path: bytes, mode: int, chmod: int, uid: int, gid: int, mtime: int,
+             atime: int, offset: int, size: int) -> None:
+        dir_path, _, name = path.rpartition(b"/")
+        if name in _NOT_NAMES:
             raise OSError(errno.EINVAL, "not a name in the layer")
         dir_fd = self.dir_fd(dir_path)
         try:
@@ -190,9 +192,9 @@ class Writer:
             buf = buf + chunk if buf else chunk
             pos, end = 0, len(buf)
             while pos + size <= end:
-                (kind, dlen, nlen, mode, chmod, uid, gid, mtime, atime, offset,
+                (kind, plen, mode, chmod, uid, gid, mtime, atime, offset,
                  length) = unpack(buf, pos)
-                stop = pos + size + dlen + nlen
+                stop = pos + size + plen
                 if stop > end:
                     break
                 if kind == K_SYNC:
@@ -204,10 +206,9 @@ class Writer:
                     os.write(reply, REPLY.pack(err, index))
                     continue
                 if self.failed is None:
-                    start = pos + size
                     try:
-                        self.file(buf[start:start + dlen], buf[start + dlen:stop], mode,
-                                  chmod, uid, gid, mtime, atime, offset, length)
+                        self.file(buf[pos + size:stop], mode, chmod, uid, gid, mtime, atime,
+                                  offset, length)
                     except OSError as exc:
                         self.failed = (exc.errno or errno.EIO, self.index)
                     except ValueError:  # a NUL byte in a name

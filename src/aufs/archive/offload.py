@@ -43,6 +43,7 @@ _FLUSH = 32 << 10  # bytes of records collected before they are sent (each send 
 _PIPE_SIZE = 1 << 20
 _BEHIND = 96 << 10  # about 1,300 files
 _ASK_EVERY = 16
+_pack = w.FILE.pack
 _FORGET_EVERY = 512  # files sent between two looks at what the writer has done
 
 
@@ -123,15 +124,11 @@ class Offload:
         """Queue the regular file ``path`` (relative to the root; its directory made
         already), created with ``mode``, then owned, ``chmod``-ed and timed; its ``size``
         bytes are at ``offset`` of the tar file. ``name``: the entry, for errors."""
-        dir_path, _, base = path.rpartition("/")
-        d = dir_path.encode("utf-8", "surrogateescape")
-        b = base.encode("utf-8", "surrogateescape")
+        raw = path.encode("utf-8", "surrogateescape")
         out = self._out
-        out += w.FILE.pack(w.K_FILE, len(d), len(b), mode,
-                           w.NO_CHMOD if chmod is None else chmod, uid, gid, mtime_ns,
-                           atime_ns, offset, size)
-        out += d
-        out += b
+        out += _pack(w.K_FILE, len(raw), mode, w.NO_CHMOD if chmod is None else chmod, uid,
+                     gid, mtime_ns, atime_ns, offset, size)
+        out += raw
         number = self._sent
         self._sent = number + 1
         self._pending.append((number, path, name))

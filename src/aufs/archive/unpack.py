@@ -86,14 +86,17 @@ _FMT = {t.CHR: stat.S_IFCHR, t.BLK: stat.S_IFBLK, t.FIFO: stat.S_IFIFO}
 def clean_name(name: str) -> str:
     """Docker's cleaning of a member name: relative, normalized; "." is the root.
     A name that leaves the tree raises BreakoutError."""
+    given = name
     if name.endswith("/"):
         name = name.rstrip("/")
+    if name.startswith("./"):  # GNU tar's ``-C DIR .``: the rest may be clean
+        name = name[2:]
     # Already clean (the usual case): no component can be "", "." or "..".
     if name and name[0] not in "./" and "//" not in name and "/." not in name:
         return name
     cleaned = posixpath.normpath(name.lstrip("/")) if name else "."
     if cleaned == ".." or cleaned.startswith("../"):
-        raise BreakoutError(f"tar entry {name!r} would be written outside the layer")
+        raise BreakoutError(f"tar entry {given!r} would be written outside the layer")
     return cleaned
 
 
@@ -166,6 +169,8 @@ class Unpacker:
         self.may_offload = self.known and policy.root and source_fd >= 0
         self.source_size = os.fstat(source_fd).st_size if source_fd >= 0 else 0
         self.files_written = 0
+        # directory -> the group a file made in it gets (see _group_of_new)
+        self.new_gid: dict[str, int] = {}
         self.revive = True  # may a directory be made where the layer had a whiteout of it?
 
     # -- the loop ----------------------------------------------------------------------
@@ -262,6 +267,7 @@ class Unpacker:
         is_dir = self.made.pop(path, 0) & DIR_FLAG
         if is_dir:
             self._settle()  # the writer may be making files below it
+            self.new_gid.clear()
         else:
             self._wait_for(path)
         self.dirs.forget(path)
@@ -306,7 +312,9 @@ class Unpacker:
         if len(name) >= _PATH_MAX or name.count("/") >= _MAX_DEPTH:
             raise ArchiveError(f"tar entry {m.name[:100]!r}…: a path longer than "
                                f"{_PATH_MAX - 1} bytes or deeper than {_MAX_DEPTH} levels")
-        self._wait_for(name)
+        offload = self.offload
+        if offload is not None and name in offload.queued:
+            offload.barrier()  # the writer may still be making it
         head, _, base = name.rpartition("/")
         if WH_PREFIX in name:
             self.revive = False  # a whiteout or marker below `d` does not bring `d` back
@@ -315,10 +323,10 @@ class Unpacker:
                     return
             finally:
                 self.revive = True
-        parent = self.dir_fd(head)
+        parent = self.dirs.get(head)
         kind = m.kind
         if kind == t.REG:
-            self._regular(reader, m, name, parent, base)
+            self._regular(reader, m, name, parent, head, base)
         elif kind == t.DIR:
             self._dir(m, name, parent, base)
         elif kind == t.LNK:
@@ -327,7 +335,8 @@ class Unpacker:
             self._symlink(m, name, parent, base)
         else:
             self._node(m, name, parent, base)
-        if self._drop_stale_marker(parent, head, base) and kind == t.DIR:
+        if self.stale_whiteouts and self._drop_stale_marker(parent, head, base) and (
+                kind == t.DIR):
             self._opaque_new(name)
 
     def _opaque_new(self, name: str) -> None:
@@ -372,6 +381,7 @@ class Unpacker:
             raise ArchiveError(f"tar entry {m.name!r} names the layer root: not a directory")
         fd = self.root_fd
         self._settle()  # the writer knows the group new files get in it: it may change
+        self.new_gid.pop("", None)
         self.policy.chown(fd, m.uid, m.gid)
         if m.xattrs:
             self._before_default_acl(m)
@@ -417,11 +427,8 @@ class Unpacker:
             if sub == _PLNK_TMP:
                 continue
             flags = self.made.get(sub)
-            if flags is None:
-                # a known tree's non-directory not in ``made``: written by this archive
-                ours = self.known and not is_dir
-            else:
-                ours = bool(flags & ENTRY_FLAG)
+            # a known tree's non-directory not in ``made``: written by this archive
+            ours = (self.known and not is_dir) if flags is None else flags & ENTRY_FLAG
             if not ours:
                 self.remove(dir_fd, sub, name)
             elif is_dir:  # not cached: a deep prune must not pile up open fds
@@ -450,49 +457,67 @@ class Unpacker:
             make()
 
     def _regular(self, reader: t.TarReader, m: t.Member, name: str, parent: int,
-                 base: str) -> None:
+                 head: str, base: str) -> None:
+        size = m.size
         if self.on_content is not None:
-            self.on_content(reader.offset, m.size, name)
+            self.on_content(reader.offset, size, name)
+        offload = self.offload
         if self.may_offload and not m.xattrs and name not in self.made and (
-                self._offload_pays(reader) if self.offload is None
-                else not self.offload.behind()):
-            self._offload(reader, m, name, parent, base)
+                self._offload_pays(reader) if offload is None else not offload.behind()):
+            if offload is not None:
+                self._hand_over(offload, reader, m, name)
+            else:
+                self._offload(reader, m, name, parent, head, base)
         else:
             self.files_written += 1
-            self._write(reader, m, parent, base, name)
+            self._write(reader, m, parent, base, name, head)
         if self.track_files:
             self.made[name] = ENTRY_FLAG
         if self.total is not None:
-            self.total += m.size
+            self.total += size
 
     def _offload_pays(self, reader: t.TarReader) -> bool:
         left = self.source_size - self.source_origin - reader.offset
         return left >= OFFLOAD_BYTES or self.files_written >= OFFLOAD_FILES
 
-    def _offload(self, reader: t.TarReader, m: t.Member, name: str, parent: int,
+    def _offload(self, reader: t.TarReader, m: t.Member, name: str, parent: int, head: str,
                  base: str) -> None:
-        """Hand a new regular file to the writer process (started on first use)."""
-        offload = self.offload
-        if offload is None:
-            offload = self.offload = Offload.start(self.root_fd, self.source_fd)
-            if offload is None:  # no process here: write them all ourselves
-                self.may_offload = False
-                self._write(reader, m, parent, base, name)
-                return
+        """Start the writer process and hand it this regular file (later ones are handed
+        over by :meth:`_regular` itself)."""
+        self.offload = Offload.start(self.root_fd, self.source_fd)
+        if self.offload is None:  # no process here: write them all ourselves
+            self.may_offload = False
+            self._write(reader, m, parent, base, name, head)
+            return
+        self._hand_over(self.offload, reader, m, name)
+
+    def _hand_over(self, offload: Offload, reader: t.TarReader, m: t.Member,
+                   name: str) -> None:
+        """The writer process makes this regular file; it reads the data from the file."""
         mode = m.mode
         chmod = mode & self.fix_bits
         offset = self.source_origin + reader.offset
         if m.size:
-            reader.take(m.size)  # the writer reads the data from the file
+            reader.take(m.size)
         atime = m.atime_ns
         offload.file(m.name, name, 0o600 if chmod else mode, mode if chmod else None, m.uid,
-                     m.gid, m.mtime_ns, m.mtime_ns if atime is None else atime, offset,
-                     m.size)
+                     m.gid, m.mtime_ns, m.mtime_ns if atime is None else atime, offset, m.size)
+
+    def _group_of_new(self, head: str, parent: int) -> int:
+        """The group a new file gets in the directory ``head`` (open as ``parent``): its
+        own where it is setgid, else ours. Known until the directory's entry changes it."""
+        gid = self.new_gid.get(head)
+        if gid is None:
+            st = os.fstat(parent)
+            gid = st.st_gid if st.st_mode & stat.S_ISGID else self.policy.gid
+            self.new_gid[head] = gid
+        return gid
 
     def _write(self, reader: t.TarReader, m: t.Member, parent: int, base: str,
-               name: str | None) -> None:
+               name: str | None, head: str | None = None) -> None:
         """Create and fill a regular file (``name``: replace what holds it; None: the
-        name is known to be free). The hot path of extraction: kept flat."""
+        name is known to be free) in the directory ``head`` (if known: no ``fchown``
+        where the file has its owner already). The hot path of extraction: kept flat."""
         mode = m.mode
         chmod = mode & self.fix_bits  # bits the file cannot be created with
         try:
@@ -516,7 +541,9 @@ class Unpacker:
                         while view:
                             view = view[os.write(fd, view):]
             if self.root:
-                os.fchown(fd, m.uid, m.gid)
+                if (m.uid != self.policy.uid or head is None
+                        or m.gid != self._group_of_new(head, parent)):
+                    os.fchown(fd, m.uid, m.gid)
             else:
                 self.policy.chown(fd, m.uid, m.gid)
             if m.xattrs:
@@ -552,6 +579,7 @@ class Unpacker:
                     os.mkdir(base, mode, dir_fd=parent)
             chmod = True
         self.made[name] = DIR_FLAG | ENTRY_FLAG
+        self.new_gid.pop(name, None)  # its owner and mode change
         if over_whiteout:
             self._opaque_new(name)
         policy.chown(base, m.uid, m.gid, dir_fd=parent)

@@ -382,3 +382,30 @@ def test_file_source_from_the_middle_of_a_file(tmp_path: Path) -> None:
         m = reader.next()
         assert m is not None and m.name == "f"
         assert b"".join(bytes(v) for v in reader.take(m.size)[0]) == b"content"
+
+
+@pytest.mark.parametrize("chunk", [100, 1000, 1 << 20])
+def test_drop_passes_over_data(chunk: int) -> None:
+    """``drop``: a member's data passed over unread (the writer process reads it), in
+    the buffer or across chunks; the next member follows; no more than the data."""
+    data = tar_of((info("a"), b"a" * 5000), (info("b"), b"b" * 700), (info("c"), b"c"))
+    it = _chunks(data, chunk)
+    reader = t.TarReader(lambda: next(it, b""))
+    names = []
+    while (m := reader.next()) is not None:
+        names.append(m.name)
+        if m.name == "c":
+            with pytest.raises(ValueError):
+                reader.drop(2)
+            assert b"".join(bytes(v) for v in reader.take(1)[0]) == b"c"
+        else:
+            reader.drop(m.size - 1)
+            assert reader.left == 1
+            reader.drop(1)
+    assert names == ["a", "b", "c"]
+    truncated = _chunks(data[:3000], chunk)
+    reader = t.TarReader(lambda: next(truncated, b""))
+    m = reader.next()
+    assert m is not None
+    with pytest.raises(ArchiveError, match="truncated"):
+        reader.drop(m.size)

@@ -203,6 +203,17 @@ class TarReader:
         self._left -= n
         return views, offset, rest
 
+    def drop(self, n: int) -> None:
+        """Pass over the next ``n`` bytes of the current member's data (another process
+        reads them from the file)."""
+        if n > self._left:
+            raise ValueError("read past the member's data")
+        self._left -= n
+        if n <= len(self._buf) - self._pos:
+            self._pos += n
+        else:
+            self._skip(n)
+
     def chunk(self, limit: int) -> memoryview:
         """Up to ``limit`` (> 0) next bytes of the current member's data (at least one)."""
         if not self._left:

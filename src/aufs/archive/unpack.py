@@ -498,7 +498,7 @@ class Unpacker:
         chmod = mode & self.fix_bits
         offset = self.source_origin + reader.offset
         if m.size:
-            reader.take(m.size)
+            reader.drop(m.size)
         atime = m.atime_ns
         offload.file(m.name, name, 0o600 if chmod else mode, mode if chmod else None, m.uid,
                      m.gid, m.mtime_ns, m.mtime_ns if atime is None else atime, offset, m.size)

@@ -150,8 +150,8 @@ class Offload:
 
     def replaced(self) -> int | None:
         """Bytes of regular files the writer replaced (a name met again), or None if one
-        of them had other links (the size of the tree is then unknown). Valid after a
-        :meth:`barrier`."""
+        of them had other links (the size of the tree is then unknown). Valid after
+        ``barrier(final=True)``."""
         return None if self._state[w.S_UNCOUNTED] else self._state[w.S_REPLACED]
 
     def behind(self) -> bool:
@@ -165,9 +165,11 @@ class Offload:
             self._behind = int.from_bytes(buf, sys.byteorder) + len(self._out) > _BEHIND
         return self._behind
 
-    def barrier(self) -> None:
-        """Wait until every queued file is written; raise the first error among them."""
-        if not self._pending:
+    def barrier(self, *, final: bool = False) -> None:
+        """Wait until every queued file is written; raise the first error among them.
+        ``final``: ask the writer even if every file is known done (its other counts are
+        then surely up to date)."""
+        if not self._pending and not (final and self._sent):
             return
         self._out += w.SYNC_RECORD
         self._send()

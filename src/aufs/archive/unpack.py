@@ -667,6 +667,7 @@ class Unpacker:
         """Directory modes and times, last: creating their contents changed the times."""
         self._settle()
         if self.offload is not None and self.total is not None:
+            self.offload.barrier(final=True)
             replaced = self.offload.replaced()
             self.total = None if replaced is None else self.total - replaced
         for name, times, mode in self.dir_meta:

@@ -408,7 +408,8 @@ class TarReader:
             self._left, self._pad = size, -size % BLOCK
         # Header-only types carry no data (as Go's archive/tar reads them).
         return Member(name, kind, mode, uid, gid, size if kind == REG else 0, mtime_ns,
-                      atime_ns, h.decode(raw_link), devmajor, devminor, xattrs, offset)
+                      atime_ns, h.decode(raw_link) if raw_link else "", devmajor, devminor,
+                      xattrs, offset)
 
     def _end(self) -> None:
         """The end-of-archive block was read: drain the rest (a compressed stream is

@@ -74,6 +74,27 @@ def test_ls_reads_the_store_without_engines_or_tar_machinery(tmp_path: Path) -> 
         cli.ok("cleanup")
 
 
+def test_diff_imports_the_tar_writer_but_no_image_compression_or_engine(
+        tmp_path: Path) -> None:
+    """``aufs diff ID`` of a layer's own files: the export stream and nothing of images,
+    compression, the engines or the mount calls."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    cli = Aufs(tmp_path / "store")
+    cli.ok("create", "base")
+    try:
+        loaded = _modules("--root", str(cli.root), "diff", "base", "-o",
+                          str(tmp_path / "out.tar"))
+        assert "aufs.archive.export" in loaded
+        assert {m for m in loaded if m.startswith(("aufs.image", "aufs.union",
+                                                   "aufs.registry", "aufs.docker"))
+                or m in ("aufs.archive.compressor", "aufs.archive.compression",
+                         "aufs._sys.mount", "aufs._sys.daemon", "aufs.archive.unpack")
+                } == set()
+    finally:
+        cli.ok("cleanup")
+
+
 def test_ls_of_a_store_that_is_not_one_yet_makes_it(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")

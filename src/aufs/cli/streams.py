@@ -13,7 +13,6 @@ from typing import IO, Protocol
 from aufs import progress
 from aufs.cli.context import Context, UsageError
 from aufs.cli.output import check_outside, open_output, replaceable
-from aufs.image import names
 
 _CHUNK = 1 << 20
 
@@ -95,7 +94,7 @@ def _input(path: str) -> Iterator[IO[bytes]]:
 
 
 def import_(ctx: Context) -> None:
-    from aufs.image import load
+    from aufs.image import load, names
 
     d = ctx.driver
     if ctx.args.name:
@@ -109,7 +108,7 @@ def import_(ctx: Context) -> None:
 
 
 def export(ctx: Context) -> None:
-    from aufs.image import save
+    from aufs.image import names, save
 
     a = ctx.args
     d = ctx.driver

@@ -14,26 +14,11 @@ from aufs._sys.files import rmtree
 from aufs.archive import Change, ChangeKind, changes
 from aufs.archive.changes import layer_changes
 from aufs.whiteout import AUFS, OVERLAY, WhiteoutFormat
+from tests.unit.test_changes import opaque, whiteout
 
 ROOT = os.geteuid() == 0
 NAMES = ("a", "b", "c", "d", "e")
 T = 1_600_000_000
-
-
-def _whiteout(fmt: WhiteoutFormat, directory: Path, name: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fmt.make_whiteout(fd, name)
-    finally:
-        os.close(fd)
-
-
-def _opaque(fmt: WhiteoutFormat, directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fmt.make_opaque(fd)
-    finally:
-        os.close(fd)
 
 
 def _fill(rng: random.Random, d: Path, depth: int, formats: list[WhiteoutFormat]) -> None:
@@ -49,14 +34,14 @@ def _fill(rng: random.Random, d: Path, depth: int, formats: list[WhiteoutFormat]
         elif roll < 0.55:
             (d / name).symlink_to("a")
         elif roll < 0.7:
-            _whiteout(fmt, d, name)
+            whiteout(fmt, d, name)
         elif roll < 0.75:  # a whiteout beside the name it whites out (same layer)
             (d / name).write_text(name)
-            _whiteout(AUFS, d, name)
+            whiteout(AUFS, d, name)
         elif roll < 0.78 and ROOT:
             os.mknod(d / name, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # a device, kept
     if rng.random() < 0.1:
-        _opaque(rng.choice(formats), d)
+        opaque(rng.choice(formats), d)
     if rng.random() < 0.05:
         (d / ".wh..wh.plnk").mkdir()
     mtime = T + rng.choice((0, 0, 7))
@@ -107,7 +92,7 @@ def test_scan_of_a_large_parent_directory(tmp_path: Path,
         (low / "d" / f"f{i:04d}").write_text("")
     for i in range(0, 1200, 2):
         (rw / "d" / f"f{i:04d}").write_text("x")
-    _whiteout(AUFS, low / "d", "f0002")  # in the parent's own layer: no effect there
+    whiteout(AUFS, low / "d", "f0002")  # in the parent's own layer: no effect there
     answers = _answers(monkeypatch, [str(low)], str(rw))
     expected = [Change("/d", ChangeKind.MODIFY)] + [
         Change(f"/d/f{i:04d}", ChangeKind.MODIFY if i < 1000 else ChangeKind.ADD)

@@ -130,18 +130,25 @@ def _base_store(mnt: str, root: str, tar_name: str) -> aufs.Driver:
     return d
 
 
+def _warm_diff_jobs(d: aufs.Driver, name: str) -> tuple[Job, Callable[[], None]]:
+    """GNU tar of the layer's directory into ``| cat``, and ``Driver.diff`` written into a
+    pipe read by ``cat`` (``write_stream``): the pair every warm diff row compares."""
+    layer = d.layout.diff(name)
+    tar = Job("tar -cf - | cat", lambda: subprocess.run(
+        ["sh", "-c", f"tar -cf - -C '{layer}' . | cat >/dev/null"], check=True))
+
+    def fd_path() -> None:
+        with d.diff(name) as stream:
+            _into_cat(lambda fd: write_stream(stream, fd))
+    return tar, fd_path
+
+
 def bench_diff(mnt: str, report: Report, reps: int) -> None:
     """Warm and cold diffs of the corpus's base layer, against GNU tar into ``| cat``."""
     root = os.path.join(mnt, "store-diff")
     d = _base_store(mnt, root, "base.tar")
     env = _child_env()
-    layer = d.layout.diff("base")
-    tar = Job("tar -cf - | cat", lambda: subprocess.run(
-        ["sh", "-c", f"tar -cf - -C '{layer}' . | cat >/dev/null"], check=True))
-
-    def fd_path() -> None:
-        with d.diff("base") as stream:
-            _into_cat(lambda fd: write_stream(stream, fd))
+    tar, fd_path = _warm_diff_jobs(d, "base")
 
     def read_path() -> None:
         def copy(fd: int) -> None:
@@ -338,14 +345,8 @@ def bench_many(mnt: str, report: Report, reps: int, files: int) -> None:
         cat.wait()
     if applied.returncode != 0:
         raise RuntimeError(f"apply of {label} failed: {applied.stderr[-800:]}")
+    tar, fd_path = _warm_diff_jobs(d, "many")
     layer = d.layout.diff("many")
-    tar = Job("tar -cf - | cat", lambda: subprocess.run(
-        ["sh", "-c", f"tar -cf - -C '{layer}' . | cat >/dev/null"], check=True))
-
-    def fd_path() -> None:
-        with d.diff("many") as stream:
-            _into_cat(lambda fd: write_stream(stream, fd))
-
     report.add(compare(f"{label}: diff warm, write_into | cat", Job("Driver.diff", fd_path), tar,
                        reps=reps, note="in-process, warm caches"))
     find = Job("find -printf", lambda: subprocess.run(

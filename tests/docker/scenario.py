@@ -66,16 +66,11 @@ def tar_content(data: bytes) -> list[tuple[object, ...]]:
 
 def save_content(data: bytes) -> list[list[tuple[object, ...]]]:
     """``docker save`` output: each layer's content, in order."""
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        def read(name: str) -> bytes:
-            f = tar.extractfile(name)
-            assert f is not None
-            return f.read()
-        manifest = json.loads(read("manifest.json"))
-        return [tar_content(read(layer)) for layer in manifest[0]["Layers"]]
+    return [tar_content(layer) for layer in save_layers(data)]
 
 
 def save_layers(data: bytes) -> list[bytes]:
+    """``docker save`` output: each layer's tar, in order."""
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         def read(name: str) -> bytes:
             f = tar.extractfile(name)

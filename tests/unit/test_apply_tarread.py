@@ -409,3 +409,48 @@ def test_drop_passes_over_data(chunk: int) -> None:
     assert m is not None
     with pytest.raises(ArchiveError, match="truncated"):
         reader.drop(m.size)
+
+
+def _fields(m: t.Member) -> tuple[object, ...]:
+    return tuple(getattr(m, k) for k in t.Member.__slots__)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_plain_files_read_fast_as_the_general_path_reads_them(
+        fmt: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain regular file's header takes a short path (owner and mode remembered by
+    their bytes); every member comes out as the general path makes it, the cache never
+    mixing up two owners or modes."""
+    prefixed = "p" * 120 + "/" + "n" * 30  # the ustar prefix field
+    big = [] if fmt == tarfile.USTAR_FORMAT else [  # base-256 (GNU) or PAX
+        (info("big-owner", uid=0o7777777 + 5, gid=3), b"b")]
+    data = tar_of(
+        (info("a", mode=0o644, uid=1, gid=2, mtime=5), b"x"),
+        (info("b", mode=0o644, uid=1, gid=2, mtime=6), b"yy"),
+        (info("c", mode=0o4755, uid=1, gid=2, mtime=6), b""),
+        (info("d", mode=0o644, uid=2, gid=1, mtime=0o77777777777), b"z" * 600),
+        (info(prefixed, mode=0o600, uid=1, gid=2), b"p"),
+        *big,
+        (info("h", tarfile.LNKTYPE, linkname="a"), b""),
+        (info("\xe9t\xe9", mode=0o640, uid=1, gid=2), b"e"),
+        fmt=fmt)
+    real = t.TarReader._plain_file
+    taken: list[str] = []
+
+    def counted(self: t.TarReader, block: bytes, size: int, offset: int) -> t.Member | None:
+        m = real(self, block, size, offset)
+        if m is not None:
+            taken.append(m.name)
+        return m
+
+    monkeypatch.setattr(t.TarReader, "_plain_file", counted)
+    fast = read_all(data, chunk=700)
+    monkeypatch.setattr(t.TarReader, "_plain_file", lambda *_: None)
+    general = read_all(data, chunk=700)
+    assert [(_fields(m), d) for m, d in fast] == [(_fields(m), d) for m, d in general]
+    assert [m.name for m, _ in fast][4] == prefixed
+    assert [(m.mode, m.uid, m.gid) for m, _ in fast][:4] == [
+        (0o644, 1, 2), (0o644, 1, 2), (0o4755, 1, 2), (0o644, 2, 1)]
+    # (tarfile writes PAX records for the long and the non-ASCII name: the general path)
+    assert taken[:4] == ["a", "b", "c", "d"]
+    assert ("\xe9t\xe9" in taken) == (fmt != tarfile.PAX_FORMAT)

@@ -21,7 +21,6 @@ design section has the numbers, and why that is a process and not a pool of thre
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import IO, TYPE_CHECKING
 
@@ -31,7 +30,6 @@ from aufs.archive.compression import open_chunks
 from aufs.archive.tarread import TarReader
 from aufs.archive.unpack import Unpacker
 from aufs.archive.writefile import Policy
-from aufs.observe import EntryHook, counting_entries, entry_hook
 
 if TYPE_CHECKING:
     from aufs.whiteout import WhiteoutFormat
@@ -73,28 +71,18 @@ def extract(root_fd: int, stream: IO[bytes], whiteouts: WhiteoutFormat | None, *
     """
     _, chunks = open_chunks(stream)
     read, skip = chunks.read, chunks.skip
-    counting: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if split is not None:
         read, skip = split.tap(read, skip, chunks.fd)
-        counting = counting_entries(_both(entry_hook(), split.counted))
     unpacker = Unpacker(root_fd, whiteouts, made=made, policy=Policy(),
                         source_fd=chunks.fd, source_origin=chunks.origin,
                         on_content=None if split is None else split.payload)
     try:
-        with counting:
-            unpacker.run(TarReader(read, skip))
+        reader = TarReader(read, skip)
+        if split is not None:
+            split.follow(reader)
+        unpacker.run(reader)
         return unpacker.size
     finally:
         unpacker.close()
         chunks.close()
 
-
-def _both(first: EntryHook | None, second: EntryHook) -> EntryHook:
-    if first is None:
-        return second
-
-    def both() -> None:
-        first()
-        second()
-
-    return both

@@ -83,37 +83,52 @@ def fingerprint(root: str) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _sorted(fd: int) -> list[os.DirEntry[str]]:
-    with os.scandir(fd) as it:
-        return sorted(it, key=lambda e: e.name)
+_LINES = 4096  # fingerprint lines joined before they are hashed
 
 
 def _hash_tree(root_fd: int, h: hashlib._Hash, dev: int) -> None:
-    """Every entry below ``root_fd`` in name order, each directory's right after it."""
-    walk: DirStack[bytes, os.DirEntry[str]] = DirStack(root_fd, b"", _sorted(root_fd))
+    """Every entry below ``root_fd`` in name order, each directory's right after it:
+    ``path\\0ino ctime_ns mode\\n``, hashed a few thousand lines at a time."""
+    walk: DirStack[str, str] = DirStack(root_fd, "", sorted(os.listdir(root_fd)))
+    lines: list[str] = []
+    lstat, is_dir = os.lstat, stat.S_ISDIR
     try:
-        for fd, rel, entries in walk:
-            for e in entries:
-                st = e.stat(follow_symlinks=False)
-                path = rel + os.fsencode(e.name)
-                h.update(b"%s\0%d %d %d\n" % (path, st.st_ino, st.st_ctime_ns, st.st_mode))
-                if stat.S_ISDIR(st.st_mode):
+        for fd, rel, names in walk:
+            for name in names:
+                st = lstat(name, dir_fd=fd)
+                mode = st.st_mode
+                lines.append(f"{rel}{name}\0{st.st_ino} {st.st_ctime_ns} {mode}\n")
+                if len(lines) >= _LINES:
+                    h.update("".join(lines).encode("utf-8", "surrogateescape"))
+                    lines.clear()
+                if is_dir(mode):
                     if st.st_dev != dev:
-                        raise Unusable("a filesystem is mounted in the layer at "
-                                       + os.fsdecode(path))
-                    sub = safefs.open_dir_at(fd, e.name)
+                        raise Unusable(f"a filesystem is mounted in the layer at {rel}{name}")
+                    sub = safefs.open_dir_at(fd, name)
                     try:
-                        below = _sorted(sub)
+                        below = sorted(os.listdir(sub))
                     except BaseException:
                         os.close(sub)
                         raise
-                    walk.push(sub, path + b"/", below)
+                    walk.push(sub, f"{rel}{name}/", below)
                     break
+        h.update("".join(lines).encode("utf-8", "surrogateescape"))
     finally:
         walk.close()
 
 
 # -- recording ------------------------------------------------------------------------------
+
+class _Members(Protocol):
+    members: int  # tar entries given out so far
+
+
+class _NoMembers:
+    members = 0
+
+
+_NO_MEMBERS = _NoMembers()
+
 
 class Recorder:
     """Record the tar an apply reads into the new file ``path``.
@@ -137,17 +152,18 @@ class Recorder:
         self._pending: collections.deque[tuple[int, bytes]] = collections.deque()
         self._fd = -1
         self.broken: str | None = None  # why no record can be made
-        self.entries = 0      # tar entries extracted so far (:meth:`counted`)
-        self._noted = 0       # of them, written as N records
+        self._members: _Members = _NO_MEMBERS  # counts the tar entries (:meth:`follow`)
+        self._noted = 0       # entries extracted and written as N records
 
-    def counted(self) -> None:
-        """One more tar entry was extracted."""
-        self.entries += 1
+    def follow(self, members: _Members) -> None:
+        """Count the tar entries by ``members.members``: the entries the reader gave
+        out (all of them extracted but the one whose content :meth:`payload` is told)."""
+        self._members = members
 
-    def _note_entries(self) -> None:
-        if self.entries > self._noted:
-            self._out += _COUNT.pack(b"N", self.entries - self._noted)
-            self._noted = self.entries
+    def _note_entries(self, entries: int) -> None:
+        if entries > self._noted:
+            self._out += _COUNT.pack(b"N", entries - self._noted)
+            self._noted = entries
 
     def tap(self, read: Callable[[], bytes], skip: Callable[[int], int] | None,
             fd: int) -> tuple[Callable[[], bytes], Callable[[int], int] | None]:
@@ -218,24 +234,35 @@ class Recorder:
 
     def payload(self, offset: int, size: int, path: str) -> None:
         """The ``size`` bytes at stream ``offset`` are the content of ``path`` (cleaned,
-        relative to the layer root)."""
+        relative to the layer root). Once a file: kept flat."""
         if self.broken is not None or size == 0:
             return
-        cut = offset - self._emitted
-        if cut < 0 or offset > self.pos:
+        emitted = self._emitted
+        if offset < emitted or offset > self.pos:
             self._give_up(f"content of {path!r} at {offset} is out of order")
             return
-        if cut:
-            self._emit_raw(offset)
-        self._note_entries()
-        name = os.fsencode(path)
-        self._out += _FILE.pack(b"F", size, len(name))
-        self._out += name
-        if len(self._out) >= _FLUSH:
-            self._gz.write(self._out)
-            self._out.clear()
-        self._emitted = offset + size
-        self._drop_below(self._emitted)
+        out = self._out
+        pending = self._pending
+        if offset > emitted:  # the bytes since the last content: headers, padding
+            start, chunk = pending[-1]
+            if start <= emitted:  # the usual case: all in the last chunk
+                out += _RAW.pack(b"R", offset - emitted)
+                out += chunk[emitted - start:offset - start]
+            else:
+                self._emit_raw(offset)
+        entries = self._members.members - 1  # the entries before this one
+        if entries > self._noted:
+            out += _COUNT.pack(b"N", entries - self._noted)
+            self._noted = entries
+        name = path.encode("utf-8", "surrogateescape")  # os.fsencode
+        out += _FILE.pack(b"F", size, len(name))
+        out += name
+        if len(out) >= _FLUSH:
+            self._gz.write(out)
+            out.clear()
+        emitted = self._emitted = offset + size
+        if pending and pending[0][0] + len(pending[0][1]) <= emitted:
+            self._drop_below(emitted)
 
     def _raw(self, data: bytes | memoryview) -> None:
         if data:
@@ -248,7 +275,7 @@ class Recorder:
         if self.broken is None:
             self._emit_raw(self.pos)
             self._pending.clear()
-            self._note_entries()
+            self._note_entries(self._members.members)
             self._gz.write(self._out)
         self._gz.close()
         if self.broken is not None:

@@ -99,6 +99,22 @@ def classify_entry(entry: os.DirEntry[str]) -> Entry:
     return classify(name, st.st_mode, st.st_rdev)
 
 
+def wh_file_target(entry: os.DirEntry[str]) -> str | None:
+    """For a scandir entry named ``.wh.*``: the name it whites out, as
+    ``classify_entry(entry).target`` says for a ``WHITEOUT``; None for the opaque marker,
+    AUFS housekeeping and a 0:0 device of such a name (fuse-overlayfs bookkeeping). The
+    same answer without an :class:`Entry` made: change detection calls it once a
+    whiteout of an AUFS layer."""
+    name = entry.name
+    if name.startswith(WH_META_PREFIX):
+        return None  # the opaque marker or housekeeping
+    if not (entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)):
+        st = entry.stat(follow_symlinks=False)
+        if is_overlay_whiteout_mode(st.st_mode, st.st_rdev):
+            return None
+    return name[len(WH_PREFIX):]
+
+
 def _maybe_device(entry: os.DirEntry[str]) -> bool:
     return not (
         entry.is_file(follow_symlinks=False)

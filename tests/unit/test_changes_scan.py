@@ -71,6 +71,38 @@ def _answers(monkeypatch: pytest.MonkeyPatch, lowers: list[str], rw: str,
 
 
 @pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("held", [0, 1, 2])
+def test_directories_opened_by_path_or_relative_agree(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int, held: int) -> None:
+    """Subdirectories open relative to their parent's fd while fewer than HELD levels
+    are held open, by path below: the answer is the same, and no fd is left open."""
+    lowers, rw = _layers(tmp_path, seed)
+    fds = os.listdir("/proc/self/fd")
+    relative = layer_changes(lowers, rw)
+    monkeypatch.setattr(changes, "HELD", held)
+    assert layer_changes(lowers, rw) == relative
+    assert os.listdir("/proc/self/fd") == fds
+
+
+def test_an_error_inside_the_walk_closes_the_held_fds(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    low, rw = tmp_path / "low", tmp_path / "rw"
+    for top in (low, rw):
+        (top / "a" / "b" / "c").mkdir(parents=True)
+    (rw / "a" / "b" / "c" / "f").write_text("")
+
+    def union_names(lows: list[str]) -> set[str]:
+        raise OSError("the parents' directory cannot be listed")
+
+    monkeypatch.setattr(changes, "SCAN_AFTER", 0)  # c's file: the parents' listing
+    monkeypatch.setattr(changes, "_union_names", union_names)
+    fds = os.listdir("/proc/self/fd")
+    with pytest.raises(OSError, match="cannot be listed"):
+        layer_changes([str(low)], str(rw))
+    assert os.listdir("/proc/self/fd") == fds
+
+
+@pytest.mark.parametrize("seed", range(40))
 def test_scan_and_lookups_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                 seed: int) -> None:
     lowers, rw = _layers(tmp_path, seed)

@@ -29,6 +29,7 @@ from aufs.whiteout import (
     has_opaque_xattr,
     is_export_xattr,
     is_opaque,
+    wh_file_target,
     whiteout_tar_mode,
 )
 
@@ -105,6 +106,38 @@ def test_classify_entry_overlay_devices(tmp_path: Path) -> None:
     os.mknod(tmp_path / "gone", stat.S_IFCHR | 0o600, 0)
     os.mknod(tmp_path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     assert _entries(tmp_path) == {"gone": (Kind.WHITEOUT, "gone"), "null": (Kind.PLAIN, "")}
+
+
+@pytest.mark.parametrize("kind", ["file", "dir", "symlink", "fifo", "whiteout-device",
+                                  "null-device"])
+@pytest.mark.parametrize("name", [".wh.a", ".wh..hidden", ".wh..wh", ".wh.", ".wh..",
+                                  WH_OPAQUE, ".wh..wh.plnk", ".wh..wh..opq2"])
+def test_wh_file_target_is_classify_entry_s_target(tmp_path: Path, kind: str,
+                                                   name: str) -> None:
+    """Change detection's shortcut for ``.wh.*`` entries says what classify_entry says."""
+    path = tmp_path / name
+    if kind == "file":
+        path.touch()
+    elif kind == "dir":
+        path.mkdir()
+    elif kind == "symlink":
+        path.symlink_to("a")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif os.geteuid() != 0:
+        pytest.skip("devices need root")
+    else:
+        os.mknod(path, stat.S_IFCHR | 0o600,
+                 0 if kind == "whiteout-device" else os.makedev(1, 3))
+    with os.scandir(tmp_path) as it:
+        (entry,) = it
+    expected = classify_entry(entry)
+    assert wh_file_target(entry) == (expected.target if expected.kind is Kind.WHITEOUT
+                                     else None)
+    if kind == "whiteout-device" or name.startswith(".wh..wh."):
+        assert wh_file_target(entry) is None
+    else:
+        assert wh_file_target(entry) == name[4:]
 
 
 @contextlib.contextmanager

@@ -46,6 +46,7 @@ from aufs.whiteout import (
     has_opaque_xattr,
     is_opaque_path,
     is_overlay_whiteout_mode,
+    wh_file_target,
 )
 
 __all__ = [
@@ -183,18 +184,39 @@ def _scan_budget(below: os.stat_result | None) -> int:
     return 3 + (below.st_size if below is not None else 4096) // 53
 
 
-# A frame of the walk: (directory in rw, its change path or "" for the root, the lower
-# directories it shows, the parents' stat of it if they show a directory there (to
-# compare with its own), hides the lower directories — it or a parent is opaque).
-_Frame = tuple[str, str, list[str], "os.stat_result | None", bool]
+# A frame of the walk: (directory in rw, its name, its change path or "" for the root,
+# the lower directories it shows, the parents' stat of it if they show a directory there
+# (to compare with its own), hides the lower directories — it or a parent is opaque, the
+# fd of its parent directory in rw or -1). A frame with an empty first field closes that
+# fd: the subtree of its directory is done.
+_Frame = tuple[str, str, str, list[str], "os.stat_result | None", bool, int]
+
+# Directories of the walk whose fds stay open while their subdirectories are read, so
+# that each opens relative to its parent (``openat``), not by a path the kernel walks
+# from the root again; below that many open levels, subdirectories open by path.
+HELD = 32
+
+
+class _Stack(list[_Frame]):
+    """The walk's frames; on leaving, closes the fds its closing frames still hold (an
+    error ended the walk)."""
+
+    def __enter__(self) -> _Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for frame in self:
+            if not frame[0]:
+                os.close(frame[6])
 
 
 def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
     """Changes of the layer directory ``rw_dir`` over ``lower_dirs`` (nearest first).
 
-    Each directory of ``rw_dir`` is opened once and read through that fd (its listing,
-    its own stat, its xattrs): a ``stat`` by path costs a path walk and a result object
-    each. Each name is looked up once in the parents (or, :func:`_scan_budget`, the
+    Each directory of ``rw_dir`` is opened once, relative to its parent's fd (so never
+    through a symlink, even one a running container swaps in), and read through that fd
+    (its listing, its own stat, its xattrs): a ``stat`` by path costs a path walk and a
+    result object each. Each name is looked up once in the parents (or, :func:`_scan_budget`, the
     parents' directory is listed once), names below a directory the parents lack not at
     all. This is one loop, with no call per entry but those it must make (the entry's
     type, the lookup, the result) and little per directory: on a small upper layer the
@@ -211,25 +233,36 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
     limit = _LIMIT
     by_size = SCAN_AFTER == -1
     root = rw_dir.rstrip("/") or "/"
-    stack: list[_Frame] = [(root, "", _root_lows(lower_dirs), None, False)]
-    pop = stack.pop
-    push = stack.append
-    with deep.ShortPaths() as short:
+    held = 0  # closing frames on the stack
+    with deep.ShortPaths() as short, _Stack() as stack:
+        pop = stack.pop
+        push = stack.append
+        push((root, "", "", _root_lows(lower_dirs), None, False, -1))
         while stack:
-            rw_path, rel, lows, below, hides = pop()
+            rw_path, name, rel, lows, below, hides, pfd = pop()
+            if not rw_path:  # the subtree of the directory open as pfd is done
+                held -= 1
+                close(pfd)
+                continue
             # lows: [] (the parents show nothing here), one directory, or several
             if len(lows) == 1:
                 low = lows[0]
-                if len(rw_path) >= limit or len(low) >= limit:
-                    rw_path, low = short(rw_path), short(low)
+                if len(low) >= limit:
+                    low = short(low)
                     lows = [low]
                 low += "/"
             else:
                 low = ""
-                if len(rw_path) >= limit or any(len(path) >= limit for path in lows):
-                    rw_path, lows = short(rw_path), [short(path) for path in lows]
-            # The layer's own directory may be a symlink (a layer migrated in place).
-            fd = open_dir(rw_path, o_dir) if rel else os.open(rw_path, safefs.O_ROOT)
+                if any(len(path) >= limit for path in lows):
+                    lows = [short(path) for path in lows]
+            if pfd >= 0:
+                fd = open_dir(name, o_dir, dir_fd=pfd)
+            else:
+                if len(rw_path) >= limit:
+                    rw_path = short(rw_path)
+                # The layer's own directory may be a symlink (a layer migrated in place).
+                fd = open_dir(rw_path, o_dir if rel else safefs.O_ROOT)
+            keep = False  # fd stays open for the subdirectories (a closing frame has it)
             try:
                 if lows and not hides:  # the root too: an opaque root hides every parent
                     try:
@@ -255,9 +288,9 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
                             if name == WH_OPAQUE:
                                 aufs_opaque = True
                             else:
-                                wh = classify_entry(e)
-                                if wh.kind is Kind.WHITEOUT:
-                                    whited.append(wh.target)
+                                target = wh_file_target(e)
+                                if target is not None:
+                                    whited.append(target)
                             continue  # or housekeeping
                         if e.is_dir(follow_symlinks=False):
                             dirs.append(name)
@@ -302,6 +335,12 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
                         mod(prefix + name)
                 if aufs_opaque and lows:
                     hides = True
+                sub_fd = -1
+                if dirs and held < HELD:
+                    push(("", "", "", [], None, False, fd))
+                    keep = True
+                    held += 1
+                    sub_fd = fd
                 for name in dirs:
                     path = prefix + name
                     sub = rw_path + "/" + name
@@ -316,7 +355,7 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
                         else:
                             fmt = found_st.st_mode & _S_IFMT
                             if fmt == _S_IFDIR:  # compared with the directory in its frame
-                                push((sub, path, [sub_low], found_st, hides))
+                                push((sub, name, path, [sub_low], found_st, hides, sub_fd))
                                 continue
                             if fmt == _S_IFCHR and is_overlay_whiteout_mode(
                                     found_st.st_mode, found_st.st_rdev):
@@ -325,14 +364,14 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
                         found_st, sub_lows = _lookup(lows, name, True)
                         if (found_st is not None
                                 and found_st.st_mode & _S_IFMT == _S_IFDIR):
-                            push((sub, path, sub_lows, found_st, hides))
+                            push((sub, name, path, sub_lows, found_st, hides, sub_fd))
                             continue
                     if found_st is None:
                         add(path)
                         changed = True
                     else:
                         mod(path)  # a directory where the parents show a file
-                    push((sub, path, [], None, hides))
+                    push((sub, name, path, [], None, hides, sub_fd))
                 if whited:
                     for name in whited:
                         gone(prefix + name)
@@ -355,7 +394,8 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
                     if changed:
                         mod(rel)
             finally:
-                close(fd)
+                if not keep:
+                    close(fd)
     # MODIFYs, then ADDs, then DELETEs, sorted by path — the sort is stable, so a path
     # both deleted and changed comes out in (path, kind) order. The key is the Changes'
     # own field: no key tuples — a layer of 200,000 files stays under 64 MiB.

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING
 
 from aufs import options as options_mod
-from aufs._sys import fsinfo, mountinfo
+from aufs._sys import mountinfo
 from aufs._sys.files import ensure_dir, rmtree
 from aufs._sys.mountstate import MountState, has_mount, mount_state
 from aufs.errors import (
@@ -48,6 +48,7 @@ def init(root: str | os.PathLike[str], options: Sequence[str] = ()) -> Driver:
 def _init(root: str | os.PathLike[str], options: Sequence[str],
           lock: StoreLock | None) -> Driver:
     """:func:`init`, under ``lock`` if given (a reader's own, which may be held already)."""
+    from aufs._sys import fsinfo
     from aufs._sys import mount as sysmount
     from aufs.store import recover
     from aufs.union import select
@@ -115,8 +116,7 @@ def open_for_reading(root: str | os.PathLike[str], options: Sequence[str] = ()) 
         # diff): flock on a second open of the file would wait for ourselves.
         return _init(layout.root, engine_options, lock).engine
 
-    return Driver(layout, prepare, get_format(stored.whiteouts),
-                  fsinfo.fs_name(fsinfo.fs_magic(layout.root)), lock)
+    return Driver(layout, prepare, get_format(stored.whiteouts), None, lock)
 
 
 def _release_bind(root: str) -> None:
@@ -143,9 +143,10 @@ class Driver:
     """A layer store. Create it with :func:`aufs.init`."""
 
     def __init__(self, layout: Layout, engine: UnionEngine | Callable[[], UnionEngine],
-                 whiteouts: WhiteoutFormat, backing_fs: str, lock: StoreLock) -> None:
+                 whiteouts: WhiteoutFormat, backing_fs: str | None, lock: StoreLock) -> None:
         """``engine``, or a function that prepares the store and returns its engine when
-        it is first needed (:func:`open_for_reading`)."""
+        it is first needed (:func:`open_for_reading`); ``backing_fs`` None: asked
+        (``statfs``, through ctypes) when first wanted."""
         self.layout = layout
         self._engine: UnionEngine | None = None
         self._prepare: Callable[[], UnionEngine] | None = None
@@ -154,13 +155,22 @@ class Driver:
         else:
             self._engine = engine
         self.whiteouts = whiteouts
-        self.backing_fs = backing_fs
+        self._backing_fs = backing_fs
         self.store = Store(layout)
         self._lock = lock
         self._private_removed = False  # cleanup removed .aufs/ (a store not ours)
         # Record the tar of an apply into an empty layer (export gives the same bytes).
         # A caller that keeps its own record turns it off: dockerd, through the plugin.
         self.keep_tar_split = True
+
+    @property
+    def backing_fs(self) -> str:
+        """Docker's name of the filesystem the store is on (``extfs``, ``xfs``, ...)."""
+        if self._backing_fs is None:
+            from aufs._sys import fsinfo
+
+            self._backing_fs = fsinfo.fs_name(fsinfo.fs_magic(self.layout.root))
+        return self._backing_fs
 
     @property
     def engine(self) -> UnionEngine:

@@ -6,6 +6,7 @@ script does — and looks at ``sys.modules`` afterwards.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -27,13 +28,24 @@ print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules if m.st
 """
 
 
-def _modules(*argv: str) -> set[str]:
+def _modules(*argv: str, probe: str = _PROBE) -> set[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    p = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True,
                        env=env, timeout=60, check=False)
     report = json.loads(p.stderr.splitlines()[-1])
     assert report["code"] == 0, p.stderr
     return set(report["modules"])
+
+
+def _stdlib(*argv: str) -> set[str]:
+    """The modules outside aufs that ``main(argv)`` imported (not there before it)."""
+    probe = _PROBE.replace("from aufs.cli import main",
+                           "before = set(sys.modules)\nfrom aufs.cli import main")
+    probe = probe.replace("m for m in sys.modules if m.startswith(\"aufs\")",
+                          "m for m in set(sys.modules) - before if not m.startswith(\"aufs\")")
+    assert probe != _PROBE.replace("from aufs.cli import main",
+                                   "before = set(sys.modules)\nfrom aufs.cli import main")
+    return _modules(*argv, probe=probe)
 
 
 # The tar machinery, compression, image load/save, the engines and the mount calls.
@@ -89,8 +101,12 @@ def test_diff_imports_the_tar_writer_but_no_image_compression_or_engine(
         assert {m for m in loaded if m.startswith(("aufs.image", "aufs.union",
                                                    "aufs.registry", "aufs.docker"))
                 or m in ("aufs.archive.compressor", "aufs.archive.compression",
-                         "aufs._sys.mount", "aufs._sys.daemon", "aufs.archive.unpack")
+                         "aufs._sys.mount", "aufs._sys.daemon", "aufs.archive.unpack",
+                         "aufs._sys.libc", "aufs._sys.fsinfo")
                 } == set()
+        # Nor ctypes (the libc binding) nor argparse's locale lookups.
+        assert not _stdlib("--root", str(cli.root), "diff", "base", "-o",
+                           str(tmp_path / "out.tar")) & {"ctypes", "platform", "locale"}
     finally:
         cli.ok("cleanup")
 
@@ -143,5 +159,39 @@ def test_a_reader_that_must_mount_prepares_the_store_first(tmp_path: Path) -> No
             assert tar.getnames() == ["new"]
         mounts = Path("/proc/self/mountinfo").read_text()
         assert str(cli.root) not in mounts
+    finally:
+        cli.ok("cleanup")
+
+
+def test_a_reading_command_ends_at_once_after_exit_hooks_and_flushed_output(
+        tmp_path: Path) -> None:
+    """``aufs diff`` ends by ``os._exit`` (no interpreter teardown): its whole tar is out,
+    the exit hooks ran, and the exit status is the command's. A write command (``create``)
+    exits the normal way, hooks too."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    cli = Aufs(tmp_path / "store")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    marker = tmp_path / "hook-ran"
+    # A sitecustomize registers an exit hook, as site's own .pth files may.
+    (hooks / "sitecustomize.py").write_text(
+        "import atexit, os\n"
+        f"atexit.register(lambda: open({str(marker)!r}, 'a').write(os.environ['WHAT'] + '\\n'))\n")
+    cli.ok("create", "base")
+    try:
+        data = cli.ok("mount", "base").out.strip()
+        Path(data, "file").write_bytes(b"x" * 300_000)
+        cli.ok("umount", "base")
+        for what, args in (("diff", ("diff", "base")), ("create", ("create", "top")),
+                           ("missing", ("diff", "nope"))):
+            r = cli.run(*args, env={"PYTHONPATH": f"{hooks}:{REPO / 'src'}", "WHAT": what})
+            assert r.code == (1 if what == "missing" else 0), r.err
+            if what == "diff":
+                with tarfile.open(fileobj=io.BytesIO(r.raw)) as tar:
+                    member = tar.getmember("file")
+                    f = tar.extractfile(member)
+                    assert f is not None and f.read() == b"x" * 300_000
+        assert marker.read_text().splitlines() == ["diff", "create", "missing"]
     finally:
         cli.ok("cleanup")

@@ -7,6 +7,7 @@ Python programmer already knows — so callers never look at ``ctypes.get_errno`
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -101,3 +102,27 @@ def cached_dev(path: str) -> int:
         if ctypes.get_errno() != 4:
             _raise("statx", path)
     return os.makedev(buf.dev_major, buf.dev_minor)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
+    """openat2(2) with ``struct open_how {flags, 0, resolve}``; the new fd."""
+    how = _OpenHow(flags, 0, resolve)
+    return syscall("openat2", SYS_OPENAT2, ctypes.c_int(dir_fd),
+                   ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
+                   ctypes.c_size_t(ctypes.sizeof(how)), filename=path)
+
+
+def renameat2(a: str, b: str, flags: int) -> None:
+    """renameat2(2) of two paths (relative to the working directory)."""
+    machine = os.uname().machine
+    number = SYS_RENAMEAT2.get(machine)
+    if number is None:
+        raise OSError(errno.ENOSYS, f"renameat2: unknown syscall number on {machine}")
+    syscall("renameat2", number, ctypes.c_int(AT_FDCWD), ctypes.c_char_p(os.fsencode(a)),
+            ctypes.c_int(AT_FDCWD), ctypes.c_char_p(os.fsencode(b)), ctypes.c_uint(flags),
+            filename=a)

@@ -8,8 +8,6 @@ import enum
 import errno
 import os
 
-from aufs._sys import libc
-
 __all__ = ["DEAD_ERRNOS", "MountState", "has_mount", "mount_state"]
 
 
@@ -26,6 +24,8 @@ def has_mount(path: str, parent: str) -> bool:
     """Is something mounted at ``path`` (a child of ``parent``), live or dead? Unions have
     their own st_dev. Asks no FUSE daemon (``statx`` with ``AT_STATX_DONT_SYNC``: the
     device number comes from the superblock)."""
+    from aufs._sys import libc  # ctypes: not for a command that never asks
+
     try:
         return libc.cached_dev(path) != os.lstat(parent).st_dev
     except FileNotFoundError:

@@ -12,15 +12,14 @@ and ``utime`` with ``follow_symlinks=False``) do the rest relative to such fds.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import functools
 import os
-import platform
 import stat
 from typing import NoReturn
 
-from aufs._sys import libc
+# aufs._sys.libc (ctypes) is imported by the calls that need it: a reader of the store
+# (aufs diff, ls) uses only the flags and never loads ctypes.
 
 __all__ = [
     "O_DIR",
@@ -57,11 +56,7 @@ RENAME_EXCHANGE = 2
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
+_AT_FDCWD = -100
 
 
 class SymlinkInPathError(OSError):
@@ -75,21 +70,17 @@ class NotADirectoryInPathError(OSError):
 def exchange(a: str, b: str) -> None:
     """Swap the two paths atomically (renameat2 RENAME_EXCHANGE); both must exist.
     Neither is followed if it is a symlink (rename never follows the last component)."""
-    number = libc.SYS_RENAMEAT2.get(platform.machine())
-    if number is None:
-        raise OSError(errno.ENOSYS, f"renameat2: unknown syscall number on {platform.machine()}")
-    libc.syscall("renameat2", number, ctypes.c_int(libc.AT_FDCWD), ctypes.c_char_p(os.fsencode(a)),
-                 ctypes.c_int(libc.AT_FDCWD), ctypes.c_char_p(os.fsencode(b)),
-                 ctypes.c_uint(RENAME_EXCHANGE), filename=a)
+    from aufs._sys import libc
+
+    libc.renameat2(a, b, RENAME_EXCHANGE)
 
 
 def _openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
-    how = _OpenHow(flags, 0, resolve)
+    from aufs._sys import libc
+
     while True:
         try:
-            return libc.syscall("openat2", libc.SYS_OPENAT2, ctypes.c_int(dir_fd),
-                                ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
-                                ctypes.c_size_t(ctypes.sizeof(how)), filename=path)
+            return libc.openat2(dir_fd, path, flags, resolve)
         except OSError as exc:
             if exc.errno != errno.EAGAIN:  # a rename raced with RESOLVE_BENEATH: retry
                 raise
@@ -99,7 +90,7 @@ def _openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
 def has_openat2() -> bool:
     """True if this kernel has openat2(2) with RESOLVE_BENEATH (probed once)."""
     try:
-        os.close(_openat2(libc.AT_FDCWD, "/", O_DIR, RESOLVE_NO_SYMLINKS))
+        os.close(_openat2(_AT_FDCWD, "/", O_DIR, RESOLVE_NO_SYMLINKS))
     except OSError:
         return False
     return True

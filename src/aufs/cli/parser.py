@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -59,7 +60,29 @@ def resolve(func: CommandRef) -> Command:
     return found
 
 
+def _translate_once() -> None:
+    """argparse passes every string it makes through ``gettext``, and gettext searches for
+    the catalogue again on each call (it keeps only catalogues it found): 90 searches,
+    4.5 ms of every command's start. Look it up once, as gettext would (the same domain
+    and directory), and give argparse that catalogue's functions."""
+    import gettext
+
+    domain = gettext.textdomain()
+    if os.path.isdir(gettext.bindtextdomain(domain)):
+        catalogue = gettext.translation(domain, gettext.bindtextdomain(domain), fallback=True)
+        argparse._ = catalogue.gettext  # type: ignore[attr-defined]
+        argparse.ngettext = catalogue.ngettext  # type: ignore[attr-defined]
+    else:  # no directory, no catalogue: every string stays as it is
+        argparse._ = str  # type: ignore[attr-defined]
+        argparse.ngettext = _untranslated  # type: ignore[attr-defined]
+
+
+def _untranslated(singular: str, plural: str, n: int) -> str:
+    return singular if n == 1 else plural
+
+
 def build_parser() -> argparse.ArgumentParser:
+    _translate_once()
     p = _Parser(prog="aufs", description="Docker's AUFS layer store on today's kernels.")
     p.add_argument("--version", action="version", version=f"aufs {__version__}")
     p.add_argument("--root", metavar="DIR", type=_path,

@@ -22,8 +22,7 @@ import enum
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from aufs._sys import deep, safefs
 from aufs._sys.files import NO_XATTRS, list_xattrs
@@ -50,8 +49,7 @@ class Kind(enum.Enum):
     HOUSEKEEPING = "housekeeping"  # never content, never exported
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     kind: Kind
     target: str = ""  # for WHITEOUT: the name it deletes
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
@@ -18,8 +18,7 @@ def unescape(field: str) -> str:
     return os.fsdecode(raw.encode("latin-1"))
 
 
-@dataclass(frozen=True, slots=True)
-class MountEntry:
+class MountEntry(NamedTuple):
     mount_id: int
     parent_id: int
     major_minor: str

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from aufs._sys.files import write_atomic
 from aufs.errors import DriverError
@@ -33,8 +33,7 @@ __all__ = ["ImageMeta", "forget", "nearest", "read", "write"]
 VERSION = 1
 
 
-@dataclass(frozen=True, slots=True)
-class ImageMeta:
+class ImageMeta(NamedTuple):
     """An image's own documents, as they came (``bytes``: their digests matter)."""
 
     config: bytes

@@ -8,8 +8,7 @@ A store without ``store.json`` is a Docker aufs store: AUFS whiteouts.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from aufs._sys.files import write_atomic
 from aufs.errors import ConversionPendingError, DriverError
@@ -22,8 +21,7 @@ JOURNAL_VERSION = 1
 WHITEOUT_FORMATS = ("aufs", "overlay")
 
 
-@dataclass(frozen=True, slots=True)
-class StoreMeta:
+class StoreMeta(NamedTuple):
     whiteouts: str = "aufs"
     engine: str = ""
     version: int = VERSION
@@ -47,16 +45,32 @@ def read(path: str) -> StoreMeta | None:
 
 
 def write(path: str, meta: StoreMeta) -> None:
-    write_atomic(path, (json.dumps(asdict(meta), indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(path, (json.dumps(meta._asdict(), indent=2, sort_keys=True) + "\n").encode())
 
 
 # -- the conversion journal ------------------------------------------------------------
 
-@dataclass(slots=True)
 class Journal:
-    target: str
-    source: str
-    done: list[str] = field(default_factory=list)
+    """The journal of a conversion: to ``target`` from ``source``, layers ``done``.
+    (No dataclass on the store's paths: importing dataclasses costs a command 5 ms.)"""
+
+    __slots__ = ("done", "source", "target")
+
+    def __init__(self, target: str, source: str, done: list[str] | None = None) -> None:
+        self.target = target
+        self.source = source
+        self.done: list[str] = [] if done is None else done
+
+    def __repr__(self) -> str:
+        return f"Journal(target={self.target!r}, source={self.source!r}, done={self.done!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Journal)
+        return (self.target, self.source, self.done) == (other.target, other.source, other.done)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
 
 
 def read_journal(path: str) -> Journal | None:

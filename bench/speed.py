@@ -14,7 +14,8 @@ diff cold               the same, cold caches                                   
 Whole-process rows run the package from bytecode, as an installed one does (the
 sources are compiled first; ``PYTHONDONTWRITEBYTECODE`` is dropped for the children).
 
-Run as root: ``python3 -m bench.speed [--reps N] [--only startup|diff ...]``.
+Run as root: ``python3 -m bench.speed [--reps N] [--only startup|diff ...]``; ``big``
+(a 2 GiB layer of large files, ``--big-gib``) is one of the jobs.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ from bench.getput import build_stack, driver_cycle, layer_id, overlay_floors, po
 # between machines (and loads): 50 / 19.
 STARTUP_RATIO_GOAL = 50.0 / 19.0
 STARTUP_PAIRS = 10
-JOBS = ("startup", "diff", "export", "scale", "many")
+JOBS = ("startup", "diff", "export", "scale", "many", "big")
 MANY_FILES = 200_000
+BIG_GIB = 2.0
 BIG_STORE = 10_000
 FLAT_GOAL = 1.10  # "not slower": the 10,000-layer store within the noise of the 10-layer one
 DEEP = 100
@@ -376,6 +378,72 @@ def bench_many(mnt: str, report: Report, reps: int, files: int) -> None:
     d.cleanup()
 
 
+def bench_big(mnt: str, report: Report, reps: int, gib: float) -> None:
+    """A layer of ``gib`` GiB in a few large files (and 1 MiB ones, bench.corpus): apply
+    against ``tar -xf`` and diff against ``tar -cf - | cat``, caches cold, and the peak
+    RSS of each in a child."""
+    src = os.path.join(mnt, "big-src")
+    count = corpus.write_big_tree(src, int(gib * (1 << 30)))
+    tarball = os.path.join(mnt, "big.tar")
+    subprocess.run(["tar", "-cf", tarball, "--numeric-owner", "-C", src, "."], check=True)
+    shutil.rmtree(src)
+    root = os.path.join(mnt, "store-big-layer")
+    d = aufs.init(root)
+    engine = d.engine.name
+    os.environ.update(_child_env())
+    label = f"{gib:g} GiB layer"
+    note = f"{count} files, cold caches"
+    ids = iter(range(1 << 30))
+    state: dict[str, str] = {}
+
+    def new_layer() -> None:
+        state["id"] = f"big-{next(ids)}"
+        d.create(state["id"])
+
+    def apply() -> None:
+        with open(tarball, "rb") as f:
+            d.apply_diff(state["id"], "", f)
+
+    def tar_x_setup() -> None:
+        state["dir"] = os.path.join(mnt, f"big-x-{next(ids)}")
+        os.mkdir(state["dir"])
+
+    report.add(compare(f"{label}: apply_diff", Job("Driver.apply_diff", apply, new_layer,
+                                                   lambda: d.remove(state["id"])),
+                       Job("tar -xf", lambda: subprocess.run(
+                           ["tar", "-xf", tarball, "-C", state["dir"]], check=True),
+                           tar_x_setup, lambda: shutil.rmtree(state["dir"])),
+                       reps=reps, cold=True, note=note))
+    d.create("big")
+    with open(tarball, "rb") as f:
+        d.apply_diff("big", "", f)
+    os.unlink(tarball)  # room on the filesystem; the layer is what diff reads
+    tar, fd_path = _warm_diff_jobs(d, "big")
+    report.add(compare(f"{label}: diff, write_into | cat", Job("Driver.diff", fd_path), tar,
+                       reps=reps, cold=True, note=note))
+    d.create("big-piped")
+    cat = subprocess.Popen(["tar", "-cf", "-", "--numeric-owner", "-C", d.layout.diff("big"),
+                            "."], stdout=subprocess.PIPE)
+    assert cat.stdout is not None
+    try:
+        applied = run_child([sys.executable, "-m", "bench.child", "apply", root, engine,
+                             "big-piped"], stdin=cat.stdout.fileno())
+    finally:
+        cat.stdout.close()
+        cat.wait()
+    d.remove("big-piped")
+    for job, result in (("apply_diff (piped)", applied),
+                        ("diff", run_child([sys.executable, "-m", "bench.child", "diff", root,
+                                            engine, "big"]))):
+        kib = result.reported("VmHWM")
+        if result.returncode != 0 or kib is None:
+            report.note(f"{label}: {job} child failed: {result.stderr[-500:]}")
+            continue
+        report.value(f"peak RSS, {job} of {label}", kib / 1024, "MiB", goal=RSS_GOAL_MIB,
+                     note="child process")
+    d.cleanup()
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -392,6 +460,8 @@ def main(argv: list[str]) -> int:
                         help="files in the layer of the many job")
     parser.add_argument("--layers", type=int, default=BIG_STORE,
                         help="layers in the big store of the scale job")
+    parser.add_argument("--big-gib", type=float, default=BIG_GIB,
+                        help="size of the layer of the big job (large files), GiB")
     args = parser.parse_args(argv)
     require_root()
     jobs = set(args.only or JOBS)
@@ -407,6 +477,8 @@ def main(argv: list[str]) -> int:
             bench_scale(mnt, report, args.reps, args.layers)
         if "many" in jobs:
             bench_many(mnt, report, args.reps, args.files)
+        if "big" in jobs:
+            bench_big(mnt, report, args.reps, args.big_gib)
     report.finish()
     failed = any(r.met is False for r in report.ratios) or any(
         v["met"] is False for v in report.values)

@@ -459,13 +459,14 @@ class Unpacker:
     def _regular(self, reader: t.TarReader, m: t.Member, name: str, parent: int,
                  head: str, base: str) -> None:
         size = m.size
+        offset = reader.offset
         if self.on_content is not None:
-            self.on_content(reader.offset, size, name)
+            self.on_content(offset, size, name)
         offload = self.offload
         if self.may_offload and not m.xattrs and name not in self.made and (
                 self._offload_pays(reader) if offload is None else not offload.behind()):
             if offload is not None:
-                self._hand_over(offload, reader, m, name)
+                self._hand_over(offload, reader, m, name, offset)
             else:
                 self._offload(reader, m, name, parent, head, base)
         else:
@@ -489,14 +490,15 @@ class Unpacker:
             self.may_offload = False
             self._write(reader, m, parent, base, name, head)
             return
-        self._hand_over(self.offload, reader, m, name)
+        self._hand_over(self.offload, reader, m, name, reader.offset)
 
     def _hand_over(self, offload: Offload, reader: t.TarReader, m: t.Member,
-                   name: str) -> None:
-        """The writer process makes this regular file; it reads the data from the file."""
+                   name: str, offset: int) -> None:
+        """The writer process makes this regular file (its data at stream ``offset``);
+        it reads the data from the file."""
         mode = m.mode
         chmod = mode & self.fix_bits
-        offset = self.source_origin + reader.offset
+        offset += self.source_origin
         if m.size:
             reader.drop(m.size)
         atime = m.atime_ns

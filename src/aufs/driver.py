@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING
 
 from aufs import options as options_mod
-from aufs._sys import mountinfo
 from aufs._sys.files import ensure_dir, rmtree
 from aufs._sys.mountstate import MountState, has_mount, mount_state
 from aufs.errors import (
@@ -121,6 +120,8 @@ def open_for_reading(root: str | os.PathLike[str], options: Sequence[str] = ()) 
 
 def _release_bind(root: str) -> None:
     """Undo init's bind of ``root`` onto itself, if nothing is mounted below it."""
+    from aufs._sys import mountinfo
+
     entries = mountinfo.read()
     if any(e.mountpoint.startswith(root + "/") for e in entries):
         return
@@ -373,6 +374,8 @@ class Driver:
             for name in os.listdir(lay.refs_dir):
                 if is_valid_id(name) and refs.mounting(lay.refs(name)):
                     self.engine.clear(lay.mnt(name))  # before its daemon can mount
+            from aufs._sys import mountinfo
+
             for entry in reversed(list(mountinfo.mounts_under(lay.mnt_dir))):
                 name = os.path.basename(entry.mountpoint)
                 try:
@@ -521,6 +524,8 @@ class Driver:
         if self.refcount(id) > 0:  # a base layer's get hands out diff/<id> itself
             raise LayerMountedError(f"layer {id} is in use (get without put): apply_diff "
                                     "needs it released")
+        from aufs._sys import mountinfo
+
         mnt_dir = self.layout.mnt_dir
         for entry in mountinfo.mounts_under(mnt_dir):
             head, _, other = entry.mountpoint.rpartition("/")

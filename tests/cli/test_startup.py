@@ -102,7 +102,7 @@ def test_diff_imports_the_tar_writer_but_no_image_compression_or_engine(
                                                    "aufs.registry", "aufs.docker"))
                 or m in ("aufs.archive.compressor", "aufs.archive.compression",
                          "aufs._sys.mount", "aufs._sys.daemon", "aufs.archive.unpack",
-                         "aufs._sys.libc", "aufs._sys.fsinfo")
+                         "aufs._sys.libc", "aufs._sys.fsinfo", "aufs._sys.mountinfo")
                 } == set()
         # Nor ctypes (the libc binding), argparse's locale lookups or dataclasses (5 ms:
         # it imports inspect).

@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -408,10 +409,19 @@ def _many_files(root: Path, dirs: int = 6, per_dir: int = 30) -> None:
             (sub / f"f{f:02d}").write_bytes(b"%d/%d\n" % (d, f) * (f + 1))
 
 
+@pytest.fixture
+def files_read_by_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No batches: every file is its own member, read (ahead) by the stream."""
+    from aufs.archive import export
+
+    monkeypatch.setattr(export, "_INLINE_MAX", -1)
+
+
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.usefixtures("files_read_by_the_stream")
 def test_read_ahead_keeps_the_order_and_bounds_open_files(tmp_path: Path) -> None:
     from aufs.archive.export import _walk_tree
     from aufs.archive.stream import ReadAhead
@@ -442,6 +452,7 @@ def test_read_ahead_keeps_the_order_and_bounds_open_files(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("size, most", [(250, 3), (1 << 30, 40)])
+@pytest.mark.usefixtures("files_read_by_the_stream")
 def test_read_ahead_bounds_the_bytes_queued(tmp_path: Path, size: int, most: int) -> None:
     """40 files of 100 bytes: with a 250-byte bound, at most 3 are open at a time, the
     one handed out and those queued (the queue fills until it holds 250 bytes or more);
@@ -470,6 +481,7 @@ def test_read_ahead_bounds_the_bytes_queued(tmp_path: Path, size: int, most: int
         os.close(fd)
 
 
+@pytest.mark.usefixtures("files_read_by_the_stream")
 def test_read_ahead_closes_queued_files_when_the_stream_is_closed(tmp_path: Path) -> None:
     root = tmp_path / "l"
     _many_files(root)
@@ -481,6 +493,7 @@ def test_read_ahead_closes_queued_files_when_the_stream_is_closed(tmp_path: Path
     assert _open_fds() == before
 
 
+@pytest.mark.usefixtures("files_read_by_the_stream")
 def test_read_ahead_hints_until_warm_and_again_after_a_wait(tmp_path: Path) -> None:
     from aufs.archive.export import _walk_tree
     from aufs.archive.stream import ReadAhead
@@ -599,3 +612,117 @@ def test_a_read_that_would_wait_turns_the_hints_back_on(tmp_path: Path) -> None:
         cold = export()
     assert cold == warm
     assert misses and all(misses)  # reads waited, and each miss turned the hints back on
+
+
+def _small_files_layer(root: Path) -> None:
+    """Small files across several batches, between members that never go in one: a big
+    file, one just over the inline size, a hard link pair, xattrs, a long name, a
+    symlink, an empty file, directories."""
+    for d in range(3):
+        sub = root / f"d{d}"
+        sub.mkdir(parents=True)
+        for f in range(120):
+            (sub / f"f{f:03d}").write_bytes(b"%d/%d\n" % (d, f) * (f * 7 % 150))
+            os.utime(sub / f"f{f:03d}", (MTIME, MTIME + f))
+        (sub / "f050-big").write_bytes(os.urandom(200_000))
+        (sub / "f060-over").write_bytes(b"o" * ((8 << 10) + 1))
+        (sub / "f070-empty").write_bytes(b"")
+        os.link(sub / "f080", sub / "f080-link")
+        os.setxattr(sub / "f090", "user.note", b"kept")
+        os.symlink("f001", sub / "f100-sym")
+        (sub / ("n" * 120)).write_bytes(b"long name")
+        (sub / "f110-dir").mkdir()
+
+
+def _batches(root: Path) -> int:
+    from aufs.archive.export import _walk_tree
+
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        batches = 0
+        for _, data_fd, size, _ in _walk_tree(fd):
+            if data_fd >= 0:
+                os.close(data_fd)
+            elif size:
+                batches += 1
+        return batches
+    finally:
+        os.close(fd)
+
+
+def test_small_files_in_batches_give_the_same_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk reads small cached files itself, many whole members to a batch: the
+    stream is the same bytes as with every file its own member, read whole, in small
+    pieces, or written into a pipe."""
+    from aufs.archive import export
+    from aufs.archive.stream import write_stream
+
+    root = tmp_path / "l"
+    _small_files_layer(root)
+    if not _batches(root):
+        pytest.skip("this filesystem cannot read with RWF_NOWAIT: no batches")
+    assert _batches(root) >= 6  # 3 directories of more than 64 KiB of small files
+
+    def ways() -> tuple[bytes, bytes, bytes]:
+        whole = tar_bytes(root)
+        with export_layer(str(root)) as s:
+            pieces = b"".join(iter(lambda: s.read(700), b""))
+        r, w = os.pipe()
+        with export_layer(str(root)) as s, open(r, "rb") as reader:
+            out = io.BytesIO()
+            t = threading.Thread(target=lambda: out.write(reader.read()))
+            t.start()
+            try:
+                write_stream(s, w)
+            finally:
+                os.close(w)
+            t.join()
+        return whole, pieces, out.getvalue()
+
+    batched = ways()
+    monkeypatch.setattr(export, "_INLINE_MAX", -1)
+    assert _batches(root) == 0
+    one_by_one = ways()
+    assert batched == one_by_one
+    assert len(set(batched)) == 1
+    names = [m.name for m in read_members(io.BytesIO(batched[0]))]
+    assert len(names) == 3 * (1 + 120 + 7) and names[:2] == ["d0", "d0/f000"]
+
+
+def test_entries_in_batches_are_counted_each(tmp_path: Path) -> None:
+    from aufs.observe import counting_entries
+
+    root = tmp_path / "l"
+    _small_files_layer(root)
+    calls: list[None] = []
+    with counting_entries(lambda: calls.append(None)):
+        data = tar_bytes(root)
+    assert len(calls) == len(read_members(io.BytesIO(data))) == 3 * 128
+
+
+def test_small_files_not_cached_are_read_by_the_stream(tmp_path: Path) -> None:
+    """Evicted from the page cache, small files are not read by the walk (that would wait
+    for the disk one file at a time): they go as their own members, read ahead; same
+    bytes."""
+    root = tmp_path / "l"
+    _small_files_layer(root)
+    warm = tar_bytes(root)
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            with open(p, "rb+") as f:
+                os.fsync(f.fileno())  # clean pages: DONTNEED can drop them
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    fd = os.open(root / "d2" / "f119", os.O_RDONLY)
+    try:  # did the eviction work?
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+        pytest.skip("pages stay cached here after POSIX_FADV_DONTNEED (tmpfs?)")
+    except BlockingIOError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.EOPNOTSUPP:
+            raise
+        pytest.skip("this filesystem cannot read with RWF_NOWAIT")
+    finally:
+        os.close(fd)
+    assert tar_bytes(root) == warm

@@ -34,7 +34,7 @@ from aufs.archive.entries import (
     whiteout_name,
 )
 from aufs.archive.stream import Member, tar_stream
-from aufs.archive.tarwrite import REGTYPE, simple_header
+from aufs.archive.tarwrite import BLOCK, REGTYPE, simple_header, simple_header_into
 from aufs.archive.types import Change, ChangeKind
 from aufs.whiteout import (
     WH_PREFIX,
@@ -56,6 +56,13 @@ _REG, _DIR, _OTHER, _WH_FILE, _WH_DEV = range(5)
 # took a diff of it past 64 MiB.
 _Item = tuple[bytes, int, "os.DirEntry[str] | None"]
 _BY_NAME = operator.itemgetter(0)
+
+# _walk_tree's batches of small files (see there). 8 KiB: above it the copies (into the
+# batch, into the reader's buffer) cost more than the per-member Python they save.
+_INLINE_MAX = 8 << 10
+_BATCH = 64 << 10
+_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
+_ZEROS = bytes(BLOCK)
 
 
 def _list_dir(fd: int) -> tuple[list[_Item], bool]:
@@ -96,9 +103,21 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
     ``root_fd`` stays open (its owner closes it). The loop for plain regular files (most
     of a layer) is written out here, with the functions it calls bound to locals: it is
     the hot path of every diff.
+
+    A plain file of at most ``_INLINE_MAX`` bytes whose data is in the page cache is read
+    here (``preadv`` with ``RWF_NOWAIT``) into a batch: whole members (header, data,
+    padding) one after the other, handed on as one member of about ``_BATCH`` bytes.
+    Python pays per member, and a layer of small files is mostly that. A file not cached
+    (or on a filesystem that cannot say) goes as its own member, read by the stream
+    with its read-ahead; one read short (it shrank meanwhile) too, so the stream reports
+    it where it did before.
     """
     members = Members()
-    os_open, os_close, fstat = os.open, os.close, os.fstat
+    os_open, os_close, fstat, preadv = os.open, os.close, os.fstat, os.preadv
+    o_file = safefs.O_FILE
+    buf = memoryview(bytearray(_BATCH + _INLINE_MAX + 2 * BLOCK))
+    pos = count = 0  # the batch: its bytes and members
+    nowait = _NOWAIT
     items, root_opaque = _list_dir(root_fd)
     if root_opaque or has_opaque_xattr(root_fd):
         yield members.opaque(b"", root_fd)
@@ -107,30 +126,61 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
         for fd, prefix, it in walk:
             for key, kind, entry in it:
                 arcname = prefix + key
-                name = key.decode("utf-8", "surrogateescape") if entry is None else entry.name
                 member: Member | None
                 if kind == _REG:
                     try:
-                        f = os_open(name, safefs.O_FILE, dir_fd=fd)
-                    except OSError:
-                        member = members.regular(fd, name, arcname)  # vanished or replaced
+                        f = os_open(key, o_file, dir_fd=fd)
+                    except OSError:  # vanished or replaced
+                        member = members.regular(fd, key.decode("utf-8", "surrogateescape"),
+                                                 arcname)
                     else:
                         try:
                             st = fstat(f)
                             names: list[str] | None = None
+                            got = -1  # bytes read into the batch: -1 not there
                             if (st.st_mode & S_IFMT != S_IFREG or st.st_nlink > 1
                                     or len(arcname) > 100 or (names := list_xattrs(f))):
-                                member = members.regular_fd(f, st, fd, name, arcname, names)
+                                member = members.regular_fd(
+                                    f, st, fd, key.decode("utf-8", "surrogateescape"),
+                                    arcname, names)
                             else:
                                 size = st.st_size
-                                member = (simple_header(arcname, st.st_mode, st.st_uid,
-                                                        st.st_gid, size, int(st.st_mtime),
-                                                        REGTYPE),
-                                          f, size, st.st_blocks * 512 < size)
+                                mtime = int(st.st_mtime)
+                                if size <= _INLINE_MAX and nowait:
+                                    start = pos + BLOCK
+                                    try:
+                                        got = preadv(f, [buf[start:start + size]], 0,
+                                                     nowait) if size else 0
+                                    except BlockingIOError:
+                                        got = -1  # not cached
+                                    except OSError as exc:
+                                        if exc.errno != errno.EOPNOTSUPP:
+                                            raise
+                                        nowait = 0  # cannot tell: as before, always
+                                        got = -1
+                                    if got != size or not simple_header_into(
+                                            buf, pos, arcname, st.st_mode, st.st_uid,
+                                            st.st_gid, size, mtime):
+                                        got = -1
+                                if got < 0:
+                                    member = (simple_header(arcname, st.st_mode, st.st_uid,
+                                                            st.st_gid, size, mtime, REGTYPE),
+                                              f, size, st.st_blocks * 512 < size)
                         except BaseException:
                             os_close(f)
                             raise
+                        if got >= 0:  # in the batch
+                            os_close(f)
+                            end = pos + BLOCK + size
+                            pos = end + (-size % BLOCK)
+                            buf[end:pos] = _ZEROS[:pos - end]
+                            count += 1
+                            if pos >= _BATCH:
+                                yield bytes(buf[:pos]), -1, count, False
+                                pos = count = 0
+                            continue
                 elif kind == _DIR:
+                    name = key.decode("utf-8", "surrogateescape")
                     opened = members.directory(fd, name, arcname + b"/")
                     if opened is None:
                         member = members.other(fd, name, arcname)
@@ -142,12 +192,15 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
                             os_close(sub)
                             raise
                         walk.push(sub, arcname + b"/", sub_items)
+                        if pos:
+                            yield bytes(buf[:pos]), -1, count, False
+                            pos = count = 0
                         yield dir_member
                         if opaque or aufs_opaque:
                             yield members.opaque(arcname + b"/", sub)
                         break
                 elif kind == _OTHER:
-                    member = members.other(fd, name, arcname)
+                    member = members.other(fd, key.decode("utf-8", "surrogateescape"), arcname)
                 else:
                     assert entry is not None  # whiteouts keep their entry
                     try:
@@ -158,7 +211,12 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
                             else whiteout_tar_mode(wst.st_mode))
                     member = members.whiteout(arcname, wst, mode)
                 if member is not None:
+                    if pos:
+                        yield bytes(buf[:pos]), -1, count, False
+                        pos = count = 0
                     yield member
+        if pos:
+            yield bytes(buf[:pos]), -1, count, False
     finally:
         walk.close()
 

@@ -48,6 +48,8 @@ from aufs.errors import ArchiveError
 from aufs.observe import entry_hook
 
 # (header bytes, fd of the file's data or -1, data size, sparse?). The reader owns fd.
+# With fd -1 the bytes are whole members: a header (size 0), or a batch of ``size``
+# members, data and padding included (the walk read small files itself).
 Member = tuple[bytes, int, int, bool]
 
 _ZEROS = memoryview(bytes(1 << 20))  # calloc'ed: costs no memory until read
@@ -104,6 +106,9 @@ class ReadAhead:
                 self._bytes += member[2]
                 if self._advise:
                     _advise(member)
+            elif member[2]:  # a batch: its bytes are memory, count it as a file
+                self._files += 1
+                self._bytes += len(member[0])
             queue.append(member)
         if not queue:
             raise StopIteration
@@ -114,6 +119,9 @@ class ReadAhead:
             self._since_miss += 1
             if self._since_miss > self._warm:
                 self._advise = False
+        elif member[2]:
+            self._files -= 1
+            self._bytes -= len(member[0])
         return member
 
     def missed(self) -> None:
@@ -158,7 +166,7 @@ class TarReader(io.RawIOBase):
         self._nowait = _RWF_NOWAIT
         self._name = name
         self._on_close = on_close
-        self._pending = b""      # header or padding bytes not yet handed out
+        self._pending: bytes | memoryview = b""  # header or padding bytes not yet handed out
         self._fd = -1            # file whose data is being handed out
         self._off = 0
         self._size = 0
@@ -222,14 +230,15 @@ class TarReader(io.RawIOBase):
                 self._pending = END_OF_ARCHIVE
                 continue
             if on_entry is not None:
-                on_entry()
+                for _ in range(size if fd < 0 and size else 1):
+                    on_entry()
             hlen = len(hdr)
             if fd < 0:
                 if pos + hlen <= n:
                     view[pos:pos + hlen] = hdr
                     pos += hlen
                 else:
-                    self._pending = hdr
+                    self._pending = memoryview(hdr)  # sliced as it goes out, not copied
                 continue
             pad = -size % BLOCK
             start = pos + hlen

@@ -113,6 +113,41 @@ def simple_header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: 
                                        _NO_LINK, _TAIL)
 
 
+# name, mode+uid+gid, size+mtime, checksum, then a regular file's type, no link name and
+# _TAIL: one pack_into writes a whole block (``s`` fields are zero-padded).
+_SIMPLE = struct.Struct("100s24s12s12s8s356s")
+_REG_REST = REGTYPE + _NO_LINK + _TAIL
+_REG_REST_SUM = _TAIL_SUM + REGTYPE[0]
+_oct11_cache: dict[int, tuple[bytes, int]] = {}
+
+
+def _oct11_field(value: int) -> tuple[bytes, int]:
+    """A size or time field with its byte sum (a layer of small files has few of each)."""
+    if len(_oct11_cache) > 8192:
+        _oct11_cache.clear()
+    field = b"%011o\x00" % value
+    hit = _oct11_cache[value] = (field, sum(field))
+    return hit
+
+
+def simple_header_into(buf: bytearray | memoryview, offset: int, name: bytes, mode: int,
+                       uid: int, gid: int, size: int, mtime: int) -> bool:
+    """Write :func:`simple_header` of a regular file (``REGTYPE``) into ``buf`` at
+    ``offset`` (one block); False, nothing written, where a field needs a PAX header."""
+    if not (0 <= uid <= _MAX_OCT7 and 0 <= gid <= _MAX_OCT7 and 0 <= size <= _MAX_OCT11
+            and 0 <= mtime <= _MAX_OCT11 and len(name) <= 100):
+        return False
+    ids, ids_sum = _ids_cache.get((mode & 0o7777, uid, gid)) or _ids_field(mode & 0o7777,
+                                                                           uid, gid)
+    size_f, size_sum = _oct11_cache.get(size) or _oct11_field(size)
+    mtime_f, mtime_sum = _oct11_cache.get(mtime) or _oct11_field(mtime)
+    _SIMPLE.pack_into(buf, offset, name, ids, size_f, mtime_f,
+                      b"%06o\x00 " % (_REG_REST_SUM + ids_sum + size_sum + mtime_sum
+                                       + sum(name)),
+                      _REG_REST)
+    return True
+
+
 def header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes,
            linkname: bytes = b"", devmajor: int = 0, devminor: int = 0,
            xattrs: dict[str, bytes] | None = None) -> bytes:

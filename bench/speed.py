@@ -301,6 +301,33 @@ def bench_scale(mnt: str, report: Report, reps: int, big: int) -> None:
         stack.driver.cleanup()
 
 
+def _apply_vs_tar(mnt: str, report: Report, d: aufs.Driver, tarball: str, name: str,
+                  prefix: str, reps: int, note: str) -> None:
+    """``Driver.apply_diff`` of ``tarball`` into a new layer against ``tar -xf`` into a
+    new directory, caches cold; setup and cleanup outside the timed part."""
+    ids = iter(range(1 << 30))
+    state: dict[str, str] = {}
+
+    def new_layer() -> None:
+        state["id"] = f"{prefix}-{next(ids)}"
+        d.create(state["id"])
+
+    def apply() -> None:
+        with open(tarball, "rb") as f:
+            d.apply_diff(state["id"], "", f)
+
+    def tar_x_setup() -> None:
+        state["dir"] = os.path.join(mnt, f"{prefix}-x-{next(ids)}")
+        os.mkdir(state["dir"])
+
+    report.add(compare(name, Job("Driver.apply_diff", apply, new_layer,
+                                 lambda: d.remove(state["id"])),
+                       Job("tar -xf", lambda: subprocess.run(
+                           ["tar", "-xf", tarball, "-C", state["dir"]], check=True),
+                           tar_x_setup, lambda: shutil.rmtree(state["dir"])),
+                       reps=reps, cold=True, note=note))
+
+
 def bench_many(mnt: str, report: Report, reps: int, files: int) -> None:
     """A layer of ``files`` files (100 directories): apply, diff and changes against GNU
     tar and find, and the peak RSS of each in a child."""
@@ -321,27 +348,8 @@ def bench_many(mnt: str, report: Report, reps: int, files: int) -> None:
     engine = d.engine.name
     os.environ.update(_child_env())
     label = f"{files} files"
-    ids = iter(range(1 << 30))
-    state: dict[str, str] = {}
-
-    def new_layer() -> None:
-        state["id"] = f"many-{next(ids)}"
-        d.create(state["id"])
-
-    def apply() -> None:
-        with open(tarball, "rb") as f:
-            d.apply_diff(state["id"], "", f)
-
-    def tar_x_setup() -> None:
-        state["dir"] = os.path.join(mnt, f"many-x-{next(ids)}")
-        os.mkdir(state["dir"])
-
-    report.add(compare(f"{label}: apply_diff", Job("Driver.apply_diff", apply, new_layer,
-                                                   lambda: d.remove(state["id"])),
-                       Job("tar -xf", lambda: subprocess.run(
-                           ["tar", "-xf", tarball, "-C", state["dir"]], check=True),
-                           tar_x_setup, lambda: shutil.rmtree(state["dir"])),
-                       reps=reps, cold=True, note="cold caches"))
+    _apply_vs_tar(mnt, report, d, tarball, f"{label}: apply_diff", "many", reps,
+                  "cold caches")
     d.create("many")
     # Piped, as bench.archive's memory test does. (Given the tar file itself as stdin,
     # the offload writer fails: "truncated tar stream (the file ended meanwhile)" — the
@@ -393,27 +401,7 @@ def bench_big(mnt: str, report: Report, reps: int, gib: float) -> None:
     os.environ.update(_child_env())
     label = f"{gib:g} GiB layer"
     note = f"{count} files, cold caches"
-    ids = iter(range(1 << 30))
-    state: dict[str, str] = {}
-
-    def new_layer() -> None:
-        state["id"] = f"big-{next(ids)}"
-        d.create(state["id"])
-
-    def apply() -> None:
-        with open(tarball, "rb") as f:
-            d.apply_diff(state["id"], "", f)
-
-    def tar_x_setup() -> None:
-        state["dir"] = os.path.join(mnt, f"big-x-{next(ids)}")
-        os.mkdir(state["dir"])
-
-    report.add(compare(f"{label}: apply_diff", Job("Driver.apply_diff", apply, new_layer,
-                                                   lambda: d.remove(state["id"])),
-                       Job("tar -xf", lambda: subprocess.run(
-                           ["tar", "-xf", tarball, "-C", state["dir"]], check=True),
-                           tar_x_setup, lambda: shutil.rmtree(state["dir"])),
-                       reps=reps, cold=True, note=note))
+    _apply_vs_tar(mnt, report, d, tarball, f"{label}: apply_diff", "big", reps, note)
     d.create("big")
     with open(tarball, "rb") as f:
         d.apply_diff("big", "", f)

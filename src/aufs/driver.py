@@ -25,7 +25,7 @@ from aufs.errors import (
 )
 from aufs.graphdriver.protocol import Status
 from aufs.store import chain as chains
-from aufs.store import images, layers, meta, private, refs
+from aufs.store import layers, meta, private, refs
 from aufs.store.layout import Layout, is_valid_id, validate_id
 from aufs.store.lock import StoreLock
 from aufs.store.store import Store
@@ -493,7 +493,7 @@ class Driver:
         Returns the diff size if the extraction could count it (else None). An apply
         into an empty layer records the tar, so that an export gives the same bytes."""
         from aufs.archive import apply, tarsplit
-        from aufs.store import staging
+        from aufs.store import images, staging
 
         self._refuse_mounted(id)
         if self.store.relocated(id):

@@ -36,7 +36,6 @@ import errno
 import fcntl
 import io
 import os
-import select
 import stat
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -447,6 +446,8 @@ def _write_all(out: int, data: memoryview) -> None:
 
 
 def _wait_writable(out: int) -> None:
+    import select  # an output left non-blocking is rare
+
     poll = select.poll()
     poll.register(out, select.POLLOUT)
     poll.poll()

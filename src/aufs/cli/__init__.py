@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str] | None) -> tuple[int, bool]:
     """:func:`main`, and whether the command was one that only reads the store and it
     returned (every file it opened closed, its output flushed)."""
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors

@@ -552,6 +552,34 @@ def test_read_ahead_fits_a_low_fd_limit(tmp_path: Path) -> None:
     assert int(out.stdout) > 300 * 512
 
 
+def _evict(path: Path) -> None:
+    """Drop ``path``'s pages from the page cache (written back first: DONTNEED drops only
+    clean pages)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _skip_unless_evicted(path: Path) -> None:
+    """Skip the test unless a read of ``path`` with ``RWF_NOWAIT`` would wait: the
+    filesystem can tell, and :func:`_evict` worked."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+        pytest.skip("pages stay cached here after POSIX_FADV_DONTNEED (tmpfs?)")
+    except BlockingIOError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.EOPNOTSUPP:
+            raise
+        pytest.skip("this filesystem cannot read with RWF_NOWAIT")
+    finally:
+        os.close(fd)
+
+
 def test_a_read_that_would_wait_turns_the_hints_back_on(tmp_path: Path) -> None:
     """The export reads with ``RWF_NOWAIT`` first: a file evicted from the page cache
     makes that read fail, and the read-ahead hears of it (``missed``) and hints again;
@@ -564,31 +592,14 @@ def test_a_read_that_would_wait_turns_the_hints_back_on(tmp_path: Path) -> None:
     root = tmp_path / "l"
     root.mkdir()
     for i in range(8):
-        with open(root / f"f{i}", "wb") as f:
-            f.write(os.urandom(64 << 10))
-            os.fsync(f.fileno())  # clean pages: DONTNEED can drop them
+        (root / f"f{i}").write_bytes(os.urandom(64 << 10))
 
     def evict_all() -> None:
         for i in range(8):
-            fd = os.open(root / f"f{i}", os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+            _evict(root / f"f{i}")
 
     evict_all()
-    fd = os.open(root / "f0", os.O_RDONLY)
-    try:  # can this filesystem tell, and did the eviction work?
-        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
-        pytest.skip("pages stay cached here after POSIX_FADV_DONTNEED (tmpfs?)")
-    except BlockingIOError:
-        pass
-    except OSError as exc:
-        if exc.errno != errno.EOPNOTSUPP:
-            raise
-        pytest.skip("this filesystem cannot read with RWF_NOWAIT")
-    finally:
-        os.close(fd)
+    _skip_unless_evicted(root / "f0")
     misses: list[bool] = []  # each miss: hinting on again right after it?
     real_missed = stream_mod.ReadAhead.missed
 
@@ -710,19 +721,6 @@ def test_small_files_not_cached_are_read_by_the_stream(tmp_path: Path) -> None:
     warm = tar_bytes(root)
     for p in root.rglob("*"):
         if p.is_file() and not p.is_symlink():
-            with open(p, "rb+") as f:
-                os.fsync(f.fileno())  # clean pages: DONTNEED can drop them
-                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    fd = os.open(root / "d2" / "f119", os.O_RDONLY)
-    try:  # did the eviction work?
-        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
-        pytest.skip("pages stay cached here after POSIX_FADV_DONTNEED (tmpfs?)")
-    except BlockingIOError:
-        pass
-    except OSError as exc:
-        if exc.errno != errno.EOPNOTSUPP:
-            raise
-        pytest.skip("this filesystem cannot read with RWF_NOWAIT")
-    finally:
-        os.close(fd)
+            _evict(p)
+    _skip_unless_evicted(root / "d2" / "f119")
     assert tar_bytes(root) == warm

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import NamedTuple
 
 from aufs.errors import InvalidLayerIDError
 
@@ -55,33 +56,11 @@ def is_valid_id(layer_id: object) -> bool:
     return True
 
 
-class Layout:
-    """The store's paths below ``root``. Immutable, compared and hashed by ``root``.
-    (Written out, not a dataclass: importing dataclasses costs every command 5 ms.)"""
+class Layout(NamedTuple):
+    """The store's paths below ``root``. Immutable, compared and hashed as ``(root,)``.
+    (A NamedTuple, not a dataclass: importing dataclasses costs every command 5 ms.)"""
 
-    __slots__ = ("root",)
     root: str
-
-    def __init__(self, root: str) -> None:
-        object.__setattr__(self, "root", root)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}")
-
-    def __repr__(self) -> str:
-        return f"Layout(root={self.root!r})"
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, Layout)
-        return self.root == other.root
-
-    def __hash__(self) -> int:
-        return hash((self.root,))
 
     @classmethod
     def at(cls, root: str | os.PathLike[str]) -> Layout:

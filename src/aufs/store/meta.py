@@ -50,27 +50,12 @@ def write(path: str, meta: StoreMeta) -> None:
 
 # -- the conversion journal ------------------------------------------------------------
 
-class Journal:
-    """The journal of a conversion: to ``target`` from ``source``, layers ``done``.
-    (No dataclass on the store's paths: importing dataclasses costs a command 5 ms.)"""
+class Journal(NamedTuple):
+    """The journal of a conversion: to ``target`` from ``source``, layers ``done``."""
 
-    __slots__ = ("done", "source", "target")
-
-    def __init__(self, target: str, source: str, done: list[str] | None = None) -> None:
-        self.target = target
-        self.source = source
-        self.done: list[str] = [] if done is None else done
-
-    def __repr__(self) -> str:
-        return f"Journal(target={self.target!r}, source={self.source!r}, done={self.done!r})"
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, Journal)
-        return (self.target, self.source, self.done) == (other.target, other.source, other.done)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
+    target: str
+    source: str
+    done: tuple[str, ...] = ()
 
 
 def read_journal(path: str) -> Journal | None:
@@ -79,7 +64,7 @@ def read_journal(path: str) -> Journal | None:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
         journal = Journal(target=str(raw["to"]), source=str(raw["from"]),
-                          done=[str(i) for i in raw["done"]])
+                          done=tuple(str(i) for i in raw["done"]))
         if journal.target not in WHITEOUT_FORMATS:
             raise ValueError(f"unknown whiteout format {journal.target!r} "
                              f"(known: aufs, overlay)")

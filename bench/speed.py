@@ -351,9 +351,7 @@ def bench_many(mnt: str, report: Report, reps: int, files: int) -> None:
     _apply_vs_tar(mnt, report, d, tarball, f"{label}: apply_diff", "many", reps,
                   "cold caches")
     d.create("many")
-    # Piped, as bench.archive's memory test does. (Given the tar file itself as stdin,
-    # the offload writer fails: "truncated tar stream (the file ended meanwhile)" — the
-    # same with `aufs apply ID - < FILE`; by path it works. Left to the archive owners.)
+    # Piped through cat, as bench.archive's memory test feeds its child (a pipe, not a file).
     cat = subprocess.Popen(["cat", tarball], stdout=subprocess.PIPE)
     assert cat.stdout is not None
     try:

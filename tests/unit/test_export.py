@@ -14,6 +14,7 @@ import stat
 import subprocess
 import tarfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -479,6 +480,40 @@ def test_read_ahead_bounds_the_bytes_queued(tmp_path: Path, size: int, most: int
         assert _open_fds() == base
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("bound", [None, 1 << 40])
+def test_read_ahead_bounds_the_headers_queued_behind_a_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: int | None) -> None:
+    """One open file, then 20,000 members without a file (symlinks, directories: a
+    header each): the queue stops at AHEAD_MEMBERS, not at the end of the layer — a
+    diff of 300,000 symlinks behind one file peaked at 241 MiB. Unbounded (the
+    control), every member is pulled before the first is handed out."""
+    from aufs.archive import stream as stream_mod
+
+    if bound is not None:
+        monkeypatch.setattr(stream_mod, "AHEAD_MEMBERS", bound)
+    data = tmp_path / "f"
+    data.write_bytes(b"x" * 100)
+    pulled = 0
+
+    def members() -> Iterator[stream_mod.Member]:
+        nonlocal pulled
+        pulled += 1
+        yield b"H" * 512, os.open(data, os.O_RDONLY), 100, False
+        for _ in range(20_000):
+            pulled += 1
+            yield b"h" * 512, -1, 0, False
+
+    ahead = stream_mod.ReadAhead(members())
+    first = next(ahead)
+    os.close(first[1])
+    if bound is None:
+        assert pulled <= stream_mod.AHEAD_MEMBERS + 1
+    else:
+        assert pulled == 20_001
+    assert sum(1 for _ in ahead) == 20_000  # and nothing is lost
+    ahead.close()
 
 
 @pytest.mark.usefixtures("files_read_by_the_stream")

@@ -55,6 +55,9 @@ _ZEROS = memoryview(bytes(1 << 20))  # calloc'ed: costs no memory until read
 
 AHEAD_FILES = 64
 AHEAD_BYTES = 32 << 20
+# Members of all kinds queued: headers alone (directories, links, devices) hold no file
+# and few bytes, and a layer may have a million of them after one open file.
+AHEAD_MEMBERS = 1024
 WARM_FILES = 256  # files read without waiting, after which hints stop
 _FADVISE_MAX = 4 << 20  # per file: the kernel's own readahead takes over after this
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
@@ -67,8 +70,9 @@ _NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF)
 
 
 class ReadAhead:
-    """``members``, pulled up to ``files`` open files or ``size`` bytes ahead of the
-    consumer, each file's data asked for (``POSIX_FADV_WILLNEED``) as it is queued.
+    """``members``, pulled up to ``files`` open files or ``size`` bytes (or
+    ``AHEAD_MEMBERS`` members of any kind) ahead of the consumer, each file's data asked
+    for (``POSIX_FADV_WILLNEED``) as it is queued.
 
     The hint costs a system call per file, which buys nothing when the data is cached
     already: after ``warm`` files in a row read without waiting it stops, and the first
@@ -94,7 +98,8 @@ class ReadAhead:
 
     def __next__(self) -> Member:
         queue = self._queue
-        while not queue or (self._files < self._max_files and self._bytes < self._max_bytes):
+        while not queue or (self._files < self._max_files and self._bytes < self._max_bytes
+                            and len(queue) < AHEAD_MEMBERS):
             member = next(self._members, None)
             if member is None:
                 break

@@ -32,7 +32,7 @@ from aufs.store.store import Store
 from aufs.whiteout import WhiteoutFormat, get_format, root_is_opaque
 
 if TYPE_CHECKING:
-    from aufs.archive.types import Change
+    from aufs.archive.change import Change
     from aufs.union.base import Branches, UnionEngine
 
 # The engines, the mount calls and conversion are imported where they are used: a command

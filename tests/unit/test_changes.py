@@ -285,3 +285,30 @@ def test_fuse_overlayfs_bookkeeping_devices_are_ignored(lower: Path, rw: Path) -
     os.mknod(rw / "opt" / "app" / ".wh..opq", stat.S_IFCHR, 0)  # fuse-overlayfs's own
     same_dir_times(rw)
     assert layer_changes([str(lower)], str(rw) + "/") == []
+
+
+def test_change_is_the_frozen_dataclass_api_md_names(lower: Path, rw: Path) -> None:
+    """API.md: ``Change(path, kind)`` is a frozen dataclass — what dataclasses' own
+    functions see, made by hand or by layer_changes (which sets the slots directly)."""
+    import dataclasses
+    import pickle
+
+    (rw / "new").write_text("x")
+    made = layer_changes([str(lower)], str(rw))
+    by_hand = Change("/new", ChangeKind.ADD)
+    assert by_hand in made
+    for c in (by_hand, made[made.index(by_hand)]):
+        assert dataclasses.is_dataclass(c)
+        assert [f.name for f in dataclasses.fields(c)] == ["path", "kind"]
+        assert dataclasses.asdict(c) == {"path": "/new", "kind": ChangeKind.ADD}
+        assert dataclasses.astuple(c) == ("/new", ChangeKind.ADD)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            c.path = "/other"  # type: ignore[misc]
+        assert dataclasses.replace(c, kind=ChangeKind.DELETE) == Change("/new", ChangeKind.DELETE)
+        assert pickle.loads(pickle.dumps(c)) == c
+        assert hash(c) == hash(by_hand) and str(c) == "A /new"
+    assert sorted([Change("/b", ChangeKind.MODIFY), Change("/a", ChangeKind.DELETE),
+                   Change("/a", ChangeKind.ADD)]) == [
+        Change("/a", ChangeKind.ADD), Change("/a", ChangeKind.DELETE),
+        Change("/b", ChangeKind.MODIFY)]
+    assert not isinstance(by_hand, tuple)  # compared with Changes only

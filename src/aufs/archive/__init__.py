@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from aufs.archive.types import ArchiveError, BreakoutError, Change, ChangeKind
+from aufs.archive.types import ArchiveError, BreakoutError, ChangeKind
 
 __all__ = [
     "ArchiveError",
@@ -30,6 +30,7 @@ __all__ = [
 
 
 _LAZY = {
+    "Change": "aufs.archive.change",  # a dataclass: imports inspect
     "extract_into_dir": "aufs.archive.apply",
     "diff_size": "aufs.archive.changes",
     "layer_changes": "aufs.archive.changes",
@@ -42,6 +43,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from aufs.archive.apply import extract_into_dir
+    from aufs.archive.change import Change
     from aufs.archive.changes import diff_size, layer_changes
     from aufs.archive.export import export_changes, export_dir, export_layer
     from aufs.archive.treediff import changes_dirs, changes_size

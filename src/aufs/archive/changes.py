@@ -33,10 +33,11 @@ from collections import deque
 from collections.abc import Sequence
 from itertools import islice, repeat
 from operator import attrgetter
+from typing import TYPE_CHECKING
 
 from aufs._sys import deep, safefs
 from aufs.archive.treediff import changes_dirs, changes_size, same_fs_time
-from aufs.archive.types import Change, ChangeKind
+from aufs.archive.types import ChangeKind
 from aufs.whiteout import (
     OVERLAY_OPAQUE_XATTR,
     WH_OPAQUE,
@@ -48,6 +49,9 @@ from aufs.whiteout import (
     is_overlay_whiteout_mode,
     wh_file_target,
 )
+
+if TYPE_CHECKING:
+    from aufs.archive.change import Change
 
 __all__ = [
     "changes_dirs",
@@ -65,8 +69,6 @@ _S_IFDIR = stat.S_IFDIR
 _S_IFCHR = stat.S_IFCHR
 _LIMIT = deep.LIMIT
 _new_change = object.__new__
-_set_path = Change.__dict__["path"].__set__  # the slots' own descriptors
-_set_kind = Change.__dict__["kind"].__set__
 _PATH = attrgetter("path")
 _KIND = attrgetter("kind")
 
@@ -410,10 +412,14 @@ def layer_changes(lower_dirs: Sequence[str], rw_dir: str) -> list[Change]:
 def _extend(out: list[Change], paths: list[str], kind: ChangeKind) -> None:
     """``out += [Change(path, kind) for path in paths]`` in C loops, without the frozen
     dataclass's per-field ``__setattr__``; ``paths`` is emptied."""
+    from aufs.archive.change import Change  # not for diff_size (aufs ls)
+
     start = len(out)
     out.extend(map(_new_change, repeat(Change, len(paths))))
-    deque(map(_set_path, islice(out, start, None), paths), 0)
-    deque(map(_set_kind, islice(out, start, None), repeat(kind)), 0)
+    set_path = Change.__dict__["path"].__set__  # the slots' own descriptors
+    set_kind = Change.__dict__["kind"].__set__
+    deque(map(set_path, islice(out, start, None), paths), 0)
+    deque(map(set_kind, islice(out, start, None), repeat(kind)), 0)
     paths.clear()
 
 

@@ -22,7 +22,7 @@ import errno
 import operator
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from aufs._sys import safefs
 from aufs._sys.deep import DirStack
@@ -35,7 +35,7 @@ from aufs.archive.entries import (
 )
 from aufs.archive.stream import Member, tar_stream
 from aufs.archive.tarwrite import BLOCK, REGTYPE, simple_header, simple_header_into
-from aufs.archive.types import Change, ChangeKind
+from aufs.archive.types import ChangeKind
 from aufs.whiteout import (
     WH_PREFIX,
     Kind,
@@ -44,6 +44,9 @@ from aufs.whiteout import (
     has_opaque_xattr,
     whiteout_tar_mode,
 )
+
+if TYPE_CHECKING:
+    from aufs.archive.change import Change
 
 __all__ = ["export_changes", "export_dir", "export_layer"]
 

@@ -19,11 +19,15 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from aufs._sys import deep, safefs
 from aufs._sys.files import list_xattrs
-from aufs.archive.types import Change, ChangeKind
+from aufs.archive.types import ChangeKind
 from aufs.whiteout import WH_META_PREFIX
+
+if TYPE_CHECKING:
+    from aufs.archive.change import Change
 
 __all__ = ["changes_dirs", "changes_size"]
 
@@ -105,6 +109,8 @@ def changes_dirs(new_dir: str, old_dir: str | None) -> list[Change]:
             os.close(old_root)
     _add_parents(out)
     out.sort()
+    from aufs.archive.change import Change  # not for same_fs_time (aufs ls)
+
     return [Change(path, kind) for path, kind in out]
 
 

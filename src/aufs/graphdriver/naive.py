@@ -17,7 +17,7 @@ from aufs.archive.export import export_changes, export_dir
 from aufs.archive.treediff import changes_dirs, changes_size
 
 if TYPE_CHECKING:
-    from aufs.archive.types import Change
+    from aufs.archive.change import Change
     from aufs.graphdriver.protocol import ProtoDriver, Status
 
 __all__ = ["NaiveDiffDriver", "naive_changes", "naive_diff", "naive_diff_size"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import IO, TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from aufs.archive.types import Change
+    from aufs.archive.change import Change
 
 __all__ = ["Driver", "ProtoDriver", "Status"]
 

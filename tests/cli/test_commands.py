@@ -201,6 +201,8 @@ def test_user_errors_are_one_line(cli: Aufs, tmp_path: Path) -> None:
         fresh = Aufs(tmp_path / "fresh")
         line = fresh.fails(1, "--engine", "aufs", "status")
         assert line == "aufs: AUFS was not found in /proc/filesystems"
+        # also on a store in use, whatever whiteouts it keeps
+        assert cli.fails(1, "--engine", "aufs", "status") == line
     assert cli.ok("ls").out.split()[0] == "base"  # nothing was changed by the errors
 
 

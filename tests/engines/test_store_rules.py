@@ -27,6 +27,7 @@ from aufs.graphdriver import (
     LayerNotFoundError,
     NotSupportedError,
 )
+from aufs.union import aufs as aufs_engine
 from aufs.union import fuse_overlayfs
 from aufs.union.base import ChainTooLongError
 from aufs.union.overlay import OverlayEngine
@@ -362,12 +363,33 @@ def test_forced_aufs_names_the_missing_kernel_module(store_root: Path) -> None:
     assert mounts_below(store_root) == []  # the root's bind was undone
 
 
-def test_an_overlay_store_refuses_aufs_and_names_the_conversion(store_root: Path) -> None:
+def test_forced_aufs_on_an_existing_overlay_store_names_the_missing_kernel_module(
+        store_root: Path) -> None:
+    """API.md: forcing aufs on a kernel without AUFS raises AufsNotSupportedError with its
+    fixed message, also on a store that auto made with overlay whiteouts."""
+    if "aufs" in Path("/proc/filesystems").read_text().split():
+        pytest.skip("this kernel has AUFS")
     require_engine("overlay")
     aufs.init(store_root, ["aufs.engine=overlay"]).cleanup()
     before = snapshot(store_root)
-    with pytest.raises(NotSupportedError, match=r"convert the store first \(aufs convert"):
+    with pytest.raises(aufs.AufsNotSupportedError) as info:
         aufs.init(store_root, ["aufs.engine=aufs"])
+    assert str(info.value) == "AUFS was not found in /proc/filesystems"
+    assert snapshot(store_root) == before
+    assert mounts_below(store_root) == []
+
+
+def test_an_overlay_store_refuses_aufs_and_names_the_conversion(
+        store_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the kernel has AUFS (made to say so here: the refusal comes before any
+    mount), an overlay-format store names the conversion instead."""
+    require_engine("overlay")
+    aufs.init(store_root, ["aufs.engine=overlay"]).cleanup()
+    before = snapshot(store_root)
+    monkeypatch.setattr(aufs_engine, "supports_aufs", lambda: True)
+    with pytest.raises(NotSupportedError, match=r"convert the store first \(aufs convert") as info:
+        aufs.init(store_root, ["aufs.engine=aufs"])
+    assert not isinstance(info.value, aufs.AufsNotSupportedError)
     assert snapshot(store_root) == before
     assert mounts_below(store_root) == []
 

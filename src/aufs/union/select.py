@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from aufs.errors import IncompatibleFSError, NotSupportedError
+from aufs.errors import AufsNotSupportedError, IncompatibleFSError, NotSupportedError
 from aufs.store.layout import Layout
 from aufs.union import aufs as aufs_engine
 from aufs.union import fuse_overlayfs, overlay
@@ -42,6 +42,10 @@ def choose(requested: str, layout: Layout, magic: int,
     """
     if requested != "auto":
         if store_format is not None and store_format not in READS[requested]:
+            # A kernel without AUFS is the first reason whatever the store holds: forced
+            # aufs there raises AufsNotSupportedError with its fixed message (API.md).
+            if requested == "aufs" and not aufs_engine.supports_aufs():
+                raise AufsNotSupportedError()
             raise NotSupportedError(
                 f"engine {requested} cannot read this store's {store_format} whiteouts; "
                 f"convert the store first (aufs convert --to {NATIVE[requested]}) "

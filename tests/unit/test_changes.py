@@ -312,3 +312,13 @@ def test_change_is_the_frozen_dataclass_api_md_names(lower: Path, rw: Path) -> N
         Change("/a", ChangeKind.ADD), Change("/a", ChangeKind.DELETE),
         Change("/b", ChangeKind.MODIFY)]
     assert not isinstance(by_hand, tuple)  # compared with Changes only
+
+
+def test_change_str_is_dockers_line_for_every_kind() -> None:
+    """API.md: ``str(change)`` is ``"C /etc/passwd"``, ``"A …"`` or ``"D …"``; ChangeKind
+    is an IntEnum, so a Change made with the plain int prints the same."""
+    for kind, letter in ((ChangeKind.MODIFY, "C"), (ChangeKind.ADD, "A"),
+                         (ChangeKind.DELETE, "D")):
+        assert str(Change("/etc/passwd", kind)) == f"{letter} /etc/passwd"
+        by_int = Change("/etc/passwd", int(kind))  # type: ignore[arg-type]
+        assert str(by_int) == f"{letter} /etc/passwd" and by_int == Change("/etc/passwd", kind)

@@ -25,4 +25,5 @@ class Change:
     kind: ChangeKind
 
     def __str__(self) -> str:
-        return f"{self.kind.letter} {self.path}"
+        # indexed by the int: a Change made with a plain 0/1/2 kind prints too
+        return f"{'CAD'[self.kind]} {self.path}"

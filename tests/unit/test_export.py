@@ -662,8 +662,9 @@ def test_a_read_that_would_wait_turns_the_hints_back_on(tmp_path: Path) -> None:
 
 def _small_files_layer(root: Path) -> None:
     """Small files across several batches, between members that never go in one: a big
-    file, one just over the inline size, a hard link pair, xattrs, a long name, a
-    symlink, an empty file, directories."""
+    file, one just over the inline size, a hard link pair, xattrs, a long name, an empty
+    file, directories; symlinks, in a batch or not: plain ones (a target of 100 bytes
+    exactly), and a long target, a long name, a hard-linked one, one with an xattr."""
     for d in range(3):
         sub = root / f"d{d}"
         sub.mkdir(parents=True)
@@ -676,6 +677,14 @@ def _small_files_layer(root: Path) -> None:
         os.link(sub / "f080", sub / "f080-link")
         os.setxattr(sub / "f090", "user.note", b"kept")
         os.symlink("f001", sub / "f100-sym")
+        os.symlink("t" * 100, sub / "f101-sym-100")
+        os.symlink("t" * 101, sub / "f102-sym-long-target")
+        os.symlink("f001", sub / ("s" * 101))
+        os.symlink("f002", sub / "f103-sym-linked")
+        os.link(sub / "f103-sym-linked", sub / "f104-sym-link", follow_symlinks=False)
+        os.symlink("f003", sub / "f105-sym-xattr")
+        os.setxattr(sub / "f105-sym-xattr", "trusted.note", b"kept", follow_symlinks=False)
+        os.lchown(sub / "f101-sym-100", 1000 + d, 2000)
         (sub / ("n" * 120)).write_bytes(b"long name")
         (sub / "f110-dir").mkdir()
 
@@ -733,7 +742,14 @@ def test_small_files_in_batches_give_the_same_bytes(
     assert batched == one_by_one
     assert len(set(batched)) == 1
     names = [m.name for m in read_members(io.BytesIO(batched[0]))]
-    assert len(names) == 3 * (1 + 120 + 7) and names[:2] == ["d0", "d0/f000"]
+    assert len(names) == 3 * (1 + 120 + 13) and names[:2] == ["d0", "d0/f000"]
+    links = {m.name: m for m in read_members(io.BytesIO(batched[0])) if m.issym() or m.islnk()}
+    assert links["d1/f101-sym-100"].linkname == "t" * 100
+    assert links["d1/f101-sym-100"].uid == 1001
+    assert links["d1/f102-sym-long-target"].linkname == "t" * 101
+    assert links["d1/" + "s" * 101].linkname == "f001"
+    assert links["d1/f104-sym-link"].islnk()  # the second name of the linked symlink
+    assert links["d1/f105-sym-xattr"].pax_headers["SCHILY.xattr.trusted.note"] == "kept"
 
 
 def test_entries_in_batches_are_counted_each(tmp_path: Path) -> None:
@@ -744,7 +760,7 @@ def test_entries_in_batches_are_counted_each(tmp_path: Path) -> None:
     calls: list[None] = []
     with counting_entries(lambda: calls.append(None)):
         data = tar_bytes(root)
-    assert len(calls) == len(read_members(io.BytesIO(data))) == 3 * 128
+    assert len(calls) == len(read_members(io.BytesIO(data))) == 3 * 134
 
 
 def test_small_files_not_cached_are_read_by_the_stream(tmp_path: Path) -> None:

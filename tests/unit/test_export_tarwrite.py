@@ -107,3 +107,28 @@ def test_typeflag_of_every_kind() -> None:
     assert tarwrite.typeflag_of(stat.S_IFBLK) == b"4"
     assert tarwrite.typeflag_of(stat.S_IFIFO) == b"6"
     assert tarwrite.typeflag_of(stat.S_IFSOCK) is None
+
+
+@pytest.mark.parametrize(("name", "target", "uid", "gid", "mtime", "fits"), [
+    (b"l", b"", 0, 0, 0, True),
+    (b"a/l", b"../t", 1000, 1000, 1_700_000_000, True),
+    (b"n" * 100, b"t" * 100, 0o7777777, 0o7777777, 0o77777777777, True),
+    (b"\xff\xfe", b"\xc3\x28", 5, 6, 7, True),  # not UTF-8: ustar bytes as they are
+    (b"n" * 101, b"t", 0, 0, 0, False),       # PAX path
+    (b"l", b"t" * 101, 0, 0, 0, False),       # PAX linkpath
+    (b"l", b"t", 0o10000000, 0, 0, False),    # PAX uid
+    (b"l", b"t", 0, 0, -1, False),            # PAX mtime
+])
+def test_symlink_header_into_equals_the_general_header(
+        name: bytes, target: bytes, uid: int, gid: int, mtime: int, fits: bool) -> None:
+    buf = bytearray(b"\xaa" * 1024)
+    assert tarwrite.symlink_header_into(buf, 512, name, 0o120777, uid, gid, mtime,
+                                        target) is fits
+    if fits:
+        assert bytes(buf[512:]) == header(name, 0o120777, uid, gid, 0, mtime,
+                                          tarwrite.SYMTYPE, target)
+        assert buf[:512] == b"\xaa" * 512
+        info = tarfile.TarInfo.frombuf(bytes(buf[512:]), "utf-8", "surrogateescape")
+        assert info.issym() and info.linkname.encode("utf-8", "surrogateescape") == target
+    else:
+        assert buf == bytearray(b"\xaa" * 1024)  # nothing written

@@ -50,7 +50,7 @@ def write_atomic(path: str, data: bytes, *, fsync: bool = True) -> None:
 NO_XATTRS = (errno.ENOTSUP, errno.ENODATA, errno.EPERM, errno.EACCES)
 
 
-def list_xattrs(target: int | str) -> list[str]:
+def list_xattrs(target: int | str | bytes) -> list[str]:
     """Names of the xattrs of an open fd, or of a path (not followed); [] where the
     filesystem keeps none or they may not be seen (:data:`NO_XATTRS`)."""
     try:

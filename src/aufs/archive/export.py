@@ -22,6 +22,7 @@ import errno
 import operator
 import os
 from collections.abc import Callable, Iterable, Iterator
+from stat import S_IFLNK
 from typing import IO, TYPE_CHECKING
 
 from aufs._sys import safefs
@@ -34,7 +35,13 @@ from aufs.archive.entries import (
     whiteout_name,
 )
 from aufs.archive.stream import Member, tar_stream
-from aufs.archive.tarwrite import BLOCK, REGTYPE, simple_header, simple_header_into
+from aufs.archive.tarwrite import (
+    BLOCK,
+    REGTYPE,
+    simple_header,
+    simple_header_into,
+    symlink_header_into,
+)
 from aufs.archive.types import ChangeKind
 from aufs.whiteout import (
     WH_PREFIX,
@@ -52,7 +59,7 @@ __all__ = ["export_changes", "export_dir", "export_layer"]
 
 
 # kinds of listed entries
-_REG, _DIR, _OTHER, _WH_FILE, _WH_DEV = range(5)
+_REG, _DIR, _LNK, _OTHER, _WH_FILE, _WH_DEV = range(6)
 
 # (member name, kind, the entry where its stat is still needed: whiteouts). Plain names
 # keep no DirEntry: a directory of 200,000 files is listed whole, and the entries alone
@@ -89,7 +96,7 @@ def _list_dir(fd: int) -> tuple[list[_Item], bool]:
             elif e.is_dir(follow_symlinks=False):
                 append((name.encode("utf-8", "surrogateescape"), _DIR, None))
             elif e.is_symlink():
-                append((name.encode("utf-8", "surrogateescape"), _OTHER, None))
+                append((name.encode("utf-8", "surrogateescape"), _LNK, None))
             else:
                 kind = classify_entry(e).kind
                 if kind is Kind.WHITEOUT:
@@ -121,6 +128,8 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
     buf = memoryview(bytearray(_BATCH + _INLINE_MAX + 2 * BLOCK))
     pos = count = 0  # the batch: its bytes and members
     nowait = _NOWAIT
+    link_inline = _INLINE_MAX >= 0  # tests turn batches off
+    lstat_at, readlink = os.stat, os.readlink
     items, root_opaque = _list_dir(root_fd)
     if root_opaque or has_opaque_xattr(root_fd):
         yield members.opaque(b"", root_fd)
@@ -202,6 +211,32 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
                         if opaque or aufs_opaque:
                             yield members.opaque(arcname + b"/", sub)
                         break
+                elif kind == _LNK:
+                    # A plain symlink's header goes into the batch (the bytes
+                    # Members.other makes); one hard-linked, with xattrs, replaced
+                    # meanwhile or with a field that needs PAX goes by Members.other.
+                    try:
+                        st = lstat_at(key, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # vanished
+                    if (link_inline and st.st_mode & S_IFMT == S_IFLNK
+                            and st.st_nlink == 1):
+                        try:
+                            target = readlink(key, dir_fd=fd)
+                        except FileNotFoundError:
+                            continue
+                        if (not list_xattrs(b"/proc/self/fd/%d/%s" % (fd, key))
+                                and symlink_header_into(buf, pos, arcname, st.st_mode,
+                                                        st.st_uid, st.st_gid,
+                                                        int(st.st_mtime), target)):
+                            pos += BLOCK
+                            count += 1
+                            if pos >= _BATCH:
+                                yield bytes(buf[:pos]), -1, count, False
+                                pos = count = 0
+                            continue
+                    member = members.other(fd, key.decode("utf-8", "surrogateescape"),
+                                           arcname, st)
                 elif kind == _OTHER:
                     member = members.other(fd, key.decode("utf-8", "surrogateescape"), arcname)
                 else:

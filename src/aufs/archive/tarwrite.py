@@ -148,6 +148,28 @@ def simple_header_into(buf: bytearray | memoryview, offset: int, name: bytes, mo
     return True
 
 
+_LINK_REST_SUM = _TAIL_SUM + SYMTYPE[0]
+_ZERO_SIZE, _ZERO_SIZE_SUM = b"%011o\x00" % 0, sum(b"%011o\x00" % 0)
+
+
+def symlink_header_into(buf: bytearray | memoryview, offset: int, name: bytes, mode: int,
+                        uid: int, gid: int, mtime: int, target: bytes) -> bool:
+    """Write the one-block header of a symlink (``SYMTYPE``, the :func:`header` bytes)
+    into ``buf`` at ``offset``; False, nothing written, where a field needs a PAX header
+    (a name or a target over 100 bytes, ids or the time out of octal range)."""
+    if not (0 <= uid <= _MAX_OCT7 and 0 <= gid <= _MAX_OCT7 and 0 <= mtime <= _MAX_OCT11
+            and len(name) <= 100 and len(target) <= 100):
+        return False
+    ids, ids_sum = _ids_cache.get((mode & 0o7777, uid, gid)) or _ids_field(mode & 0o7777,
+                                                                           uid, gid)
+    mtime_f, mtime_sum = _oct11_cache.get(mtime) or _oct11_field(mtime)
+    _SIMPLE.pack_into(buf, offset, name, ids, _ZERO_SIZE, mtime_f,
+                      b"%06o\x00 " % (_LINK_REST_SUM + ids_sum + _ZERO_SIZE_SUM + mtime_sum
+                                       + sum(name) + sum(target)),
+                      SYMTYPE + target.ljust(100, b"\x00") + _TAIL)
+    return True
+
+
 def header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes,
            linkname: bytes = b"", devmajor: int = 0, devminor: int = 0,
            xattrs: dict[str, bytes] | None = None) -> bytes:

@@ -72,8 +72,7 @@ _LINES = [
 
 
 def test_every_command_is_among_the_lines_below() -> None:
-    assert {line[line.index(w)] for line in _LINES for w in line
-            if w in _commands(_ALL)} == _commands(_ALL)
+    assert {w for line in _LINES for w in line} >= _commands(_ALL)
 
 
 @pytest.mark.parametrize("argv", _LINES, ids=" ".join)

@@ -16,7 +16,7 @@ import errno
 import functools
 import os
 import stat
-from typing import NoReturn
+from typing import NoReturn, overload
 
 # aufs._sys.libc (ctypes) is imported by the calls that need it: a reader of the store
 # (aufs diff, ls) uses only the flags and never loads ctypes.
@@ -264,10 +264,17 @@ def _parent_fd(frame: list[object], child_fd: int, dev: int) -> int:
     return fd
 
 
-def proc_path(dir_fd: int, name: str) -> str:
-    """A path naming ``name`` in ``dir_fd`` for calls that have no ``dir_fd`` (xattrs).
+@overload
+def proc_path(dir_fd: int, name: str) -> str: ...
+@overload
+def proc_path(dir_fd: int, name: bytes) -> bytes: ...
+def proc_path(dir_fd: int, name: str | bytes) -> str | bytes:
+    """A path naming ``name`` in ``dir_fd`` for calls that have no ``dir_fd`` (xattrs);
+    bytes for a bytes name.
 
     ``/proc/self/fd/N`` resolves to the directory itself; use it with
     ``follow_symlinks=False`` so that ``name`` is not followed either.
     """
+    if isinstance(name, bytes):
+        return b"/proc/self/fd/%d/%s" % (dir_fd, name)
     return f"/proc/self/fd/{dir_fd}/{name}"

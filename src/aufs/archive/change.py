@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aufs.archive.types import ChangeKind
+from aufs.archive.types import LETTERS, ChangeKind
 
 __all__ = ["Change"]
 
@@ -26,4 +26,4 @@ class Change:
 
     def __str__(self) -> str:
         # indexed by the int: a Change made with a plain 0/1/2 kind prints too
-        return f"{'CAD'[self.kind]} {self.path}"
+        return f"{LETTERS[self.kind]} {self.path}"

@@ -129,7 +129,7 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
     pos = count = 0  # the batch: its bytes and members
     nowait = _NOWAIT
     link_inline = _INLINE_MAX >= 0  # tests turn batches off
-    lstat_at, readlink = os.stat, os.readlink
+    lstat_at, readlink, proc_path = os.stat, os.readlink, safefs.proc_path
     items, root_opaque = _list_dir(root_fd)
     if root_opaque or has_opaque_xattr(root_fd):
         yield members.opaque(b"", root_fd)
@@ -225,7 +225,7 @@ def _walk_tree(root_fd: int) -> Iterator[Member]:
                             target = readlink(key, dir_fd=fd)
                         except FileNotFoundError:
                             continue
-                        if (not list_xattrs(b"/proc/self/fd/%d/%s" % (fd, key))
+                        if (not list_xattrs(proc_path(fd, key))
                                 and symlink_header_into(buf, pos, arcname, st.st_mode,
                                                         st.st_uid, st.st_gid,
                                                         int(st.st_mtime), target)):

@@ -131,9 +131,12 @@ def _oct11_field(value: int) -> tuple[bytes, int]:
 
 
 def simple_header_into(buf: bytearray | memoryview, offset: int, name: bytes, mode: int,
-                       uid: int, gid: int, size: int, mtime: int) -> bool:
+                       uid: int, gid: int, size: int, mtime: int, rest: bytes = _REG_REST,
+                       rest_sum: int = _REG_REST_SUM) -> bool:
     """Write :func:`simple_header` of a regular file (``REGTYPE``) into ``buf`` at
-    ``offset`` (one block); False, nothing written, where a field needs a PAX header."""
+    ``offset`` (one block); False, nothing written, where a field needs a PAX header.
+    ``rest``: the block from the type flag on, with ``rest_sum`` its checksum share
+    (:func:`symlink_header_into`)."""
     if not (0 <= uid <= _MAX_OCT7 and 0 <= gid <= _MAX_OCT7 and 0 <= size <= _MAX_OCT11
             and 0 <= mtime <= _MAX_OCT11 and len(name) <= 100):
         return False
@@ -142,14 +145,9 @@ def simple_header_into(buf: bytearray | memoryview, offset: int, name: bytes, mo
     size_f, size_sum = _oct11_cache.get(size) or _oct11_field(size)
     mtime_f, mtime_sum = _oct11_cache.get(mtime) or _oct11_field(mtime)
     _SIMPLE.pack_into(buf, offset, name, ids, size_f, mtime_f,
-                      b"%06o\x00 " % (_REG_REST_SUM + ids_sum + size_sum + mtime_sum
-                                       + sum(name)),
-                      _REG_REST)
+                      b"%06o\x00 " % (rest_sum + ids_sum + size_sum + mtime_sum + sum(name)),
+                      rest)
     return True
-
-
-_LINK_REST_SUM = _TAIL_SUM + SYMTYPE[0]
-_ZERO_SIZE, _ZERO_SIZE_SUM = b"%011o\x00" % 0, sum(b"%011o\x00" % 0)
 
 
 def symlink_header_into(buf: bytearray | memoryview, offset: int, name: bytes, mode: int,
@@ -157,17 +155,9 @@ def symlink_header_into(buf: bytearray | memoryview, offset: int, name: bytes, m
     """Write the one-block header of a symlink (``SYMTYPE``, the :func:`header` bytes)
     into ``buf`` at ``offset``; False, nothing written, where a field needs a PAX header
     (a name or a target over 100 bytes, ids or the time out of octal range)."""
-    if not (0 <= uid <= _MAX_OCT7 and 0 <= gid <= _MAX_OCT7 and 0 <= mtime <= _MAX_OCT11
-            and len(name) <= 100 and len(target) <= 100):
-        return False
-    ids, ids_sum = _ids_cache.get((mode & 0o7777, uid, gid)) or _ids_field(mode & 0o7777,
-                                                                           uid, gid)
-    mtime_f, mtime_sum = _oct11_cache.get(mtime) or _oct11_field(mtime)
-    _SIMPLE.pack_into(buf, offset, name, ids, _ZERO_SIZE, mtime_f,
-                      b"%06o\x00 " % (_LINK_REST_SUM + ids_sum + _ZERO_SIZE_SUM + mtime_sum
-                                       + sum(name) + sum(target)),
-                      SYMTYPE + target.ljust(100, b"\x00") + _TAIL)
-    return True
+    return len(target) <= 100 and simple_header_into(
+        buf, offset, name, mode, uid, gid, 0, mtime, SYMTYPE + target.ljust(100, b"\x00") + _TAIL,
+        _TAIL_SUM + SYMTYPE[0] + sum(target))
 
 
 def header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes,

@@ -13,7 +13,7 @@ import enum
 
 from aufs.errors import ArchiveError, BreakoutError
 
-__all__ = ["ArchiveError", "BreakoutError", "ChangeKind"]
+__all__ = ["LETTERS", "ArchiveError", "BreakoutError", "ChangeKind"]
 
 
 class ChangeKind(enum.IntEnum):
@@ -23,4 +23,7 @@ class ChangeKind(enum.IntEnum):
 
     @property
     def letter(self) -> str:
-        return "CAD"[self.value]
+        return LETTERS[self]
+
+
+LETTERS = "CAD"  # Docker's letter of each kind, indexed by its int

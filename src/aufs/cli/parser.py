@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -114,12 +113,12 @@ def command_named(argv: Sequence[str]) -> str | None:
     return None
 
 
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser for ``argv`` (default: ``sys.argv[1:]``): where it names a command,
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (the words after the program's name): where it names a command,
     only that command's parser is built (the others would cost a start-up a twentieth
     of a second's worth of argparse objects: 1.5 ms); otherwise, as for ``--help`` or a
     mistyped command, all of them."""
-    only = command_named(sys.argv[1:] if argv is None else argv)
+    only = command_named(argv)
     if only is not None:
         parser = _build(only)
         if parser is not None:
@@ -142,16 +141,12 @@ def _build(only: str | None) -> argparse.ArgumentParser | None:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True,
                            parser_class=_CommandParser)
 
-    found = False
-
     def cmd(name: str, func: CommandRef, help: str, *, json_out: bool = False,
             reads: bool = False) -> _Parser:
         """``reads``: the command only reads the store, which it opens without preparing
         it (no engine probe, bind mount or recovery: :func:`aufs.driver.open_for_reading`)."""
-        nonlocal found
         if only is not None and name != only:
             return _SKIPPED  # what is added to it goes nowhere
-        found = True
         sp: _Parser = sub.add_parser(name, help=help, description=help)
         sp.set_defaults(func=func, reads=reads)
         if json_out:  # also accepted after the command
@@ -244,4 +239,4 @@ def _build(only: str | None) -> argparse.ArgumentParser | None:
                     help="dockerd's data root (/var/lib/docker)")
     sp.add_argument("--name", required=True, help="the plugin's name (storage-driver)")
     sp.add_argument("--undo", action="store_true", help="give the data root back to aufs")
-    return p if found else None
+    return p if only is None or only in sub.choices else None

@@ -222,3 +222,32 @@ def test_a_record_that_is_no_regular_file_is_unusable(store: aufs.Driver, tmp_pa
         os.symlink(outside, path)  # a valid record, but reached through a link
     with pytest.raises(tarsplit.Unusable, match=r"not a regular file|cannot be opened"):
         _rebuilt(store, "l")
+
+
+def test_a_directory_swapped_for_a_symlink_while_rebuilding(store: aufs.Driver,
+                                                              tmp_path: Path) -> None:
+    """The directory of the file read last stays open for the next one of it; one reached
+    afterwards is opened anew, never through a symlink put in its place meanwhile (a
+    copy of it outside, same names and sizes)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for d in ("a", "b"):
+            tar.addfile(_info(d, tarfile.DIRTYPE))
+            for n in ("1", "2"):
+                tar.addfile(_info(f"{d}/{n}", size=4), io.BytesIO(b"%s/%s\n" % (
+                    d.encode(), n.encode())))
+    data = buf.getvalue()
+    _apply(store, "l", data)
+    assert _rebuilt(store, "l") == (data, _sha(data))
+    layer = Path(store.layout.diff("l"))
+    outside = tmp_path / "outside"
+    shutil.copytree(layer / "b", outside)
+    with tarsplit.open_rebuilt(store.layout.tar_split("l"), str(layer)) as r:
+        got = b""
+        while b"a/2\n" not in got:
+            got += r.read(1 << 16)
+        shutil.rmtree(layer / "b")
+        os.symlink(outside, layer / "b")
+        with pytest.raises(tarsplit.Unusable, match="symlink"):
+            while r.read(1 << 16):
+                pass

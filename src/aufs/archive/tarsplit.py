@@ -37,6 +37,7 @@ import collections
 import contextlib
 import gzip
 import hashlib
+import io
 import json
 import os
 import stat
@@ -58,6 +59,7 @@ _RAW = struct.Struct(">cI")
 _FILE = struct.Struct(">cQH")
 _COUNT = struct.Struct(">cI")
 _CHUNK = 1 << 20
+_RECORDS_BUFFER = 64 << 10
 _FLUSH = 256 << 10
 
 
@@ -311,8 +313,10 @@ class Rebuilt:
         if not isinstance(diff_id, str):
             raise Unusable("the record has no diff id")
         self.diff_id = diff_id
-        self._chunks = _replay(gzip.GzipFile(fileobj=body, mode="rb"), layer_fd,
-                               entry_hook())
+        # buffered in C: the replay reads a few bytes at a time (GzipFile.read is Python)
+        records = io.BufferedReader(gzip.GzipFile(fileobj=body, mode="rb"),
+                                    _RECORDS_BUFFER)
+        self._chunks = _replay(records, layer_fd, entry_hook())
         self._buf = b""
         self._at = 0
 
@@ -340,6 +344,7 @@ def _read_exact(f: _Readable, n: int) -> bytes:
 
 def _replay(body: _Readable, layer_fd: int,
             on_entry: Callable[[], None] | None) -> Iterator[bytes]:
+    parents = _Parents(layer_fd)
     try:
         while kind := body.read(1):
             if kind == b"N":
@@ -356,21 +361,44 @@ def _replay(body: _Readable, layer_fd: int,
                     yield data
             elif kind == b"F":
                 size, length = struct.unpack(">QH", _read_exact(body, 10))
-                yield from _content(layer_fd, os.fsdecode(_read_exact(body, length)), size)
+                yield from _content(parents, os.fsdecode(_read_exact(body, length)), size)
             else:
                 raise Unusable(f"the record holds an unknown entry {kind!r}")
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise Unusable(f"the record cannot be read: {exc}") from exc
+    finally:
+        parents.close()
 
 
-def _content(layer_fd: int, path: str, size: int) -> Iterator[bytes]:
+class _Parents:
+    """The directory of the file read last, kept open for the next one: a tar lists a
+    directory's files one after the other."""
+
+    def __init__(self, layer_fd: int) -> None:
+        self._root = layer_fd
+        self._head = ""
+        self._fd = -1  # open for _head, or none
+
+    def get(self, head: str) -> int:
+        """fd of the directory ``head`` below the layer ("" the layer), owned here."""
+        if not head:
+            return self._root
+        if head != self._head or self._fd < 0:
+            self.close()
+            self._fd = safefs.open_beneath(self._root, head)
+            self._head = head
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _content(parents: _Parents, path: str, size: int) -> Iterator[bytes]:
     head, _, base = path.rpartition("/")
     try:
-        parent = safefs.open_beneath(layer_fd, head) if head else os.dup(layer_fd)
-        try:
-            fd = os.open(base, safefs.O_FILE, dir_fd=parent)
-        finally:
-            os.close(parent)
+        fd = os.open(base, safefs.O_FILE, dir_fd=parents.get(head))
     except OSError as exc:
         raise Unusable(f"{path}: {exc.strerror}") from exc
     try:

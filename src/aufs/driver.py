@@ -92,8 +92,8 @@ def _init(root: str | os.PathLike[str], options: Sequence[str],
 
 def open_for_reading(root: str | os.PathLike[str], options: Sequence[str] = ()) -> Driver:
     """Open an existing store for commands that only read it (``ls``, ``changes``,
-    ``diff``, ``size``): no engine probe, no private bind mount, no recovery — a reader
-    needs none of them, and they cost a command more than its own work. The first use
+    ``diff``, ``size``, ``export``): no engine probe, no private bind mount, no recovery —
+    a reader needs none of them, and they cost a command more than its own work. The first use
     of the engine (a diff against a layer that is not the parent mounts both) prepares
     the store as :func:`init` does. A root that is not a store of ours yet, or one that
     :func:`init` would refuse, goes through :func:`init`.

@@ -113,6 +113,31 @@ def test_diff_imports_the_tar_writer_but_no_image_compression_or_engine(
         cli.ok("cleanup")
 
 
+def test_export_reads_the_store_without_engines_mounts_or_the_importer(
+        tmp_path: Path) -> None:
+    """``aufs export`` only reads the store: no engine probe, no bind mount of the root,
+    no recovery, and nothing of ``aufs import`` (its decompressors load ctypes)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    cli = Aufs(tmp_path / "store")
+    cli.ok("create", "base")
+    (cli.root / "diff" / "base" / "f").write_bytes(b"x")
+    cli.ok("cleanup")  # init's bind of the root undone: export must not make it again
+    out = tmp_path / "image.tar"
+    loaded = _modules("--root", str(cli.root), "export", "base", "-o", str(out))
+    assert "aufs.image.save" in loaded
+    assert {m for m in loaded if m.startswith(("aufs.union", "aufs.registry", "aufs.docker"))
+            or m in ("aufs.image.load", "aufs.archive.compression", "aufs._sys.mount",
+                     "aufs._sys.daemon", "aufs.store.recover")} == set()
+    with open("/proc/self/mountinfo") as f:
+        assert str(cli.root) not in f.read()
+    with tarfile.open(out) as tar:
+        assert "index.json" in tar.getnames()
+    # Nor ctypes, platform (os.uname says the architecture) or dataclasses (inspect).
+    assert not _stdlib("--root", str(cli.root), "export", "base", "-o", str(out)) & {
+        "ctypes", "platform", "dataclasses", "inspect"}
+
+
 def test_ls_of_a_store_that_is_not_one_yet_makes_it(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")

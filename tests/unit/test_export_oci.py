@@ -19,7 +19,7 @@ import pytest
 
 import aufs
 from aufs.archive.compressor import BLOCK
-from aufs.image import save
+from aufs.image import oci, save
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
@@ -83,7 +83,7 @@ def test_oci_archive_is_written_front_to_back(store: aufs.Driver, tmp_path: Path
     config = json.loads(blobs[manifest["config"]["digest"]])
     diff_ids = config["rootfs"]["diff_ids"]
     for blob, diff_id, desc in zip(layers, diff_ids, manifest["layers"], strict=True):
-        assert desc["mediaType"] == save.OCI_LAYER_GZIP and desc["size"] == len(blob)
+        assert desc["mediaType"] == oci.OCI_LAYER_GZIP and desc["size"] == len(blob)
         assert _sha(gzip.decompress(blob)) == diff_id
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layers[0]))) as tar:
         assert sorted(tar.getnames()) == ["big", "etc/motd"]

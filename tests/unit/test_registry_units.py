@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from aufs.image import oci
 from aufs.registry import InvalidReferenceError, RegistryError, manifest
 from aufs.registry.auth import parse_challenge
 from aufs.registry.credentials import Credentials, lookup
@@ -127,7 +128,7 @@ def test_credentials_damaged(tmp_path: Path, entry: dict[str, str]) -> None:
 
 def _manifest(**over: object) -> dict[str, object]:
     doc: dict[str, object] = {
-        "schemaVersion": 2, "mediaType": manifest.OCI_MANIFEST,
+        "schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
         "config": {"mediaType": manifest.CONFIG_TYPES[0], "digest": D, "size": 10},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                     "digest": D, "size": 5}]}
@@ -136,30 +137,30 @@ def _manifest(**over: object) -> dict[str, object]:
 
 
 def test_manifest_parses() -> None:
-    m = manifest.parse(json.dumps(_manifest()).encode(), manifest.OCI_MANIFEST, "m")
+    m = manifest.parse(json.dumps(_manifest()).encode(), oci.OCI_MANIFEST, "m")
     assert isinstance(m, manifest.Manifest)
     assert m.config.size == 10 and m.layers[0].digest == D
     idx = manifest.parse(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": manifest.OCI_MANIFEST, "digest": D, "size": 3,
+        {"mediaType": oci.OCI_MANIFEST, "digest": D, "size": 3,
          "platform": {"os": "linux", "architecture": "amd64"}}]}).encode(),
-        manifest.OCI_INDEX, "i")
+        oci.OCI_INDEX, "i")
     assert isinstance(idx, manifest.Index) and idx.manifests[0].platform is not None
 
 
 @pytest.mark.parametrize(("doc", "served", "message"), [
-    (_manifest(), manifest.DOCKER_MANIFEST, "served as"),
-    (_manifest(mediaType=manifest.OCI_INDEX), manifest.OCI_MANIFEST, "served as"),
-    (_manifest(schemaVersion=1), manifest.OCI_MANIFEST, "schema 1"),
+    (_manifest(), oci.DOCKER_MANIFEST, "served as"),
+    (_manifest(mediaType=oci.OCI_INDEX), oci.OCI_MANIFEST, "served as"),
+    (_manifest(schemaVersion=1), oci.OCI_MANIFEST, "schema 1"),
     (_manifest(layers=[{"mediaType": "text/plain", "digest": D, "size": 1}]),
-     manifest.OCI_MANIFEST, "not a layer tar"),
+     oci.OCI_MANIFEST, "not a layer tar"),
     (_manifest(layers=[{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": D, "size": -1}]), manifest.OCI_MANIFEST, "size"),
+                        "digest": D, "size": -1}]), oci.OCI_MANIFEST, "size"),
     (_manifest(layers=[{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": "sha256:xyz", "size": 1}]), manifest.OCI_MANIFEST, "digest"),
+                        "digest": "sha256:xyz", "size": 1}]), oci.OCI_MANIFEST, "digest"),
     (_manifest(config={"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": D,
-                       "size": 1}), manifest.OCI_MANIFEST, "not an image config"),
-    (_manifest(layers="x"), manifest.OCI_MANIFEST, "no layers"),
-    ([], manifest.OCI_MANIFEST, "not a JSON object"),
+                       "size": 1}), oci.OCI_MANIFEST, "not an image config"),
+    (_manifest(layers="x"), oci.OCI_MANIFEST, "no layers"),
+    ([], oci.OCI_MANIFEST, "not a JSON object"),
 ])
 def test_manifest_refused(doc: object, served: str, message: str) -> None:
     with pytest.raises(RegistryError, match=message):
@@ -201,11 +202,11 @@ def test_parse_platform_rejects(text: str) -> None:
 
 
 def _entry(digest_char: str, **platform: str) -> dict[str, object]:
-    return {"mediaType": manifest.OCI_MANIFEST, "digest": "sha256:" + digest_char * 64,
+    return {"mediaType": oci.OCI_MANIFEST, "digest": "sha256:" + digest_char * 64,
             "size": 1, "platform": platform}
 
 
-INDEX = manifest.Index(manifest.OCI_INDEX, tuple(
+INDEX = manifest.Index(oci.OCI_INDEX, tuple(
     manifest._descriptor(e, "i") for e in [
         _entry("1", os="linux", architecture="amd64"),
         _entry("2", os="linux", architecture="arm", variant="v6"),

@@ -203,7 +203,7 @@ def _build(only: str | None) -> argparse.ArgumentParser | None:
     sp.add_argument("archive", metavar="ARCHIVE")
     sp.add_argument("--name", metavar="NAME", help="record a name for the top layer")
     sp = cmd("export", "streams.export", "write the chain base..ID as an image tar (OCI "
-             "layout or docker-archive) with the config it came with")
+             "layout or docker-archive) with the config it came with", reads=True)
     layer(sp)
     sp.add_argument("-o", "--output", metavar="FILE", required=True)
     sp.add_argument("--format", choices=("oci", "docker-archive"), default="oci",

@@ -16,16 +16,14 @@ here above it, it returns the config bytes:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aufs.errors import ImageError
 
 __all__ = ["Added", "image_config", "minimal_config"]
 
 
-@dataclass(frozen=True, slots=True)
-class Added:
+class Added(NamedTuple):  # not a dataclass: export would import dataclasses for it
     """A layer made here, above the image that came in."""
 
     layer_id: str

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import io
 import json
-import platform
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,16 +30,18 @@ from aufs.archive.compression import open_decompressed
 from aufs.driver import Driver
 from aufs.errors import ImageError
 from aufs.image import names
+from aufs.image.oci import (
+    CONTAINERD_NAME,
+    DOCKER_LIST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    REF_NAME,
+    host_arch,
+)
 from aufs.image.source import Source, open_source
 from aufs.store import images, incomplete
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_SAVE_MANIFEST = "application/x.docker-save.manifest+json"  # ours: a manifest.json entry
-REF_NAME = "org.opencontainers.image.ref.name"
-CONTAINERD_NAME = "io.containerd.image.name"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 _DIGEST_RE = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
 _NAMED_BY_DIGEST = re.compile(r"(?:^|/)(?:blobs/(sha256|sha512)/)?([0-9a-f]{64}|[0-9a-f]{128})"
                               r"(?:\.json)?$")
@@ -271,12 +272,6 @@ def _diff_ids(config: Any, where: str) -> list[str]:
             isinstance(i, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", i) for i in ids):
         raise ImageError(f"{where}: no valid rootfs.diff_ids")
     return list(ids)
-
-
-def host_arch() -> str:
-    machine = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
-            "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
 
 
 def _pick(manifests: list[Any], where: str) -> dict[str, Any]:

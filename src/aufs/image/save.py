@@ -35,21 +35,25 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import IO, Any, NamedTuple, Protocol
 
 from aufs._sys.files import rmtree
 from aufs.archive import compressor, tarsplit
 from aufs.driver import Driver
 from aufs.errors import ImageError
 from aufs.image.config import Added, image_config, minimal_config
-from aufs.image.load import OCI_INDEX, OCI_MANIFEST, REF_NAME, host_arch
+from aufs.image.oci import (
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD,
+    OCI_MANIFEST,
+    REF_NAME,
+    host_arch,
+)
 from aufs.store import images
 
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP = OCI_LAYER + "+gzip"
-OCI_LAYER_ZSTD = OCI_LAYER + "+zstd"
 LAYER_MEDIA_TYPES = {"none": OCI_LAYER, "gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}
 FORMATS = ("oci", "docker-archive")
 COMPRESSIONS = ("gzip", "zstd", "none")
@@ -60,8 +64,7 @@ BLOCK = tarfile.BLOCKSIZE
 OnBytes = Callable[[int], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Blob:
+class Blob(NamedTuple):  # a NamedTuple: dataclasses (with inspect) cost an export 5 ms
     digest: str
     size: int
     path: str | None = None     # on disk, or
@@ -188,8 +191,7 @@ def _json(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
-@dataclass(frozen=True, slots=True)
-class ImageBlobs:
+class ImageBlobs(NamedTuple):
     """An image as blobs: its layers (compressed, on disk), config and manifest."""
 
     layers: list[Blob]

@@ -10,32 +10,32 @@ Docker schema 1 is refused: registries have converted it away since 2019.
 from __future__ import annotations
 
 import json
-import platform as _platform
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from aufs.errors import RegistryError
+from aufs.image import oci
+from aufs.image.oci import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    DOCKER_SCHEMA1,
+    OCI_INDEX,
+    OCI_MANIFEST,
+)
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
-                  "application/vnd.docker.distribution.manifest.v1+prettyjws")
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
-CONFIG_TYPES = ("application/vnd.oci.image.config.v1+json",
-                "application/vnd.docker.container.image.v1+json")
+CONFIG_TYPES = (oci.OCI_CONFIG, oci.DOCKER_CONFIG)
 # layer media type -> its compression ("" for a plain tar)
 LAYER_TYPES = {
-    "application/vnd.oci.image.layer.v1.tar": "",
-    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
-    "application/vnd.docker.image.rootfs.diff.tar": "",
+    oci.OCI_LAYER: "",
+    oci.OCI_LAYER_GZIP: "gzip",
+    oci.OCI_LAYER_ZSTD: "zstd",
+    oci.OCI_LAYER_NONDISTRIBUTABLE_GZIP: "gzip",
+    oci.DOCKER_LAYER_GZIP: "gzip",
+    oci.DOCKER_LAYER_FOREIGN_GZIP: "gzip",
+    oci.DOCKER_LAYER: "",
 }
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 _MAGIC = {"gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd"}
@@ -145,16 +145,8 @@ class Platform:
         return "/".join(filter(None, (self.os, self.architecture, self.variant)))
 
 
-_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-         "armv7l": "arm", "armv6l": "arm", "i386": "386", "i686": "386",
-         "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
-
-
 def host_platform() -> Platform:
-    machine = _platform.machine().lower()
-    arch = _ARCH.get(machine, machine)
-    variant = {"aarch64": "v8", "arm64": "v8", "armv7l": "v7", "armv6l": "v6"}.get(machine, "")
-    return Platform("linux", arch, variant)
+    return Platform("linux", oci.host_arch(), oci.host_variant())
 
 
 def parse_platform(text: str) -> Platform:
@@ -164,7 +156,7 @@ def parse_platform(text: str) -> Platform:
         raise ValueError(f"invalid platform {text!r}: use os/arch[/variant], e.g. linux/amd64")
     if len(parts) == 1:
         parts = ["linux", *parts]
-    arch = _ARCH.get(parts[1], parts[1])
+    arch = oci.ARCH.get(parts[1], parts[1])
     variant = parts[2] if len(parts) == 3 else ""
     return Platform(parts[0], arch, variant)
 

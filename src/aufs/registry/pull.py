@@ -23,7 +23,7 @@ from typing import IO
 
 from aufs._sys.files import rmtree
 from aufs.driver import Driver
-from aufs.image import load
+from aufs.image import load, oci
 from aufs.image.source import DirSource
 from aufs.registry import RegistryError, blobinfo, manifest
 from aufs.registry.client import Cancelled, Repository
@@ -33,7 +33,6 @@ from aufs.store import incomplete
 from aufs.store.staging import name as staging_name
 
 PARALLEL = 3                   # downloads at a time (Docker's default is 3)
-_REF_NAME = "org.opencontainers.image.ref.name"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +141,7 @@ def _layout(staging: str, data: bytes, digest: str, config: bytes,
     put(load.blob_path(digest), data)
     put(load.blob_path(image.config.digest), config)
     desc = {"mediaType": image.media_type, "digest": digest, "size": len(data),
-            "annotations": {_REF_NAME: name}}
+            "annotations": {oci.REF_NAME: name}}
     put("index.json", json.dumps({"schemaVersion": 2, "manifests": [desc]}).encode())
 
 

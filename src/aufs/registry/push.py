@@ -27,7 +27,7 @@ from typing import Any
 
 from aufs._sys.files import rmtree
 from aufs.driver import Driver
-from aufs.image import save
+from aufs.image import oci, save
 from aufs.registry import RegistryError, blobinfo, manifest
 from aufs.registry.client import Cancelled, Repository
 from aufs.registry.events import Events
@@ -38,11 +38,9 @@ from aufs.store.staging import name as staging_name
 PARALLEL = 3
 
 _FAMILY = {  # manifest type -> compression -> layer media type
-    manifest.OCI_MANIFEST: {"": "application/vnd.oci.image.layer.v1.tar",
-                            "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-                            "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"},
-    manifest.DOCKER_MANIFEST: {"": "application/vnd.docker.image.rootfs.diff.tar",
-                               "gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip"},
+    oci.OCI_MANIFEST: {"": oci.OCI_LAYER, "gzip": oci.OCI_LAYER_GZIP,
+                       "zstd": oci.OCI_LAYER_ZSTD},
+    oci.DOCKER_MANIFEST: {"": oci.DOCKER_LAYER, "gzip": oci.DOCKER_LAYER_GZIP},
 }
 
 
@@ -73,8 +71,8 @@ def push(driver: Driver, layer_id: str, ref: Reference, *, insecure: bool = Fals
 def _push(driver: Driver, image: save.ImageBlobs, ref: Reference, insecure: bool,
           staging: str, events: Events) -> Pushed:
     doc: dict[str, Any] = json.loads(image.manifest.data or b"{}")
-    kind = doc.get("mediaType") or manifest.OCI_MANIFEST
-    family = _FAMILY.get(kind, _FAMILY[manifest.OCI_MANIFEST])
+    kind = doc.get("mediaType") or oci.OCI_MANIFEST
+    family = _FAMILY.get(kind, _FAMILY[oci.OCI_MANIFEST])
     seen = [[s for s in blobinfo.seen(driver.layout, d, ref.host)
              if manifest.LAYER_TYPES.get(s.media_type) in family]
             for d in image.diff_ids]

@@ -117,8 +117,7 @@ def convert(root: str | os.PathLike[str], to: str) -> ConvertReport:
             path = _layer_dir(layout, layer_id)
             if path is not None:
                 counts.add(normalize_layer(layout, layer_id, path, fmt))
-            journal = journal._replace(done=(*journal.done, layer_id))
-            meta.write_journal(layout.convert_journal, journal)
+            meta.journal_done(layout.convert_journal, layer_id)
             converted += 1
         engine = stored.engine if stored is not None and stored.whiteouts == fmt.name else ""
         meta.write(layout.meta_file, meta.StoreMeta(whiteouts=fmt.name, engine=engine))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from aufs.errors import DriverError
 from aufs.graphdriver import InvalidLayerIDError
 from aufs.store import layers, meta, refs
 from aufs.store.layout import REMOVING_SUFFIX, Layout, is_valid_id, validate_id
@@ -155,3 +156,73 @@ def test_store_metadata_round_trip(tmp_path: Path) -> None:
     Path(path).write_text("{not json")
     with pytest.raises(ValueError, match="unreadable"):
         meta.read(path)
+
+
+def test_conversion_journal_appends_a_line_a_layer(tmp_path: Path) -> None:
+    """The journal grows by one line a layer done (not the whole list again each time),
+    and reads back in order; the torn last line of a crash mid-append is left out."""
+    path = str(tmp_path / "convert.json")
+    assert meta.read_journal(path) is None
+    meta.write_journal(path, meta.Journal(target="overlay", source="aufs"))
+    start = os.path.getsize(path)
+    ids = [f"{n:064x}" for n in range(50)]
+    for i in ids:
+        meta.journal_done(path, i)
+    assert os.path.getsize(path) == start + 65 * len(ids)
+    assert meta.read_journal(path) == meta.Journal("overlay", "aufs", tuple(ids))
+    with open(path, "ab") as f:
+        f.write(b"abc")  # a crash in the middle of an append
+    assert meta.read_journal(path) == meta.Journal("overlay", "aufs", tuple(ids))
+    meta.write_journal(path, meta.Journal("aufs", "overlay", ("a", "b")))  # anew, whole
+    assert meta.read_journal(path) == meta.Journal("aufs", "overlay", ("a", "b"))
+
+
+@pytest.mark.parametrize(("content", "done"), [
+    # version 1: one JSON object, the layers done in it
+    (b'{"version": 1, "to": "overlay", "from": "aufs", "done": ["a", "b"]}\n', ("a", "b")),
+    (b'{"to": "aufs", "from": "overlay", "done": []}', ()),
+    (b'{"version": 2, "to": "overlay", "from": "aufs"}\na\nb\n', ("a", "b")),
+    (b'{"version": 2, "to": "overlay", "from": "aufs"}', ()),
+])
+def test_conversion_journal_formats_read(tmp_path: Path, content: bytes,
+                                         done: tuple[str, ...]) -> None:
+    path = tmp_path / "convert.json"
+    path.write_bytes(content)
+    journal = meta.read_journal(str(path))
+    assert journal is not None and journal.done == done
+
+
+@pytest.mark.parametrize("content", [
+    b"{torn",
+    b"[]\n",
+    b'{"version": 2, "to": "zfs", "from": "aufs"}\n',
+    b'{"version": 2, "to": "overlay", "from": "aufs"}\n../../etc\n',
+    b'{"version": 2, "to": "overlay", "from": "aufs"}\n\n',
+    b'{"version": 2, "to": "overlay", "from": "aufs"}\n\xff\xfe\n',
+    b'{"version": 1, "to": "overlay", "from": "aufs", "done": ["a/b"]}',
+    b'{"version": 1, "to": "overlay", "from": "aufs"}',
+])
+def test_conversion_journal_that_is_not_ours_is_unreadable(tmp_path: Path,
+                                                           content: bytes) -> None:
+    path = tmp_path / "convert.json"
+    path.write_bytes(content)
+    with pytest.raises(DriverError, match="unreadable conversion journal"):
+        meta.read_journal(str(path))
+
+
+def test_conversion_journal_is_read_without_following_or_waiting(tmp_path: Path) -> None:
+    """The store's own file, not trusted: a symlink is not followed, a FIFO not waited on,
+    a huge file not read whole."""
+    real = tmp_path / "real.json"
+    meta.write_journal(str(real), meta.Journal("overlay", "aufs"))
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as f:
+        f.write(b'{"version": 2, "to": "overlay", "from": "aufs"}\n')
+        f.truncate(65 << 20)
+    for path in (link, fifo, huge):
+        with pytest.raises(DriverError, match="unreadable conversion journal"):
+            meta.read_journal(str(path))

@@ -218,10 +218,14 @@ def test_init_finishes_every_kind_of_leftover(store_root: Path, engine: str) -> 
     (aux / "work" / "old-removing").mkdir()
     (store_root / "layers" / "keep~99999999").write_bytes(b"")  # a torn atomic write
     (aux / "staging" / "apply-keep-99999999").mkdir()             # its process is gone
+    (store_root / "diff" / "unpublished").mkdir()  # a create killed before layers/<id>
+    (store_root / "mnt" / "unpublished").mkdir()
+    (store_root / "diff" / "moved" / "etc").mkdir(parents=True)  # not empty: kept
     d = aufs.init(store_root, [f"aufs.engine={engine}"])
     try:
-        for top in ("layers", "diff", "mnt"):
+        for top in ("layers", "mnt"):
             assert os.listdir(store_root / top) == ["keep"]
+        assert sorted(os.listdir(store_root / "diff")) == ["keep", "moved"]
         assert os.listdir(aux / "staging") == []
         assert not any(p.name.endswith("-removing") for p in (aux / "work").iterdir())
         assert d.ids() == ["keep"]

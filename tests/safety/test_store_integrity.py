@@ -179,3 +179,56 @@ def test_a_damaged_child_still_protects_its_parent(store: aufs.Driver) -> None:
     _chain(store, "b", b"a\n\xff\n")
     with pytest.raises(LayerInUseError):
         store.remove("a")
+
+
+@pytest.mark.parametrize(("what", "body", "says"), DAMAGE, ids=[d[0] for d in DAMAGE])
+def test_a_snapshot_reads_each_layer_file_once_and_checks_the_same(
+        store: aufs.Driver, monkeypatch: pytest.MonkeyPatch, what: str, body: bytes,
+        says: str) -> None:
+    """``aufs ls`` looks at every layer inside ``Store.snapshot``: each ``layers/<id>`` is
+    read once, and a damaged one fails as it does outside (the same message)."""
+    from aufs.store import chain
+
+    for lid, parent in (("a", ""), ("b", "a"), ("c", ""), ("other", "a"), ("top", "other")):
+        store.create(lid, parent)
+    _chain(store, "b", body)
+    reads: list[str] = []
+    real = chain.read_bytes
+
+    def counted(path: str) -> bytes:
+        reads.append(os.path.basename(path))
+        return real(path)
+
+    monkeypatch.setattr(chain, "read_bytes", counted)
+    with store.store.snapshot():
+        for _ in range(3):
+            assert [store.parents(i) for i in ("a", "c", "other", "top")] == [
+                [], [], ["a"], ["other", "a"]]
+            for lid in ("a", "c", "other", "top"):
+                store.diff_size(lid)
+            with pytest.raises(StoreCorruptError) as err:
+                store.parents("b")
+            assert "layers/b" in str(err.value) and says in str(err.value), str(err.value)
+    good = [r for r in reads if r != "b"]
+    assert sorted(good) == ["a", "c", "other", "top"]  # once each, in three rounds
+    reads.clear()
+    assert store.parents("top") == ["other", "a"]  # after it: the disk again
+    assert sorted(reads) == ["other", "top"]
+
+
+def test_a_snapshot_is_its_own_thread_s(store: aufs.Driver) -> None:
+    """Another thread (the Docker plugin serves several) reads the disk meanwhile."""
+    import threading
+
+    store.create("a")
+    store.create("b", "a")
+    seen: list[list[str]] = []
+    with store.store.snapshot():
+        assert store.parents("b") == ["a"]
+        _chain(store, "b", b"")  # changed on disk: this thread's snapshot keeps ["a"]
+        worker = threading.Thread(target=lambda: seen.append(store.parents("b")))
+        worker.start()
+        worker.join()
+        assert store.parents("b") == ["a"]
+    assert seen == [[]]
+    assert store.parents("b") == []

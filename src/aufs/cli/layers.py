@@ -47,17 +47,18 @@ class _Layer:
 def _layers(d: Driver) -> list[_Layer]:
     named = names.by_layer(names.read(d.layout))
     out = []
-    for layer_id in d.ids():
-        try:
-            chain = d.parents(layer_id)
-            out.append(_Layer(layer_id, chain[0] if chain else "", d.diff_size(layer_id),
-                              d.mounted(layer_id), d.refcount(layer_id),
-                              named.get(layer_id, [])))
-        except LayerNotFoundError:
-            continue  # removed while we looked
-        except StoreCorruptError as exc:  # listed, so that it can be seen and removed
-            print(f"aufs: warning: {exc}", file=sys.stderr)
-            out.append(_Layer(layer_id, "?", 0, False, 0, named.get(layer_id, []), str(exc)))
+    with d.store.snapshot():  # each layers/<id> read once, not once per lookup
+        for layer_id in d.ids():
+            try:
+                chain = d.parents(layer_id)
+                out.append(_Layer(layer_id, chain[0] if chain else "", d.diff_size(layer_id),
+                                  d.mounted(layer_id), d.refcount(layer_id),
+                                  named.get(layer_id, [])))
+            except LayerNotFoundError:
+                continue  # removed while we looked
+            except StoreCorruptError as exc:  # listed, so that it can be seen and removed
+                print(f"aufs: warning: {exc}", file=sys.stderr)
+                out.append(_Layer(layer_id, "?", 0, False, 0, named.get(layer_id, []), str(exc)))
     return out
 
 

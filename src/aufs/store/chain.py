@@ -120,19 +120,44 @@ def read_chain(layout: Layout, layer_id: str) -> list[str]:
     return parse(path, read_bytes(path), layer_id)
 
 
-def read_verified(layout: Layout, layer_id: str) -> list[str]:
+class Snapshot:
+    """Layer files read at most once each while it lives (a command that looks at every
+    layer, as ``aufs ls``): :func:`read_verified` takes their chains from it, and a layer
+    whose file it has read counts as existing without another ``lstat``. Errors are not
+    kept: a damaged file is read (and reported) again."""
+
+    def __init__(self, layout: Layout) -> None:
+        self._layout = layout
+        self._read: dict[str, list[str]] = {}
+        self.verified: dict[str, list[str]] = {}
+
+    def read_chain(self, layer_id: str) -> list[str]:
+        got = self._read.get(layer_id)
+        if got is None:
+            got = self._read[layer_id] = read_chain(self._layout, layer_id)
+        return got
+
+    def exists(self, layer_id: str) -> bool:
+        return layer_id in self._read or os.path.lexists(self._layout.layers(layer_id))
+
+
+def read_verified(layout: Layout, layer_id: str, snapshot: Snapshot | None = None
+                  ) -> list[str]:
     """:func:`read_chain`, plus: every ancestor exists, and the direct parent's own file
-    lists exactly the rest of the chain. One more read and one ``lstat`` an ancestor."""
-    chain = read_chain(layout, layer_id)
+    lists exactly the rest of the chain. One more read and one ``lstat`` an ancestor
+    (fewer within a ``snapshot``)."""
+    if snapshot is None:
+        snapshot = Snapshot(layout)
+    chain = snapshot.read_chain(layer_id)
     if not chain:
         return chain
     path = layout.layers(layer_id)
     for number, parent in enumerate(chain, 1):
-        if not os.path.lexists(layout.layers(parent)):
+        if not snapshot.exists(parent):
             raise StoreCorruptError(
                 f"{path} line {number}: parent {parent} does not exist")
     try:
-        own = read_chain(layout, chain[0])
+        own = snapshot.read_chain(chain[0])
     except FileNotFoundError:  # removed meanwhile
         raise StoreCorruptError(f"{path} line 1: parent {chain[0]} does not exist") from None
     if own != chain[1:]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+from collections.abc import Iterator
 
 from aufs._sys.files import rmtree
 from aufs.errors import DriverError, LayerNotFoundError
@@ -31,6 +33,7 @@ __all__ = ["Store", "relocate"]
 class Store:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
+        self._snapshots: dict[int, chains.Snapshot] = {}  # by thread
 
     # -- lookups ------------------------------------------------------------------------
     def exists(self, id: str) -> bool:
@@ -40,7 +43,28 @@ class Store:
         """The layer's ancestors, nearest first, checked (:func:`aufs.store.chain.
         read_verified`: StoreCorruptError naming the file and line if it is damaged);
         FileNotFoundError for an unknown layer."""
-        return chains.read_verified(self.layout, id)
+        snap = self._snapshots.get(threading.get_ident()) if self._snapshots else None
+        if snap is None:
+            return chains.read_verified(self.layout, id)
+        got = snap.verified.get(id)
+        if got is None:
+            got = snap.verified[id] = chains.read_verified(self.layout, id, snap)
+        return list(got)
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Within it, this thread's lookups read each layer file at most once
+        (:class:`aufs.store.chain.Snapshot`): for a command that looks at every layer
+        and changes none. Other threads read the disk as always."""
+        me = threading.get_ident()
+        if me in self._snapshots:  # nested: the outer one goes on
+            yield
+            return
+        self._snapshots[me] = chains.Snapshot(self.layout)
+        try:
+            yield
+        finally:
+            del self._snapshots[me]
 
     def ids(self) -> list[str]:
         return layers.list_ids(self.layout.layers_dir)

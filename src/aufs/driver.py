@@ -220,24 +220,28 @@ class Driver:
         validate_id(id)
         return refs.read(self.layout.refs(id))
 
-    def _branches(self, id: str, chain: list[str], label: str = "") -> Branches:
+    def _branches(self, id: str, chain: list[str], label: str = "",
+                  dirs: dict[str, os.stat_result] | None = None) -> Branches:
         from aufs.union.base import Branches
 
         lay = self.layout
         return Branches(target=lay.mnt(id), rw=lay.diff(id),
-                        lowers=self._visible_lowers(id, chain), work=self.store.work(id),
-                        label=label)
+                        lowers=self._visible_lowers(id, chain, dirs),
+                        work=self.store.work(id), label=label)
 
-    def _visible_lowers(self, id: str, chain: list[str]) -> tuple[str, ...]:
+    def _visible_lowers(self, id: str, chain: list[str],
+                        dirs: dict[str, os.stat_result] | None = None) -> tuple[str, ...]:
         """The parents' diffs that show through ``id``: none below an opaque root (the
         engines ignore an opaque root, so the chain is cut here). A layer whose own root
-        is opaque gets one empty lower branch."""
+        is opaque gets one empty lower branch. ``dirs``: each data directory's stat, if
+        known (:func:`aufs.store.chain.check_dirs`)."""
         lay = self.layout
+        stats = dirs or {}
         lowers: list[str] = []
-        if not root_is_opaque(lay.diff(id)):
+        if not root_is_opaque(lay.diff(id), stats.get(id)):
             for parent in chain:
                 lowers.append(lay.diff(parent))
-                if root_is_opaque(lowers[-1]):
+                if root_is_opaque(lowers[-1], stats.get(parent)):
                     break
         if not lowers:
             ensure_dir(lay.empty_dir)
@@ -280,7 +284,10 @@ class Driver:
         validate_id(id)
         lay = self.layout
         with self._lock.hold():
-            chain = self.parents(id)
+            try:  # the ancestors' data directories are checked below, not their files
+                chain = self.store.chain(id, ancestors=False)
+            except FileNotFoundError:
+                raise LayerNotFoundError(f"no such layer: {id}") from None
             with refs.Count(lay.refs(id)) as ref:
                 if not chain:
                     ref.set(ref.value + 1)
@@ -288,17 +295,17 @@ class Driver:
                 target = lay.mnt(id)
                 count = ref.value
                 mounted_now = False
+                dirs = chains.check_dirs(lay, id, chain)  # no mount follows a symlink out
                 state = mount_state(target, lay.mnt_dir)
-                branches = self._branches(id, chain, mount_label)
+                branches = self._branches(id, chain, mount_label, dirs)
                 if state is MountState.DEAD or (
                         state is MountState.LIVE and not self.engine.matches(branches)):
                     # The FUSE daemon behind the union died, or a process was killed
                     # half way through stacking it: drop that mount, mount anew.
-                    self._engine_unmount(id, target)
+                    self._engine_unmount(id, target, chain)
                     state = MountState.NONE
                 if state is MountState.NONE:
                     count = 0  # the mount table is the truth: a dead holder's count is void
-                    chains.check_dirs(lay, id, chain)  # no mount follows a symlink out
                     ensure_dir(target)
                     if ref.mounting:  # a get died mounting: its daemon may still be starting
                         self.engine.clear(target)
@@ -313,7 +320,7 @@ class Driver:
                     ref.set(count + 1)
                 except BaseException:
                     if mounted_now:
-                        self._engine_unmount(id, target)
+                        self._engine_unmount(id, target, chain)
                     raise
                 return target
 
@@ -321,7 +328,10 @@ class Driver:
         validate_id(id)
         lay = self.layout
         with self._lock.hold():
-            chain = self.parents(id)
+            try:  # its own file only: a put stacks nothing (a layer 100 deep: 100 lstats)
+                chain = self.store.own_chain(id)
+            except FileNotFoundError:
+                raise LayerNotFoundError(f"no such layer: {id}") from None
             target = lay.mnt(id)
             with refs.Count(lay.refs(id)) as ref:
                 count = ref.value
@@ -336,7 +346,7 @@ class Driver:
                     mounted = bool(chain) and has_mount(target, lay.mnt_dir)
                 ref.set(0)
             if mounted:
-                self._engine_unmount(id, target)
+                self._engine_unmount(id, target, chain)
             elif starting:
                 self.engine.clear(target)
 
@@ -345,12 +355,15 @@ class Driver:
         if has_mount(target, self.layout.mnt_dir):
             self._engine_unmount(id, target)
 
-    def _engine_unmount(self, id: str, target: str) -> None:
-        try:
-            lowers = [self.layout.diff(p) for p in self.store.chain(id)]
-        except FileNotFoundError:
-            lowers = []  # a half-removed layer: nothing above it is read any more
-        self.engine.unmount(target, self.store.data_dir(id), lowers)
+    def _engine_unmount(self, id: str, target: str, chain: list[str] | None = None) -> None:
+        """Unmount the union of ``id`` at ``target``; ``chain``: its ancestors, if the
+        caller has just read them."""
+        if chain is None:
+            try:
+                chain = self.store.chain(id)
+            except FileNotFoundError:
+                chain = []  # a half-removed layer: nothing above it is read any more
+        self.engine.unmount(target, self.store.data_dir(id), [self.layout.diff(p) for p in chain])
 
     def status(self) -> Status:
         rows: Status = [

@@ -21,6 +21,7 @@ import contextlib
 import enum
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from typing import ClassVar, NamedTuple
 
@@ -150,18 +151,55 @@ def is_opaque(dir_fd: int, names: Iterator[str] | list[str] | set[str] | None = 
     return has_opaque_xattr(dir_fd)
 
 
-def root_is_opaque(path: str) -> bool:
+# root_is_opaque's answers by (device, inode, ctime) of the directory: its marker (a file
+# in it, or its xattr) cannot change without its ctime changing. Only a directory whose
+# ctime is older than a clock tick or ten (the kernel stamps with a coarse clock: one
+# changed in this tick may change again under the same ctime) is remembered.
+_OPAQUE_ROOTS: dict[tuple[int, int, int], bool] = {}
+_OPAQUE_ROOTS_MAX = 4096
+_SETTLED_NS = 100_000_000
+
+
+def root_is_opaque(path: str, st: os.stat_result | None = None) -> bool:
     """Is the layer directory ``path`` (followed: a migrated layer may be a symlink)
     opaque at its root, in either format? Union engines ignore an opaque root, so the
-    driver stacks no parent below such a layer."""
+    driver stacks no parent below such a layer. ``st``: the directory's stat, if the
+    caller has it. Nothing more is asked of a directory unchanged since it was last
+    answered (a get asks it of every lower: 100 of them for a layer 100 deep), else two
+    system calls."""
+    if st is None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    key = (st.st_dev, st.st_ino, st.st_ctime_ns)
+    known = _OPAQUE_ROOTS.get(key)
+    if known is not None:
+        return known
+    answer = _marked_opaque(path)
+    if time.time_ns() - st.st_ctime_ns > _SETTLED_NS:
+        if len(_OPAQUE_ROOTS) >= _OPAQUE_ROOTS_MAX:
+            _OPAQUE_ROOTS.clear()
+        _OPAQUE_ROOTS[key] = answer
+    return answer
+
+
+def _marked_opaque(path: str) -> bool:
     try:
-        fd = os.open(path, safefs.O_ROOT)
-    except (FileNotFoundError, NotADirectoryError):
+        os.stat(os.path.join(path, WH_OPAQUE), follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        pass
+    except OSError:  # cannot be looked into
         return False
     try:
-        return is_opaque(fd)
-    finally:
-        os.close(fd)
+        if OVERLAY_OPAQUE_XATTR not in os.listxattr(path):
+            return False
+        return os.getxattr(path, OVERLAY_OPAQUE_XATTR) == b"y"
+    except OSError:
+        return False
 
 
 def is_union_xattr(name: str) -> bool:

@@ -232,3 +232,40 @@ def test_a_snapshot_is_its_own_thread_s(store: aufs.Driver) -> None:
         assert store.parents("b") == ["a"]
     assert seen == [[]]
     assert store.parents("b") == []
+
+
+def test_put_releases_a_union_whose_chain_was_damaged_meanwhile(store: aufs.Driver) -> None:
+    """put reads only the layer's own file (it stacks nothing): a union got before an
+    ancestor's file was damaged is still released, not left mounted."""
+    store.create("a")
+    store.create("b", "a")
+    store.create("c", "b")
+    store.get("c")
+    _chain(store, "b", b"nosuch\n")  # b's file now disagrees with c's chain
+    with pytest.raises(StoreCorruptError):
+        store.parents("c")
+    store.put("c")
+    assert not store.mounted("c")
+    with pytest.raises(StoreCorruptError, match="disagrees"):
+        store.get("c")  # and no union is stacked on it again
+    assert not store.mounted("c")
+
+
+def test_get_checks_every_ancestor_s_data_directory(store: aufs.Driver,
+                                                    outside: Path) -> None:
+    """get leaves the ancestors' layer files to parents() and checks their data
+    directories instead, before every mount: missing, or a symlink out, is refused."""
+    store.create("a")
+    store.create("b", "a")
+    store.create("c", "b")
+    os.rename(store.layout.diff("a"), store.layout.diff("a") + ".gone")
+    with pytest.raises(StoreCorruptError, match=r"diff/a: missing"):
+        store.get("c")
+    os.symlink(outside, store.layout.diff("a"))
+    with pytest.raises(StoreCorruptError, match=r"diff/a"):
+        store.get("c")
+    assert not store.mounted("c")
+    os.unlink(store.layout.diff("a"))
+    os.rename(store.layout.diff("a") + ".gone", store.layout.diff("a"))
+    assert store.get("c") == store.layout.mnt("c")
+    store.put("c")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from aufs.whiteout import (
     has_opaque_xattr,
     is_export_xattr,
     is_opaque,
+    root_is_opaque,
     wh_file_target,
     whiteout_tar_mode,
 )
@@ -325,3 +327,38 @@ def test_normalize_refuses_a_symlinked_root(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to("real")
     with pytest.raises(OSError):
         AUFS.normalize(str(tmp_path / "link"))
+
+
+@needs_root
+def test_root_is_opaque_follows_every_change_of_a_remembered_directory(
+        tmp_path: Path) -> None:
+    """A directory's answer is remembered by its (device, inode, ctime), once its ctime is
+    older than a clock tick: a marker put in or taken out, or the xattr set or removed,
+    changes the ctime, so the next question is answered afresh."""
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    time.sleep(0.15)  # settled: the answer is remembered
+    assert not root_is_opaque(str(layer))
+    (layer / WH_OPAQUE).write_bytes(b"")
+    assert root_is_opaque(str(layer))
+    time.sleep(0.15)
+    assert root_is_opaque(str(layer))  # remembered, still right
+    (layer / WH_OPAQUE).unlink()
+    assert not root_is_opaque(str(layer))
+    time.sleep(0.15)
+    assert not root_is_opaque(str(layer))
+    os.setxattr(layer, OVERLAY_OPAQUE_XATTR, b"y")
+    assert root_is_opaque(str(layer))
+    time.sleep(0.15)
+    assert root_is_opaque(str(layer))
+    os.removexattr(layer, OVERLAY_OPAQUE_XATTR)
+    assert not root_is_opaque(str(layer))
+    # a stat handed in is used as the key; what is not a directory is never opaque
+    assert not root_is_opaque(str(layer), os.stat(layer))
+    (tmp_path / "file").write_bytes(b"")
+    assert not root_is_opaque(str(tmp_path / "file"))
+    assert not root_is_opaque(str(tmp_path / "missing"))
+    link = tmp_path / "migrated"
+    link.symlink_to(layer)  # a migrated layer: followed
+    (layer / WH_OPAQUE).write_bytes(b"")
+    assert root_is_opaque(str(link))

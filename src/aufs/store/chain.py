@@ -24,6 +24,7 @@ layers that stand on the damaged file fail; :mod:`aufs.store.check` reports them
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 
@@ -89,6 +90,11 @@ def read_store_file(path: str, limit: int = MAX_BYTES, what: str = "layer file")
     return b"".join(chunks)
 
 
+# A chain file's lines are checked at every read, and a deep chain is read at every get and
+# put (100 lines, twice): an id once found valid is remembered (a pure function of it).
+_valid_id = functools.lru_cache(maxsize=1 << 16)(is_valid_id)
+
+
 def parse(path: str, data: bytes, layer_id: str) -> list[str]:
     """The ancestors listed in ``data`` (the file ``path`` of ``layer_id``), checked."""
     try:
@@ -102,7 +108,7 @@ def parse(path: str, data: bytes, layer_id: str) -> list[str]:
         parent = raw.strip()
         if not parent:
             continue
-        if not is_valid_id(parent):
+        if not _valid_id(parent):
             raise StoreCorruptError(f"{path} line {number}: invalid layer id {parent!r}")
         if parent in seen:
             what = "the layer itself" if parent == layer_id else "listed twice"
@@ -141,18 +147,22 @@ class Snapshot:
         return layer_id in self._read or os.path.lexists(self._layout.layers(layer_id))
 
 
-def read_verified(layout: Layout, layer_id: str, snapshot: Snapshot | None = None
-                  ) -> list[str]:
+def read_verified(layout: Layout, layer_id: str, snapshot: Snapshot | None = None, *,
+                  ancestors: bool = True) -> list[str]:
     """:func:`read_chain`, plus: every ancestor exists, and the direct parent's own file
     lists exactly the rest of the chain. One more read and one ``lstat`` an ancestor
-    (fewer within a ``snapshot``)."""
+    (fewer within a ``snapshot``). ``ancestors=False`` leaves out the ``lstat`` of the
+    ancestors' layer files, for a caller that checks their data directories instead
+    (:func:`check_dirs`, as a get does before it stacks them): no layer with children
+    is ever removed, so an ancestor's file is missing only in a store changed by hand,
+    and then what would be stacked is still a checked directory of the store."""
     if snapshot is None:
         snapshot = Snapshot(layout)
     chain = snapshot.read_chain(layer_id)
     if not chain:
         return chain
     path = layout.layers(layer_id)
-    for number, parent in enumerate(chain, 1):
+    for number, parent in enumerate(chain if ancestors else (), 1):
         if not snapshot.exists(parent):
             raise StoreCorruptError(
                 f"{path} line {number}: parent {parent} does not exist")
@@ -236,35 +246,49 @@ def dir_problem(layout: Layout, layer_ids: list[str]) -> str | None:
     ``diff/<id>`` must be a directory (or, for a layer migrated in place, a symlink
     to one that :func:`relocated_dir` accepts)."""
     for layer_id in layer_ids:
-        path = layout.diff(layer_id)
-        try:
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                st = os.stat(relocated_dir(layout, layer_id))
-        except StoreCorruptError as exc:
-            return str(exc)
-        except FileNotFoundError:
-            return f"{path}: missing (the files of layer {layer_id})"
-        except OSError as exc:
-            return f"{path}: {exc.strerror}"
-        if not stat.S_ISDIR(st.st_mode):
-            return f"{path}: is {_kind(st.st_mode)}, not a layer directory"
+        got = _data_dir_stat(layout, layer_id)
+        if isinstance(got, str):
+            return got
     return None
 
 
-def check_dirs(layout: Layout, layer_id: str, chain: list[str]) -> None:
+def _data_dir_stat(layout: Layout, layer_id: str) -> os.stat_result | str:
+    """The stat of the layer's data directory (a migration's symlink followed), or why
+    it cannot be used."""
+    path = layout.diff(layer_id)
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            st = os.stat(relocated_dir(layout, layer_id))
+    except StoreCorruptError as exc:
+        return str(exc)
+    except FileNotFoundError:
+        return f"{path}: missing (the files of layer {layer_id})"
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path}: is {_kind(st.st_mode)}, not a layer directory"
+    return st
+
+
+def check_dirs(layout: Layout, layer_id: str, chain: list[str]) -> dict[str, os.stat_result]:
     """Before a union of ``layer_id`` over ``chain`` is mounted: its data directories
     (:func:`dir_problem`), its mount point and overlayfs work directory: directories,
     never symlinks (the mount would follow them out of the store, and overlayfs writes
-    into its work directory). StoreCorruptError if not."""
-    problem = dir_problem(layout, [layer_id, *chain])
-    if problem is not None:
-        raise StoreCorruptError(problem)
+    into its work directory). StoreCorruptError if not; else the stat of each layer's
+    data directory, by layer id."""
+    stats: dict[str, os.stat_result] = {}
+    for one in (layer_id, *chain):
+        got = _data_dir_stat(layout, one)
+        if isinstance(got, str):
+            raise StoreCorruptError(got)
+        stats[one] = got
     for path, what in ((layout.mnt(layer_id), "a mount point"),
                        (layout.work(layer_id), "a work directory")):
         problem = not_a_dir(path)
         if problem:
             raise StoreCorruptError(f"{path}: is {problem}, not {what}")
+    return stats
 
 
 def not_a_dir(path: str) -> str:

@@ -39,17 +39,23 @@ class Store:
     def exists(self, id: str) -> bool:
         return os.path.lexists(self.layout.layers(id))
 
-    def chain(self, id: str) -> list[str]:
+    def chain(self, id: str, *, ancestors: bool = True) -> list[str]:
         """The layer's ancestors, nearest first, checked (:func:`aufs.store.chain.
         read_verified`: StoreCorruptError naming the file and line if it is damaged);
-        FileNotFoundError for an unknown layer."""
+        FileNotFoundError for an unknown layer. ``ancestors=False``: see there."""
         snap = self._snapshots.get(threading.get_ident()) if self._snapshots else None
-        if snap is None:
-            return chains.read_verified(self.layout, id)
+        if snap is None or not ancestors:
+            return chains.read_verified(self.layout, id, ancestors=ancestors)
         got = snap.verified.get(id)
         if got is None:
             got = snap.verified[id] = chains.read_verified(self.layout, id, snap)
         return list(got)
+
+    def own_chain(self, id: str) -> list[str]:
+        """The layer's ancestors as its own file lists them (every id checked), without
+        :meth:`chain`'s look at the ancestors' files: for releasing a union, which
+        stacks nothing. FileNotFoundError for an unknown layer."""
+        return chains.read_chain(self.layout, id)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:

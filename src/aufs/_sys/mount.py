@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import subprocess
 import sys
@@ -99,7 +98,7 @@ def _fsconfig(fsfd: int, key: str, value: str | None) -> None:
                      key.encode(), None, 0)
     else:
         libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, libc.FSCONFIG_SET_STRING,
-                     key.encode(), ctypes.c_char_p(os.fsencode(value)), 0)
+                     key.encode(), os.fsencode(value), 0)  # bytes go as char *
 
 
 def _relative_mount(spec: MountSpec) -> None:

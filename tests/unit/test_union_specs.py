@@ -175,6 +175,25 @@ def test_aufs_long_chain_packs_then_appends_in_order() -> None:
     assert 0 < packed < 126 and len(specs) == 1 + 126 - packed
 
 
+@pytest.mark.parametrize("label", ["", MCS, "system_u:object_r:étiquette_t:s0"])
+@pytest.mark.parametrize("root", ["/var/lib/dökker/aufs", "/srv/\u30c9\u30c3\u30ab\u30fc",
+                                  os.fsdecode(b"/srv/\xff\xfe")])
+def test_aufs_page_split_counts_bytes(root: str, label: str) -> None:
+    """Go's ``len`` and the kernel's page count bytes: a root or label outside ASCII must
+    not push the first mount's data past the page (the kernel would cut the last path)."""
+    lowers = [f"{root}/diff/{i:064x}" for i in range(126)]
+    rw = f"{root}/diff/{'f' * 64}"
+    specs = aufs_specs(f"{root}/mnt/x", rw, lowers, label, dirperm1=True)
+    room = 4096 - len(os.fsencode(label)) - 54 - len("dirperm1")
+    head = specs[0].data.split(",dio,")[0]
+    packed = len(head.split(":")) - 2
+    assert len(os.fsencode(head)) <= room < len(os.fsencode(head + f":{lowers[packed]}=ro+wh"))
+    assert all(len(os.fsencode(s.data)) < 4096 for s in specs)
+    appended = [s.data.split(",")[0].removeprefix("append:").removesuffix("=ro+wh")
+                for s in specs[1:]]
+    assert [b.removesuffix("=ro+wh") for b in head.split(":")[2:]] + appended == lowers
+
+
 # -- kernel overlayfs -----------------------------------------------------------------------
 
 

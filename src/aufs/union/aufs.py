@@ -48,16 +48,22 @@ def format_mount_label(src: str, label: str) -> str:
 
 def aufs_specs(target: str, rw: str, lowers: Sequence[str], label: str = "", *,
                dirperm1: bool = False, page_size: int = 4096) -> list[MountSpec]:
-    """Docker's ``aufsMount`` as data: the first mount, then one remount per extra branch."""
+    """Docker's ``aufsMount`` as data: the first mount, then one remount per extra branch.
+
+    Lengths are bytes, as Go's ``len`` and the kernel's one page count them: a root or
+    label outside ASCII takes more bytes than characters."""
     offset = 54 + (len("dirperm1") if dirperm1 else 0)
-    room = page_size - len(label) - offset  # room for xino & mountLabel
+    room = page_size - _bytes(label) - offset  # room for xino & mountLabel
     branches = f"br:{rw}=rw"
+    used = _bytes(branches)
     i = 0
     while i < len(lowers):
         layer = f":{lowers[i]}=ro+wh"
-        if len(branches) + len(layer) > room:
+        size = _bytes(layer)
+        if used + size > room:
             break
         branches += layer
+        used += size
         i += 1
     # One option an element, as every engine's specs (the kernel gets them joined by
     # commas: Docker's data string, byte for byte).
@@ -68,6 +74,10 @@ def aufs_specs(target: str, rw: str, lowers: Sequence[str], label: str = "", *,
                                (f"append:{ro}=ro+wh", *selinux_option(label)),
                                flags=sysmount.MS_REMOUNT))
     return specs
+
+
+def _bytes(text: str) -> int:
+    return len(os.fsencode(text))
 
 
 def branch_count(spec: MountSpec) -> int:

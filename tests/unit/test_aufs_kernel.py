@@ -367,3 +367,27 @@ def test_read_branches_from_a_sysfs_directory(tmp_path: Path) -> None:
     assert read_branch_max(str(tmp_path / "none")) is None  # AUFS built in: no config file
     with pytest.raises(OSError):  # no sysfs entry, and the ioctl is not AUFS's here
         read_branches("ffff", str(tmp_path), str(tmp_path))
+
+
+def _fake_auplink(tmp_path: Path, codes: list[int]) -> tuple[str, Path]:
+    """An ``auplink`` that exits with ``codes`` in turn (then 0), logging its arguments."""
+    log = tmp_path / "calls"
+    script = tmp_path / "auplink"
+    cases = "".join(f"  {i}) exit {c};;\n" for i, c in enumerate(codes, 1))
+    script.write_text(f'#!/bin/sh\necho "$@" >> {log}\nn=$(wc -l < {log})\n'
+                      f'case $n in\n{cases}esac\nexit 0\n')
+    script.chmod(0o755)
+    return str(script), log
+
+
+@pytest.mark.parametrize(("codes", "calls", "rc"), [
+    ([], 1, 0),
+    ([errno.EINVAL, errno.EINVAL], 3, 0),          # not in the mount table yet: again
+    ([errno.EINVAL] * 9, 6, errno.EINVAL),         # Docker's 5 retries, then on to umount
+    ([1, errno.EINVAL], 1, 1),                     # any other failure: no retry
+])
+def test_auplink_is_retried_on_einval_as_docker(tmp_path: Path, codes: list[int], calls: int,
+                                                rc: int) -> None:
+    auplink, log = _fake_auplink(tmp_path, codes)
+    assert aufs_plink.run_auplink(auplink, "/s/mnt/x") == rc
+    assert log.read_text().splitlines() == ["/s/mnt/x flush"] * calls

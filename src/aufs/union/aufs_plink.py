@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import os
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -131,6 +132,23 @@ def _unlink(files: Iterable[str]) -> None:
             os.unlink(path)
 
 
+AUPLINK_RETRIES = 5
+
+
+def run_auplink(auplink: str, target: str, retries: int = AUPLINK_RETRIES) -> int:
+    """``auplink <target> flush``; its exit status. As Docker (20.10's ``Unmount``), an
+    exit status of EINVAL is tried again up to ``retries`` times: auplink did not find
+    the target in the mount table, which the kernel cannot show whole while it changes."""
+    argv = [auplink, target, "flush"]
+    rc = errno.EINVAL
+    for _ in range(retries + 1):
+        rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, check=False).returncode
+        if rc != errno.EINVAL:
+            break
+    return rc
+
+
 def flush(target: str, auplink: str | None) -> Flush | None:
     """Flush the pseudo-links of the AUFS union at ``target``; None if it is not one or
     keeps none. As Docker does with ``auplink``, a failed flush does not stop the
@@ -140,8 +158,7 @@ def flush(target: str, auplink: str | None) -> Flush | None:
     if entry is None or not aufs_kernel.has_plinks(entry.super_options):
         return None
     if auplink is not None:
-        subprocess.run([auplink, target, "flush"], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        run_auplink(auplink, target)
         return Flush.AUPLINK
     si = aufs_kernel.si_of(entry.super_options)
     if si is None:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from aufs._sys import mount as sysmount
+from aufs.errors import AufsNotSupportedError
+from aufs.store.layout import Layout
 from aufs.union import aufs as aufs_engine
 from aufs.union import aufs_plink
 from aufs.union.aufs_kernel import (
@@ -27,6 +29,7 @@ from aufs.union.aufs_kernel import (
     si_of,
 )
 from aufs.union.base import Branches, ChainTooLongError, MountSpec
+from aufs.whiteout import AUFS
 
 # A real mountinfo super-options field of Docker's mount on aufs6.1 (shape of
 # aufs_show_options: si first, then what differs from the defaults).
@@ -391,3 +394,30 @@ def test_auplink_is_retried_on_einval_as_docker(tmp_path: Path, codes: list[int]
     auplink, log = _fake_auplink(tmp_path, codes)
     assert aufs_plink.run_auplink(auplink, "/s/mnt/x") == rc
     assert log.read_text().splitlines() == ["/s/mnt/x flush"] * calls
+
+
+@pytest.mark.parametrize(("uid_map", "nested"), [
+    ("         0          0 4294967295\n", False),     # the initial namespace
+    ("0 0 4294967295", False),
+    ("", False),                                        # no mapping read: as Docker
+    ("         0     100000      65536\n", True),      # rootless / userns-remap
+    ("0 0 4294967294\n", True),
+    ("         0       1000          1\n         1     100000  65536\n", True),
+])
+def test_in_user_namespace(uid_map: str, nested: bool) -> None:
+    assert aufs_engine.in_user_namespace(uid_map) is nested
+
+
+def test_probe_refuses_a_user_namespace_as_docker(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's AUFS shows in /proc/filesystems, but no mount of it can work inside a
+    user namespace: the probe says so (and auto goes on) before mounting anything."""
+    uid_map = tmp_path / "uid_map"
+    uid_map.write_text("         0     100000      65536\n")
+    monkeypatch.setattr(aufs_engine, "supports_aufs", lambda: True)
+    monkeypatch.setattr(aufs_engine, "UID_MAP", str(uid_map))
+    layout = Layout.at(str(tmp_path / "store"))
+    with pytest.raises(AufsNotSupportedError,
+                       match=r"^AUFS cannot be used in non-init user namespace$"):
+        aufs_engine.probe(layout, 0xEF53, AUFS)
+    assert not (tmp_path / "store").exists()  # no probe mount was tried

@@ -188,6 +188,25 @@ def unmount(target: str, auplink: str | None = None) -> None:
     sysmount.unmount(target)
 
 
+UID_MAP = "/proc/self/uid_map"
+NESTED_MESSAGE = "AUFS cannot be used in non-init user namespace"  # Docker's ErrAufsNested
+
+
+def in_user_namespace(uid_map: str) -> bool:
+    """Docker's ``RunningInUserNS`` from the text of ``/proc/self/uid_map``: the initial
+    namespace maps the whole range, ``0 0 4294967295``. Pure."""
+    first = uid_map.split("\n", 1)[0].split()
+    return first != ["0", "0", "4294967295"] and bool(first)
+
+
+def _in_user_namespace() -> bool:
+    try:
+        with open(UID_MAP, encoding="ascii") as f:
+            return in_user_namespace(f.read())
+    except (OSError, ValueError):
+        return False  # no user namespaces in this kernel
+
+
 def supports_aufs() -> bool:
     """Try to load the module, then look for ``aufs`` in /proc/filesystems."""
     modprobe = shutil.which("modprobe")
@@ -202,6 +221,10 @@ def probe(layout: Layout, magic: int, store_format: WhiteoutFormat) -> AufsEngin
     store's whiteout format is AUFS's own; every engine's probe takes it)."""
     if not supports_aufs():
         raise AufsNotSupportedError()
+    if _in_user_namespace():
+        # The host's AUFS is listed, but mounts it (and the dirperm1 probe) would all fail:
+        # refused as Docker 20.10 does, so that auto goes on to an engine that works.
+        raise AufsNotSupportedError(NESTED_MESSAGE)
     if magic in INCOMPATIBLE:
         raise IncompatibleFSError(f"AUFS cannot use a store on {INCOMPATIBLE[magic]}")
     auplink = shutil.which("auplink")

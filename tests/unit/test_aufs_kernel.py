@@ -161,9 +161,11 @@ def _lowers(n: int) -> list[str]:
     return [f"/var/lib/docker/aufs/diff/{i:064x}" for i in range(n)]
 
 
+@pytest.mark.parametrize("root", ["/var/lib/docker/aufs", "/srv/a=rw/b=ro+wh"])
 @pytest.mark.parametrize("n", [0, 1, 40, 126, 200])
-def test_branch_count_adds_up_over_the_specs(n: int) -> None:
-    specs = aufs_engine.aufs_specs("/m", "/var/lib/docker/aufs/diff/rw", _lowers(n))
+def test_branch_count_adds_up_over_the_specs(n: int, root: str) -> None:
+    lowers = [p.replace("/var/lib/docker/aufs", root) for p in _lowers(n)]
+    specs = aufs_engine.aufs_specs("/m", f"{root}/diff/rw", lowers)
     assert sum(aufs_engine.branch_count(s) for s in specs) == n + 1
     assert len(specs) > 1 or n < 41  # long chains do use append: remounts (41+ here)
 

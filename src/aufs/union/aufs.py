@@ -86,8 +86,9 @@ def branch_count(spec: MountSpec) -> int:
     data = spec.data
     if data.startswith("append:"):
         return 1
-    branches = data.split(",", 1)[0]  # paths with commas cannot be AUFS branches
-    return branches.count("=ro+wh") + branches.count("=rw")
+    # AUFS splits the list on ":" and "," (no branch path holds either); a path may hold
+    # "=rw" or "=ro+wh" itself.
+    return data.split(",", 1)[0].count(":")
 
 
 def check_chain(lowers: int, branch_max: int | None) -> None:

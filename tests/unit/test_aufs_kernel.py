@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from aufs._sys import fsinfo
 from aufs._sys import mount as sysmount
 from aufs.errors import AufsNotSupportedError
 from aufs.store.layout import Layout
@@ -423,3 +424,13 @@ def test_probe_refuses_a_user_namespace_as_docker(tmp_path: Path,
                        match=r"^AUFS cannot be used in non-init user namespace$"):
         aufs_engine.probe(layout, 0xEF53, AUFS)
     assert not (tmp_path / "store").exists()  # no probe mount was tried
+
+
+@pytest.mark.parametrize(("magic", "name"), [
+    (0xEF53, "extfs"), (0x58465342, "xfs"), (0x01021994, "tmpfs"), (0x9123683E, "btrfs"),
+    (0x794C7630, "overlayfs"), (0x2FC12FC1, "zfs"), (0x6969, "nfs"), (0x47504653, "gpfs"),
+    (0x65735546, "fuse"), (0xF15F, "ecryptfs"), (0x61756673, "aufs"), (0x12345678, "<unknown>"),
+])
+def test_backing_filesystem_names_are_dockers(magic: int, name: str) -> None:
+    """``Backing Filesystem`` of status: Docker's graphdriver FsNames (20.10)."""
+    assert fsinfo.fs_name(magic) == name

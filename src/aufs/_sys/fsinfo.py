@@ -16,6 +16,7 @@ FS_NAMES: dict[int, str] = {
     0x0000EF53: "extfs",
     0xF2F52010: "f2fs",
     0x65735546: "fuse",
+    0x47504653: "gpfs",
     0x3153464A: "jfs",
     0x000072B6: "jffs2",
     0x00006969: "nfs",

@@ -371,7 +371,7 @@ class Unpacker:
             return True
         parent = self.dir_fd(head)
         if kind.kind is Kind.OPAQUE:
-            self._opaque(head, parent)
+            self._opaque(head, parent, m)
         else:
             self._whiteout(head, parent, kind.target, m)
         return True
@@ -402,20 +402,37 @@ class Unpacker:
         path = f"{head}/{target}" if head else target
         self.remove(parent, path, target)
         if self.whiteouts is not None:
-            self.whiteouts.make_whiteout(parent, target, m.mode & 0o777 or 0o600)
+            # A marker of that name already there is replaced, never written through: it
+            # is a hard link to the live layer's (the staging clone), and one made by
+            # kernel AUFS is also a hard link of .wh..wh.aufs and every other whiteout of
+            # the branch. Docker's untar, too, removes what is there first.
+            self._drop_stale_marker(parent, head, target)
+            mode = m.mode & 0o777 or 0o600
+            self.whiteouts.make_whiteout(parent, target, mode)
             marker = self.whiteouts.whiteout_path_name(target)
-            # The entry's owner and times, as Docker's aufs store keeps them (a diff of
-            # the layer then gives the same whiteout entry back).
-            self.policy.chown(marker, m.uid, m.gid, dir_fd=parent)
-            os.utime(marker, ns=_times(m), dir_fd=parent, follow_symlinks=False)
+            self._marker_meta(parent, marker, mode, m, chmod=bool(mode & ~self.policy.direct))
             self.made[f"{head}/{marker}" if head else marker] = ENTRY_FLAG
             self.stale_whiteouts = self.marker_named
 
-    def _opaque(self, head: str, dir_fd: int) -> None:
+    def _marker_meta(self, parent: int, marker: str, mode: int, m: t.Member, *,
+                     chmod: bool) -> None:
+        """The entry's mode (``chmod``: not made with it, or the umask took bits), owner
+        and times on the marker just made, as Docker's aufs store keeps them (a diff of
+        the layer then gives the same entry back)."""
+        if chmod:
+            os.chmod(marker, mode, dir_fd=parent)
+        self.policy.chown(marker, m.uid, m.gid, dir_fd=parent)
+        os.utime(marker, ns=_times(m), dir_fd=parent, follow_symlinks=False)
+
+    def _opaque(self, head: str, dir_fd: int, m: t.Member) -> None:
         self._settle()
-        self._prune(head, dir_fd)
+        self._prune(head, dir_fd)  # a marker not of this archive goes too
         if self.whiteouts is not None:
             self.whiteouts.make_opaque(dir_fd)
+            if self.marker_named:  # a file (AUFS): the entry's metadata, as a whiteout's
+                mode = m.mode & 0o777 or 0o600  # made 0600, less what the umask took
+                chmod = mode != 0o600 or bool(0o600 & ~self.policy.direct)
+                self._marker_meta(dir_fd, WH_OPAQUE, mode, m, chmod=chmod)
             self._record_opaque(head)
 
     def _prune(self, path: str, dir_fd: int) -> None:

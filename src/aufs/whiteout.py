@@ -319,7 +319,16 @@ class AufsWhiteouts(WhiteoutFormat):
         return WH_PREFIX + name
 
     def make_whiteout(self, dir_fd: int, name: str, mode: int = 0o600) -> None:
-        fd = os.open(WH_PREFIX + name, safefs.O_WRITE, mode & 0o7777, dir_fd=dir_fd)
+        """A new empty ``.wh.<name>``. One already there is replaced, never opened: it
+        may be a hard link (kernel AUFS links every whiteout of a branch to
+        ``.wh..wh.aufs``), and the metadata its caller gives the marker next would
+        land on every name of that inode."""
+        marker = WH_PREFIX + name
+        try:
+            fd = os.open(marker, safefs.O_NEW, mode & 0o7777, dir_fd=dir_fd)
+        except FileExistsError:
+            os.unlink(marker, dir_fd=dir_fd)
+            fd = os.open(marker, safefs.O_NEW, mode & 0o7777, dir_fd=dir_fd)
         os.close(fd)
 
     def make_opaque(self, dir_fd: int) -> None:

@@ -362,3 +362,45 @@ def test_root_is_opaque_follows_every_change_of_a_remembered_directory(
     link.symlink_to(layer)  # a migrated layer: followed
     (layer / WH_OPAQUE).write_bytes(b"")
     assert root_is_opaque(str(link))
+
+
+def _kernel_linked(tmp_path: Path) -> os.stat_result:
+    """``.wh..wh.aufs`` and two whiteouts linked to it, as kernel AUFS leaves them."""
+    base = tmp_path / ".wh..wh.aufs"
+    base.touch(mode=0o444)
+    os.utime(base, ns=(10**15, 10**15))
+    for name in ("x", "y"):
+        os.link(base, tmp_path / f".wh.{name}")
+    return base.lstat()
+
+
+def test_an_aufs_whiteout_made_over_a_linked_one_is_a_new_file(tmp_path: Path) -> None:
+    before = _kernel_linked(tmp_path)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        AUFS.make_whiteout(fd, "x", 0o640)
+    finally:
+        os.close(fd)
+    new = (tmp_path / ".wh.x").lstat()
+    assert (new.st_ino != before.st_ino, new.st_nlink, stat.S_IMODE(new.st_mode)) == (
+        True, 1, 0o640)
+    after = (tmp_path / ".wh..wh.aufs").lstat()
+    assert (after.st_nlink, after.st_mtime_ns, after.st_mode) == (
+        2, before.st_mtime_ns, before.st_mode)
+
+
+@needs_root
+def test_normalize_over_a_linked_marker_leaves_its_other_names(tmp_path: Path) -> None:
+    """A layer AUFS wrote (``.wh.x`` a link of ``.wh..wh.aufs``), then fuse-overlayfs
+    (a 0:0 device ``x``): the converted marker gets the device's metadata, alone."""
+    before = _kernel_linked(tmp_path)
+    os.mknod(tmp_path / "x", stat.S_IFCHR | 0o640, 0)
+    os.utime(tmp_path / "x", ns=(7 * 10**9, 7 * 10**9))
+    AUFS.normalize(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == [".wh..wh.aufs", ".wh.x", ".wh.y"]
+    x = (tmp_path / ".wh.x").lstat()
+    assert (x.st_nlink, stat.S_IMODE(x.st_mode), x.st_mtime_ns) == (1, 0o640, 7 * 10**9)
+    for name in (".wh..wh.aufs", ".wh.y"):
+        st = (tmp_path / name).lstat()
+        assert (st.st_nlink, st.st_mode, st.st_mtime_ns) == (2, before.st_mode,
+                                                             before.st_mtime_ns)

@@ -16,7 +16,9 @@ def unmount(target: str | os.PathLike[str]) -> None:
     A FUSE union's daemon is waited for. Nothing mounted there is not an error.
     """
     path = os.path.realpath(os.fspath(target))
-    fstype = next((e.fstype for e in mountinfo.read() if e.mountpoint == path), None)
+    # The mount on top: the one umount2 removes (mountinfo lists a stack bottom first).
+    fstype = next((e.fstype for e in reversed(mountinfo.read()) if e.mountpoint == path),
+                  None)
     if fstype is None:
         return
     if fstype == "aufs":

@@ -114,6 +114,19 @@ def test_a_daemon_unmounted_by_another_process_is_reaped(fuse: aufs.Driver) -> N
     fuse.put("top")
 
 
+def test_unmount_takes_the_mount_on_top(fuse: aufs.Driver) -> None:
+    """``aufs.unmount`` goes by the mount umount2 removes, the one on top: a tmpfs over a
+    FUSE union is unmounted as a tmpfs, and the union's daemon goes on serving it (taken
+    for the union's unmount, the daemon was waited for, then killed)."""
+    mnt = fuse.get("top")
+    (pid,) = fuse_daemons_below(mnt)
+    libc.mount("tmpfs", mnt, "tmpfs", 0, "size=1m")
+    aufs.unmount(mnt)
+    assert Path(mnt, "f").read_text() == "lower"
+    assert _gone_or_zombie(pid) not in ("gone", "Z")
+    fuse.put("top")
+
+
 @pytest.fixture
 def spawned(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The pids ``os.posix_spawn`` returns during the test."""

@@ -154,10 +154,13 @@ def is_opaque(dir_fd: int, names: Iterator[str] | list[str] | set[str] | None = 
 # root_is_opaque's answers by (device, inode, ctime) of the directory: its marker (a file
 # in it, or its xattr) cannot change without its ctime changing. Only a directory whose
 # ctime is older than a clock tick or ten (the kernel stamps with a coarse clock: one
-# changed in this tick may change again under the same ctime) is remembered.
+# changed in this tick may change again under the same ctime) is remembered. A filesystem
+# that stamps whole seconds (ext4 with 128-byte inodes, ext3) gives a ctime on a second, and
+# a directory changed 0.5 s ago may change again under it: such a one waits 3 s (FAT: 2 s).
 _OPAQUE_ROOTS: dict[tuple[int, int, int], bool] = {}
 _OPAQUE_ROOTS_MAX = 4096
 _SETTLED_NS = 100_000_000
+_SETTLED_WHOLE_SECONDS_NS = 3_000_000_000
 
 
 def root_is_opaque(path: str, st: os.stat_result | None = None) -> bool:
@@ -179,7 +182,9 @@ def root_is_opaque(path: str, st: os.stat_result | None = None) -> bool:
     if known is not None:
         return known
     answer = _marked_opaque(path)
-    if time.time_ns() - st.st_ctime_ns > _SETTLED_NS:
+    age = time.time_ns() - st.st_ctime_ns
+    if age > (_SETTLED_WHOLE_SECONDS_NS if st.st_ctime_ns % 1_000_000_000 == 0
+              else _SETTLED_NS):
         if len(_OPAQUE_ROOTS) >= _OPAQUE_ROOTS_MAX:
             _OPAQUE_ROOTS.clear()
         _OPAQUE_ROOTS[key] = answer

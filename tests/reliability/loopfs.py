@@ -37,8 +37,9 @@ def _run(*argv: str) -> str:
 
 @contextlib.contextmanager
 def loop_fs(where: Path, size_mb: int, *, inodes: int | None = None,
-            options: str = "") -> Iterator[Path]:
-    """Yield the mount point of a fresh ``size_mb`` MiB ext4 (no reserved blocks)."""
+            options: str = "", inode_size: int | None = None) -> Iterator[Path]:
+    """Yield the mount point of a fresh ``size_mb`` MiB ext4 (no reserved blocks).
+    ``inode_size`` 128: timestamps of whole seconds (as ext3's)."""
     image = where / "fs.img"
     mnt = where / "fs"
     mnt.mkdir()
@@ -47,6 +48,8 @@ def loop_fs(where: Path, size_mb: int, *, inodes: int | None = None,
     mkfs = ["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=0,nodiscard"]
     if inodes is not None:
         mkfs += ["-N", str(inodes)]
+    if inode_size is not None:
+        mkfs += ["-I", str(inode_size)]
     _run(*mkfs, str(image))
     dev = _run("losetup", "--find", "--show", str(image))
     try:

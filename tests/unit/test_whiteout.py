@@ -34,6 +34,7 @@ from aufs.whiteout import (
     wh_file_target,
     whiteout_tar_mode,
 )
+from tests.reliability import loopfs
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="overlay whiteouts need root")
 
@@ -404,3 +405,28 @@ def test_normalize_over_a_linked_marker_leaves_its_other_names(tmp_path: Path) -
         st = (tmp_path / name).lstat()
         assert (st.st_nlink, st.st_mode, st.st_mtime_ns) == (2, before.st_mode,
                                                              before.st_mtime_ns)
+
+
+@needs_root
+@pytest.mark.skipif(loopfs.skip_reason() is not None, reason=str(loopfs.skip_reason()))
+def test_root_is_opaque_on_a_filesystem_of_whole_second_times(tmp_path: Path) -> None:
+    """ext4 with 128-byte inodes (ext3 too) stamps whole seconds: a directory changed
+    0.5 s ago may change again under the same ctime, so its answer is not remembered
+    until that second is well over."""
+    with loopfs.loop_fs(tmp_path, 8, inode_size=128) as fs:
+        layer = fs / "layer"
+        for _ in range(60):  # a second of which 0.15..0.6 s is left after the checks
+            layer.mkdir()
+            before = os.stat(layer).st_ctime_ns
+            assert before % 1_000_000_000 == 0  # whole seconds, as promised
+            if 150_000_000 < time.time_ns() - before < 400_000_000:
+                assert not root_is_opaque(str(layer))
+                (layer / WH_OPAQUE).write_bytes(b"")
+                if os.stat(layer).st_ctime_ns == before:  # the same second still
+                    break
+                (layer / WH_OPAQUE).unlink()
+            layer.rmdir()
+            time.sleep(0.05)
+        else:
+            pytest.fail("no second was left to test in")
+        assert root_is_opaque(str(layer))  # the marker put in under the same ctime

@@ -105,8 +105,10 @@ def convert(root: str | os.PathLike[str], to: str) -> ConvertReport:
         resumed = journal is not None and journal.target == fmt.name
         if journal is None or journal.target != fmt.name:
             journal = meta.Journal(target=fmt.name, source=source)
-            meta.write_journal(layout.convert_journal,
-                               journal)  # from here on, init refuses the store
+        # Written anew by every run, a resumed one too: from here on init refuses the store,
+        # and the appends below go after whole lines of this version (a journal of version
+        # 1, or one whose last append was torn, would otherwise glue the next id onto it).
+        meta.write_journal(layout.convert_journal, journal)
         ids = layers.list_ids(layout.layers_dir)
         done = set(journal.done)
         counts = LayerRewrite()

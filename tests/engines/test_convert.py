@@ -14,6 +14,8 @@ import pytest
 import aufs
 from aufs.convert import ConversionPendingError, convert, pending
 from aufs.graphdriver import DriverError, LayerInUseError
+from aufs.layer_format import normalize_layer
+from aufs.store import meta
 from aufs.store.layout import Layout
 from aufs.whiteout import OVERLAY_OPAQUE_XATTR, has_opaque_xattr
 from tests.conftest import require_engine
@@ -251,6 +253,38 @@ def test_init_refuses_a_half_converted_store(docker_store: Path) -> None:
     assert report.resumed and report.converted == 4  # BASE was done already
     d = open_store(docker_store, "overlay")
     d.cleanup()
+
+
+@pytest.mark.parametrize("journal", [
+    json.dumps({"version": 1, "to": "overlay", "from": "aufs", "done": [BASE]}),
+    json.dumps({"version": 2, "to": "overlay", "from": "aufs"}) + f"\n{BASE}\nabc",
+], ids=["version-1", "torn-last-line"])
+def test_a_resumed_run_keeps_what_it_does_in_its_journal(
+        docker_store: Path, journal: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed run writes the journal anew before its first layer: its appends land
+    after whole lines of the version it writes (appended to a version-1 journal they were
+    lost; after a torn line, the next id was glued onto it and the journal unreadable)."""
+    lay = Layout.at(docker_store)
+    os.makedirs(lay.private_dir, exist_ok=True)
+    Path(lay.convert_journal).write_text(journal)
+    real = normalize_layer
+    calls: list[str] = []
+
+    def dies_at_the_second(layout: Layout, layer_id: str, *args: object) -> object:
+        calls.append(layer_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a kill between two layers
+        return real(layout, layer_id, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("aufs.convert.normalize_layer", dies_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        convert(docker_store, "overlay")
+    resumed = meta.read_journal(lay.convert_journal)
+    assert resumed is not None and resumed.done == (BASE, calls[0])
+    monkeypatch.setattr("aufs.convert.normalize_layer", real)
+    report = convert(docker_store, "overlay")
+    assert report.resumed and report.converted == 3  # BASE and the first one kept
+    open_store(docker_store, "overlay").cleanup()
 
 
 def test_bad_arguments(tmp_path: Path, docker_store: Path) -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from aufs.errors import DriverError
+from aufs.errors import DriverError, StoreCorruptError
 from aufs.graphdriver import InvalidLayerIDError
-from aufs.store import layers, meta, refs
-from aufs.store.layout import REMOVING_SUFFIX, Layout, is_valid_id, validate_id
+from aufs.store import chain, layers, meta, refs
+from aufs.store.layout import MAX_ID_LEN, REMOVING_SUFFIX, Layout, is_valid_id, validate_id
 
 # -- ids (API.md: 1 to 128 of [A-Za-z0-9_.-], not "." or "..", not ending in -removing) -----
 
@@ -102,6 +103,20 @@ def test_layers_file_format(chain: list[str], data: bytes) -> None:
 def test_layers_file_parse_is_lenient_like_docker() -> None:
     assert layers.parse_chain(b"p\r\ngp") == ["p", "gp"]  # no trailing newline, CRLF
     assert layers.parse_chain(b"\n\np\n\n") == ["p"]
+
+
+def test_a_chain_line_longer_than_any_id_is_refused_before_it_is_remembered() -> None:
+    """Valid ids are remembered (a deep chain is read at every get and put); a line of a
+    damaged file longer than any id is refused without entering that memory."""
+    chain._cached_valid_id.cache_clear()
+    huge = "a" * (512 << 10)
+    with pytest.raises(StoreCorruptError, match="line 2: invalid layer id"):
+        chain.parse("layers/x", f"p\n{huge}\n".encode(), "x")
+    assert chain._cached_valid_id.cache_info().currsize == 1  # "p" only
+    longest = "b" * MAX_ID_LEN
+    assert chain.parse("layers/x", f"{longest}\n".encode(), "x") == [longest]
+    with pytest.raises(StoreCorruptError):
+        chain.parse("layers/x", f"{longest}b\n".encode(), "x")
 
 
 def test_layers_file_written_atomically(tmp_path: Path) -> None:
@@ -201,6 +216,9 @@ def test_conversion_journal_formats_read(tmp_path: Path, content: bytes,
     b'{"version": 2, "to": "overlay", "from": "aufs"}\n\xff\xfe\n',
     b'{"version": 1, "to": "overlay", "from": "aufs", "done": ["a/b"]}',
     b'{"version": 1, "to": "overlay", "from": "aufs"}',
+    b'{"version": 3, "to": "overlay", "from": "aufs"}\na\n',  # a later aufs's
+    b'{"version": "2", "to": "overlay", "from": "aufs"}\na\n',
+    b'{"version": true, "to": "overlay", "from": "aufs", "done": []}',
 ])
 def test_conversion_journal_that_is_not_ours_is_unreadable(tmp_path: Path,
                                                            content: bytes) -> None:
@@ -226,3 +244,8 @@ def test_conversion_journal_is_read_without_following_or_waiting(tmp_path: Path)
     for path in (link, fifo, huge):
         with pytest.raises(DriverError, match="unreadable conversion journal"):
             meta.read_journal(str(path))
+    if os.geteuid() == 0:  # a device is not read from (/dev/zero would give 64 MiB)
+        device = tmp_path / "zero.json"
+        os.mknod(device, 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+        with pytest.raises(DriverError, match="not a regular file"):
+            meta.read_journal(str(device))

@@ -30,7 +30,7 @@ import stat
 
 from aufs._sys.safefs import O_FILE
 from aufs.errors import StoreCorruptError
-from aufs.store.layout import Layout, is_valid_id
+from aufs.store.layout import MAX_ID_LEN, Layout, is_valid_id
 
 __all__ = ["MAX_BYTES", "check_dirs", "dir_problem", "first_parent", "may_link_to", "not_a_dir",
            "parse", "read_chain", "read_store_file", "read_verified", "relocated_dir"]
@@ -92,7 +92,13 @@ def read_store_file(path: str, limit: int = MAX_BYTES, what: str = "layer file")
 
 # A chain file's lines are checked at every read, and a deep chain is read at every get and
 # put (100 lines, twice): an id once found valid is remembered (a pure function of it).
-_valid_id = functools.lru_cache(maxsize=1 << 16)(is_valid_id)
+# A line longer than any id is refused before the cache: it would keep up to a whole
+# chain file's worth of text per entry.
+_cached_valid_id = functools.lru_cache(maxsize=1 << 16)(is_valid_id)
+
+
+def _valid_id(text: str) -> bool:
+    return len(text) <= MAX_ID_LEN and _cached_valid_id(text)
 
 
 def parse(path: str, data: bytes, layer_id: str) -> list[str]:

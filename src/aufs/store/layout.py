@@ -33,7 +33,8 @@ from typing import NamedTuple
 from aufs.errors import InvalidLayerIDError
 
 REMOVING_SUFFIX = "-removing"
-_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+MAX_ID_LEN = 128
+_ID_RE = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_ID_LEN}}}")
 
 
 def validate_id(layer_id: object) -> str:

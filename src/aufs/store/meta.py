@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import TYPE_CHECKING, NamedTuple
 
 from aufs._sys import safefs
@@ -73,6 +74,8 @@ def read_journal(path: str) -> Journal | None:
     try:
         fd = os.open(path, safefs.O_FILE)  # the store's own file: no symlink, no FIFO wait
         with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a device is not read from
+                raise ValueError("not a regular file")
             raw = f.read(_JOURNAL_MAX + 1)
         if len(raw) > _JOURNAL_MAX:
             raise ValueError("larger than any journal of ours")
@@ -80,11 +83,14 @@ def read_journal(path: str) -> Journal | None:
         top = json.loads(head)
         if not isinstance(top, dict):
             raise ValueError("no JSON object on its first line")
-        if top.get("version", 1) == 1:  # everything on that line
+        version = top.get("version", 1)
+        if version == 1 and type(version) is int:  # everything on that line
             done = tuple(str(i) for i in top["done"])
-        else:
+        elif version == JOURNAL_VERSION and type(version) is int:
             lines = rest.split(b"\n")[:-1]  # the last one, newline-less, is torn: left out
             done = tuple(line.decode("ascii") for line in lines)
+        else:
+            raise ValueError(f"version {version!r} (this aufs writes {JOURNAL_VERSION})")
         if not all(is_valid_id(i) for i in done):
             raise ValueError("a line that is no layer id")
         journal = Journal(target=str(top["to"]), source=str(top["from"]), done=done)

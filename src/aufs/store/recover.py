@@ -59,7 +59,8 @@ def finish(layout: Layout) -> Recovery:
     # Every name is listed once a directory and tested by string first: init runs this
     # for every command that changes the store, whatever its size (10,000 layers: 20,000
     # lstats and path joins were 150 ms a command).
-    listed = {top: _names(top) for top in (layout.mnt_dir, layout.diff_dir, layout.work_dir)}
+    listed = {top: _names(top) for top in (layout.mnt_dir, layout.diff_dir, layout.work_dir,
+                                           layout.layers_dir)}
     for top, names in listed.items():
         for name in names:
             if name.endswith(REMOVING_SUFFIX):
@@ -68,7 +69,7 @@ def finish(layout: Layout) -> Recovery:
                     _report(done, f"{path}: names no layer (invalid id): left alone")
                 else:
                     remove(path)
-    for name in _names(layout.layers_dir):
+    for name in listed[layout.layers_dir]:
         if name.endswith(REMOVING_SUFFIX):
             path = os.path.join(layout.layers_dir, name)
             layer_id = removing_id(name)
@@ -85,7 +86,8 @@ def finish(layout: Layout) -> Recovery:
             remove(os.path.join(layout.layers_dir, name))
     # A create killed before it published layers/<id> leaves empty diff/<id> and mnt/<id>.
     # Only empty dirs go (rmdir): a non-empty diff/<id> may be a migration's moved layer.
-    published = set(_names(layout.layers_dir))
+    # (The names removed above are no ids: the listing before them is the one after.)
+    published = set(listed[layout.layers_dir])
     for top in (layout.diff_dir, layout.mnt_dir):
         for name in listed[top]:
             if (name in published or name.endswith(REMOVING_SUFFIX)

@@ -10,7 +10,7 @@ import pytest
 
 from aufs.errors import DriverError, StoreCorruptError
 from aufs.graphdriver import InvalidLayerIDError
-from aufs.store import chain, layers, meta, refs
+from aufs.store import chain, layers, meta, recover, refs
 from aufs.store.layout import MAX_ID_LEN, REMOVING_SUFFIX, Layout, is_valid_id, validate_id
 
 # -- ids (API.md: 1 to 128 of [A-Za-z0-9_.-], not "." or "..", not ending in -removing) -----
@@ -138,6 +138,26 @@ def test_list_ids_skips_temp_files_and_removals(tmp_path: Path) -> None:
     (tmp_path / "subdir").mkdir()
     assert layers.list_ids(str(tmp_path)) == ["a", "b"]
     assert layers.list_ids(str(tmp_path / "missing")) == []
+
+
+def test_recovery_removes_a_removal_marker_last_and_once(tmp_path: Path) -> None:
+    """``layers/<id>-removing`` is the record of a removal under way: the layer's dirs go
+    first, the marker after them (killed in between, the next init finishes the job), each
+    once; a marker that names no layer is reported once and left."""
+    lay = Layout.at(tmp_path)
+    for top in ("layers", "diff", "mnt"):
+        (tmp_path / top).mkdir()
+    (tmp_path / "layers" / "gone-removing").touch()
+    (tmp_path / "layers" / "..-removing").touch()
+    (tmp_path / "diff" / "gone").mkdir()
+    (tmp_path / "diff" / "gone" / "f").write_text("data")
+    (tmp_path / "mnt" / "gone").mkdir()
+    done = recover.finish(lay)
+    assert done.removed == [lay.mnt("gone"), lay.diff("gone"),
+                            lay.layers("gone") + REMOVING_SUFFIX]
+    assert done.problems == [f"{lay.layers_dir}/..-removing: names no layer (invalid id): "
+                             "left alone"]
+    assert sorted(os.listdir(lay.layers_dir)) == ["..-removing"]
 
 
 # -- refs and metadata ---------------------------------------------------------------------------

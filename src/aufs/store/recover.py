@@ -61,8 +61,8 @@ def finish(layout: Layout) -> Recovery:
     # lstats and path joins were 150 ms a command).
     listed = {top: _names(top) for top in (layout.mnt_dir, layout.diff_dir, layout.work_dir,
                                            layout.layers_dir)}
-    for top, names in listed.items():
-        for name in names:
+    for top in (layout.mnt_dir, layout.diff_dir, layout.work_dir):  # layers/: below
+        for name in listed[top]:
             if name.endswith(REMOVING_SUFFIX):
                 path = os.path.join(top, name)
                 if removing_id(name) is None:

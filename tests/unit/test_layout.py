@@ -193,6 +193,29 @@ def test_store_metadata_round_trip(tmp_path: Path) -> None:
         meta.read(path)
 
 
+def test_store_metadata_is_read_as_the_stores_own_file(tmp_path: Path) -> None:
+    """store.json is never followed, waited on (a FIFO) or read without end (a device),
+    and a version that is no integer is refused as unreadable (it raised TypeError)."""
+    real = tmp_path / "real.json"
+    real.write_text('{"whiteouts": "overlay", "engine": "overlay", "version": 1}')
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    for path in (link, fifo):
+        with pytest.raises(ValueError, match="unreadable store metadata"):
+            meta.read(str(path))
+    for version in ("[1]", "1e400", "true", '"1"'):
+        real.write_text(f'{{"whiteouts": "overlay", "version": {version}}}')
+        with pytest.raises(ValueError, match="store metadata of version"):
+            meta.read(str(real))
+    if os.geteuid() == 0:  # /dev/zero would be read until memory ran out
+        device = tmp_path / "zero.json"
+        os.mknod(device, 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+        with pytest.raises(ValueError, match="is a device"):
+            meta.read(str(device))
+
+
 def test_conversion_journal_appends_a_line_a_layer(tmp_path: Path) -> None:
     """The journal grows by one line a layer done (not the whole list again each time),
     and reads back in order; the torn last line of a crash mid-append is left out."""

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from aufs._sys import safefs
 from aufs._sys.files import write_atomic
-from aufs.errors import ConversionPendingError, DriverError
+from aufs.errors import ConversionPendingError, DriverError, StoreCorruptError
+from aufs.store.chain import read_store_file
 from aufs.store.layout import is_valid_id
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 VERSION = 1
 JOURNAL_VERSION = 2
+_META_MAX = 64 << 10  # store.json is a line of ~60 bytes
 _JOURNAL_MAX = 64 << 20  # a journal of ~1,000,000 layers; a larger one is not ours
 WHITEOUT_FORMATS = ("aufs", "overlay")
 
@@ -39,19 +41,24 @@ class StoreMeta(NamedTuple):
 
 
 def read(path: str) -> StoreMeta | None:
+    """``store.json`` at ``path``, None if there is none; ValueError if unreadable. Read
+    as the journal is: the store's own file, never followed, waited on (a FIFO) or read
+    without end (a device)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+        raw = json.loads(read_store_file(path, _META_MAX, "store metadata file"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, StoreCorruptError) as exc:
         raise ValueError(f"{path}: unreadable store metadata: {exc}") from exc
     if not isinstance(raw, dict) or raw.get("whiteouts") not in WHITEOUT_FORMATS:
         raise ValueError(f"{path}: store metadata names no known whiteout format")
+    version = raw.get("version", VERSION)
+    if type(version) is not int:  # int() of a list or of 1e400 raised past every caller
+        raise ValueError(f"{path}: store metadata of version {version!r}")
     return StoreMeta(
         whiteouts=str(raw["whiteouts"]),
         engine=str(raw.get("engine", "")),
-        version=int(raw.get("version", VERSION)),
+        version=version,
     )
 
 

@@ -262,6 +262,8 @@ def test_conversion_journal_formats_read(tmp_path: Path, content: bytes,
     b'{"version": 3, "to": "overlay", "from": "aufs"}\na\n',  # a later aufs's
     b'{"version": "2", "to": "overlay", "from": "aufs"}\na\n',
     b'{"version": true, "to": "overlay", "from": "aufs", "done": []}',
+    b'{"version": 1, "to": "overlay", "from": "aufs", "done": "abc"}',  # not a, b and c
+    b'{"version": 1, "to": "overlay", "from": "aufs", "done": {"a": 1}}',
 ])
 def test_conversion_journal_that_is_not_ours_is_unreadable(tmp_path: Path,
                                                            content: bytes) -> None:

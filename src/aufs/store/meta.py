@@ -92,7 +92,10 @@ def read_journal(path: str) -> Journal | None:
             raise ValueError("no JSON object on its first line")
         version = top.get("version", 1)
         if version == 1 and type(version) is int:  # everything on that line
-            done = tuple(str(i) for i in top["done"])
+            listed = top["done"]
+            if not isinstance(listed, list):  # a string's letters are no layers done
+                raise ValueError("done is no list")
+            done = tuple(str(i) for i in listed)
         elif version == JOURNAL_VERSION and type(version) is int:
             lines = rest.split(b"\n")[:-1]  # the last one, newline-less, is torn: left out
             done = tuple(line.decode("ascii") for line in lines)

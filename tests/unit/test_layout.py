@@ -110,8 +110,11 @@ def test_a_chain_line_longer_than_any_id_is_refused_before_it_is_remembered() ->
     damaged file longer than any id is refused without entering that memory."""
     chain._cached_valid_id.cache_clear()
     huge = "a" * (512 << 10)
-    with pytest.raises(StoreCorruptError, match="line 2: invalid layer id"):
+    with pytest.raises(StoreCorruptError, match="line 2: invalid layer id") as info:
         chain.parse("layers/x", f"p\n{huge}\n".encode(), "x")
+    # nor printed whole (the message goes out for every layer standing on the file)
+    assert str(info.value) == (f"layers/x line 2: invalid layer id {'a' * MAX_ID_LEN!r}... "
+                               f"({512 << 10} characters)")
     assert chain._cached_valid_id.cache_info().currsize == 1  # "p" only
     longest = "b" * MAX_ID_LEN
     assert chain.parse("layers/x", f"{longest}\n".encode(), "x") == [longest]

@@ -101,6 +101,14 @@ def _valid_id(text: str) -> bool:
     return len(text) <= MAX_ID_LEN and _cached_valid_id(text)
 
 
+def _shown(line: str) -> str:
+    """A line for an error message: a damaged file's megabyte-long line is cut short
+    (the message is printed for every layer standing on the file)."""
+    if len(line) <= MAX_ID_LEN:
+        return repr(line)
+    return f"{line[:MAX_ID_LEN]!r}... ({len(line)} characters)"
+
+
 def parse(path: str, data: bytes, layer_id: str) -> list[str]:
     """The ancestors listed in ``data`` (the file ``path`` of ``layer_id``), checked."""
     try:
@@ -115,7 +123,7 @@ def parse(path: str, data: bytes, layer_id: str) -> list[str]:
         if not parent:
             continue
         if not _valid_id(parent):
-            raise StoreCorruptError(f"{path} line {number}: invalid layer id {parent!r}")
+            raise StoreCorruptError(f"{path} line {number}: invalid layer id {_shown(parent)}")
         if parent in seen:
             what = "the layer itself" if parent == layer_id else "listed twice"
             raise StoreCorruptError(

@@ -122,6 +122,32 @@ def test_a_chain_line_longer_than_any_id_is_refused_before_it_is_remembered() ->
         chain.parse("layers/x", f"{longest}b\n".encode(), "x")
 
 
+def test_a_chain_parsed_once_is_remembered_for_its_bytes_and_layer_only() -> None:
+    """A get reads the same chain files every time: their parse is remembered, by the
+    file's bytes and the layer it belongs to, never by its path, and never an error."""
+    chain._PARSED.clear()
+    data = b"p\ngp\n"
+    first = chain.parse("layers/x", data, "x")
+    assert first == ["p", "gp"] and len(chain._PARSED) == 1
+    first.append("changed by a caller")  # a copy: the memory is not the caller's list
+    assert chain.parse("elsewhere/x", data, "x") == ["p", "gp"]
+    assert len(chain._PARSED) == 1
+    # the same bytes for another layer: checked anew (here a cycle through the layer itself)
+    with pytest.raises(StoreCorruptError, match="layers/p line 1: p is the layer itself"):
+        chain.parse("layers/p", data, "p")
+    with pytest.raises(StoreCorruptError):  # errors are not remembered, nor skipped
+        chain.parse("layers/p", data, "p")
+    assert len(chain._PARSED) == 1
+    # a file larger than Docker's deepest chain is parsed, not kept
+    deep = "".join(f"{n:064x}\n" for n in range(1, 300)).encode()
+    assert len(chain.parse("layers/y", deep, "y")) == 299
+    assert len(chain._PARSED) == 1
+    # the memory stays bounded
+    for n in range(chain._PARSED_MAX + 5):
+        chain.parse("layers/z", f"p{n}\n".encode(), "z")
+    assert len(chain._PARSED) <= chain._PARSED_MAX
+
+
 def test_layers_file_written_atomically(tmp_path: Path) -> None:
     path = tmp_path / "layers" / "c"
     path.parent.mkdir()

@@ -70,10 +70,9 @@ def _fsconfig_mount(spec: MountSpec) -> None:
     try:
         try:
             if spec.source:
-                _fsconfig(fsfd, "source", spec.source)
+                _fsconfig_option(fsfd, "source=" + spec.source)
             for opt in spec.options:
-                key, sep, value = opt.partition("=")
-                _fsconfig(fsfd, key, value if sep else None)
+                _fsconfig_option(fsfd, opt)
             libc.syscall("fsconfig create", libc.SYS_FSCONFIG, fsfd, libc.FSCONFIG_CMD_CREATE,
                          None, None, 0)
         except OSError as exc:
@@ -92,13 +91,24 @@ def _fsconfig_mount(spec: MountSpec) -> None:
         os.close(fsfd)
 
 
-def _fsconfig(fsfd: int, key: str, value: str | None) -> None:
-    if value is None:
-        libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, libc.FSCONFIG_SET_FLAG,
-                     key.encode(), None, 0)
-    else:
-        libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, libc.FSCONFIG_SET_STRING,
-                     key.encode(), os.fsencode(value), 0)  # bytes go as char *
+# A get of a layer 100 deep sets 100 options, the same ones at every get of it: each
+# option's encoded form is kept by its text (at most _ENCODED_MAX of them).
+_ENCODED: dict[str, tuple[int, bytes, bytes | None]] = {}
+_ENCODED_MAX = 4096
+
+
+def _fsconfig_option(fsfd: int, opt: str) -> None:
+    """Set ``key=value`` (a string) or ``key`` (a flag) on the fs context ``fsfd``."""
+    encoded = _ENCODED.get(opt)
+    if encoded is None:
+        key, sep, value = opt.partition("=")
+        encoded = ((libc.FSCONFIG_SET_STRING, key.encode(), os.fsencode(value)) if sep
+                   else (libc.FSCONFIG_SET_FLAG, key.encode(), None))
+        if len(_ENCODED) >= _ENCODED_MAX:
+            _ENCODED.clear()
+        _ENCODED[opt] = encoded
+    cmd, key_b, value_b = encoded
+    libc.syscall("fsconfig", libc.SYS_FSCONFIG, fsfd, cmd, key_b, value_b, 0)  # bytes: char *
 
 
 def _relative_mount(spec: MountSpec) -> None:

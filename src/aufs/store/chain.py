@@ -109,8 +109,31 @@ def _shown(line: str) -> str:
     return f"{line[:MAX_ID_LEN]!r}... ({len(line)} characters)"
 
 
+# A get and a put read the same chain files again and again (a get of a layer 100 deep
+# checks 2 files of 100 lines): a chain once parsed is remembered by the file's bytes and
+# the layer it belongs to, which is all its answer depends on (``path`` only names the file
+# in errors, and errors are not remembered). Files larger than Docker's deepest chain
+# (127 lines of 65 bytes) are parsed every time; at most 8 MiB of bytes are kept.
+_PARSED: dict[tuple[bytes, str], tuple[str, ...]] = {}
+_PARSED_MAX = 512
+_PARSED_MAX_BYTES = 16 << 10
+
+
 def parse(path: str, data: bytes, layer_id: str) -> list[str]:
     """The ancestors listed in ``data`` (the file ``path`` of ``layer_id``), checked."""
+    if len(data) > _PARSED_MAX_BYTES:
+        return _parse(path, data, layer_id)
+    key = (data, layer_id)
+    known = _PARSED.get(key)
+    if known is None:
+        known = tuple(_parse(path, data, layer_id))
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = known
+    return list(known)
+
+
+def _parse(path: str, data: bytes, layer_id: str) -> list[str]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -285,6 +308,19 @@ def _data_dir_stat(layout: Layout, layer_id: str) -> os.stat_result | str:
     return st
 
 
+_O_LOOKUP = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _plain_dir_stat(diff_fd: int, layer_id: str) -> os.stat_result | None:
+    """The stat of ``diff/<layer_id>`` if it is a plain directory (not a symlink), looked
+    up from the open ``diff/``; None otherwise."""
+    try:
+        st = os.stat(layer_id, dir_fd=diff_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return st if stat.S_ISDIR(st.st_mode) else None
+
+
 def check_dirs(layout: Layout, layer_id: str, chain: list[str]) -> dict[str, os.stat_result]:
     """Before a union of ``layer_id`` over ``chain`` is mounted: its data directories
     (:func:`dir_problem`), its mount point and overlayfs work directory: directories,
@@ -292,11 +328,22 @@ def check_dirs(layout: Layout, layer_id: str, chain: list[str]) -> dict[str, os.
     into its work directory). StoreCorruptError if not; else the stat of each layer's
     data directory, by layer id."""
     stats: dict[str, os.stat_result] = {}
-    for one in (layer_id, *chain):
-        got = _data_dir_stat(layout, one)
-        if isinstance(got, str):
-            raise StoreCorruptError(got)
-        stats[one] = got
+    try:  # each id looked up in diff/ (100 of them for a layer 100 deep), not from /
+        diff_fd = os.open(layout.diff_dir, _O_LOOKUP)
+    except OSError:
+        diff_fd = -1  # the slow path below says what is wrong
+    try:
+        for one in (layer_id, *chain):
+            plain = _plain_dir_stat(diff_fd, one) if diff_fd >= 0 else None
+            if plain is None:  # a migration's symlink, or a problem to put into words
+                got = _data_dir_stat(layout, one)
+                if isinstance(got, str):
+                    raise StoreCorruptError(got)
+                plain = got
+            stats[one] = plain
+    finally:
+        if diff_fd >= 0:
+            os.close(diff_fd)
     for path, what in ((layout.mnt(layer_id), "a mount point"),
                        (layout.work(layer_id), "a work directory")):
         problem = not_a_dir(path)

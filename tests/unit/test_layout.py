@@ -189,6 +189,33 @@ def test_recovery_removes_a_removal_marker_last_and_once(tmp_path: Path) -> None
     assert sorted(os.listdir(lay.layers_dir)) == ["..-removing"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+def test_recovery_keeps_the_marker_while_a_dir_of_the_layer_cannot_go(tmp_path: Path) -> None:
+    """A leftover that cannot be removed (here: a mount inside it) keeps the removal
+    marker, so that the next init tries again, instead of leaving an orphan directory
+    that no marker names."""
+    from aufs._sys import libc
+
+    lay = Layout.at(tmp_path)
+    for top in ("layers", "diff", "mnt"):
+        (tmp_path / top).mkdir()
+    (tmp_path / "layers" / "gone-removing").touch()
+    busy = tmp_path / "diff" / "gone" / "m"
+    busy.mkdir(parents=True)
+    libc.mount("tmpfs", str(busy), "tmpfs", 0, None)
+    try:
+        done = recover.finish(lay)
+        assert len(done.problems) == 1 and done.problems[0].startswith(
+            f"{lay.diff('gone')}: cannot remove a leftover")
+        assert os.listdir(lay.layers_dir) == ["gone-removing"]
+    finally:
+        libc.umount2(str(busy), 0)
+    done = recover.finish(lay)
+    assert done.problems == []
+    assert done.removed == [lay.diff("gone"), lay.layers("gone") + REMOVING_SUFFIX]
+    assert os.listdir(lay.layers_dir) == [] and os.listdir(lay.diff_dir) == []
+
+
 # -- refs and metadata ---------------------------------------------------------------------------
 
 

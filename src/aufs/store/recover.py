@@ -48,13 +48,14 @@ def finish(layout: Layout) -> Recovery:
     """
     done = Recovery()
 
-    def remove(path: str) -> None:
+    def remove(path: str) -> bool:
         try:
             rmtree(path)
         except Exception as exc:  # one leftover never stops init
             _report(done, f"{path}: cannot remove a leftover: {_why(exc)}")
-        else:
-            done.removed.append(path)
+            return False
+        done.removed.append(path)
+        return True
 
     # Every name is listed once a directory and tested by string first: init runs this
     # for every command that changes the store, whatever its size (10,000 layers: 20,000
@@ -76,12 +77,14 @@ def finish(layout: Layout) -> Recovery:
             if layer_id is None:
                 _report(done, f"{path}: names no layer (invalid id): left alone")
                 continue
+            gone = True
             if not os.path.lexists(layout.layers(layer_id)):  # not created anew since
                 for leftover in (layout.mnt(layer_id), layout.diff(layer_id),
                                  layout.work(layer_id), layout.refs(layer_id)):
-                    if os.path.lexists(leftover):
-                        remove(leftover)
-            remove(path)
+                    if os.path.lexists(leftover) and not remove(leftover):
+                        gone = False
+            if gone:  # else the marker stays, and the next init tries again
+                remove(path)
         elif "~" in name:  # an unfinished atomic write
             remove(os.path.join(layout.layers_dir, name))
     # A create killed before it published layers/<id> leaves empty diff/<id> and mnt/<id>.

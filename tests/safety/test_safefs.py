@@ -149,3 +149,71 @@ def test_dirfds_refuses_a_symlink_made_while_it_creates(tmp_path: Path,
         cache.close()
         os.close(fd)
     assert made == [] and list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("shape", ["regular", "symlink", "dangling symlink", "directory",
+                                   "fifo", "socket", "char device"])
+@pytest.mark.parametrize("create", [False, True])
+def test_open_regular_opens_a_regular_file_only(tmp_path: Path, shape: str,
+                                                create: bool) -> None:
+    """The store's own files: only a regular file comes back open; anything else comes
+    back as its stat (fd -1), not followed, not created through, not waited on."""
+    import socket
+    import stat
+
+    path = tmp_path / "f"
+    target = tmp_path / "target"
+    target.write_bytes(b"host file")
+    if shape == "regular":
+        path.write_bytes(b"3\n")
+    elif shape == "symlink":
+        path.symlink_to(target)
+    elif shape == "dangling symlink":
+        path.symlink_to(tmp_path / "nothing")
+    elif shape == "directory":
+        path.mkdir()
+    elif shape == "fifo":
+        os.mkfifo(path)  # an open for reading would not wait (O_NONBLOCK), but none is made
+    elif shape == "socket":
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(path))
+    else:
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # /dev/null's numbers
+    fd, st = safefs.open_regular(str(path), os.O_RDWR if create else os.O_RDONLY,
+                                 create=create)
+    if shape == "regular":
+        assert fd >= 0 and stat.S_ISREG(st.st_mode)
+        try:
+            assert os.read(fd, 10) == b"3\n"
+            if create:
+                os.pwrite(fd, b"4", 0)
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == (b"4\n" if create else b"3\n")
+    else:
+        assert fd == -1
+        kinds = {"symlink": stat.S_ISLNK, "dangling symlink": stat.S_ISLNK,
+                 "directory": stat.S_ISDIR, "fifo": stat.S_ISFIFO, "socket": stat.S_ISSOCK,
+                 "char device": stat.S_ISCHR}
+        assert kinds[shape](st.st_mode)
+    assert target.read_bytes() == b"host file"
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_open_regular_creates_what_is_missing_only_if_asked(tmp_path: Path) -> None:
+    path = tmp_path / "count"
+    with pytest.raises(FileNotFoundError):
+        safefs.open_regular(str(path))
+    assert not path.exists()
+    fd, st = safefs.open_regular(str(path), os.O_RDWR, create=True)
+    try:
+        assert st.st_size == 0 and os.write(fd, b"1\n") == 2
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"1\n" and path.stat().st_mode & 0o777 == 0o644 & ~_umask()
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old

@@ -34,6 +34,7 @@ __all__ = [
     "has_openat2",
     "open_beneath",
     "open_dir_at",
+    "open_regular",
     "proc_path",
     "remove_at",
 ]
@@ -57,6 +58,60 @@ RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 _AT_FDCWD = -100
+
+
+_O_PATH: int = getattr(os, "O_PATH", 0)
+_O_REOPEN = O_SAFE & ~os.O_NOFOLLOW  # /proc/self/fd/N is a link to follow
+
+
+def open_regular(path: str, flags: int = os.O_RDONLY, *,
+                 create: bool = False) -> tuple[int, os.stat_result]:
+    """``(fd, stat)``: ``path`` open with ``flags`` (``O_RDONLY``, ``O_RDWR``) if it is a
+    regular file, else ``fd`` is -1 and ``stat`` says what it is (a symlink is one, never
+    followed). Missing: FileNotFoundError, or with ``create`` a new empty file (mode 0644).
+
+    For the store's own files, which nothing trusts: a device there is never opened (an
+    open alone may act, as a watchdog's or a tape's does), nor a FIFO or socket. The path
+    is opened with ``O_PATH``, which opens nothing of the file itself, checked with
+    ``fstat``, and reopened through ``/proc/self/fd`` (the same inode: nothing can be
+    swapped in between). Without ``/proc``, the file is opened as ``O_SAFE`` does it.
+    """
+    if _O_PATH:
+        got = _open_by_path_fd(path, flags, create)
+        if got is not None:
+            return got
+    fd = os.open(path, flags | (os.O_CREAT if create else 0) | O_SAFE, 0o644)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return -1, st
+    return fd, st
+
+
+def _open_by_path_fd(path: str, flags: int,
+                     create: bool) -> tuple[int, os.stat_result] | None:
+    """:func:`open_regular` by an ``O_PATH`` fd; None if ``/proc`` cannot reopen it."""
+    while True:
+        try:
+            pfd = os.open(path, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not create:
+                raise
+            try:  # new: it can be nothing but a regular file
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | O_SAFE, 0o644)
+            except FileExistsError:
+                continue  # made meanwhile: look at it
+            return fd, os.fstat(fd)
+        try:
+            st = os.fstat(pfd)
+            if not stat.S_ISREG(st.st_mode):
+                return -1, st
+            try:
+                return os.open(f"/proc/self/fd/{pfd}", flags | _O_REOPEN), st
+            except FileNotFoundError:  # no /proc
+                return None
+        finally:
+            os.close(pfd)
 
 
 class SymlinkInPathError(OSError):

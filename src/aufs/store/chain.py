@@ -23,12 +23,11 @@ layers that stand on the damaged file fail; :mod:`aufs.store.check` reports them
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import stat
 
-from aufs._sys.safefs import O_FILE
+from aufs._sys.safefs import open_regular
 from aufs.errors import StoreCorruptError
 from aufs.store.layout import MAX_ID_LEN, Layout, is_valid_id
 
@@ -41,6 +40,8 @@ MAX_BYTES = 1 << 20
 
 
 def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):
@@ -64,18 +65,10 @@ def read_store_file(path: str, limit: int = MAX_BYTES, what: str = "layer file")
     """The content of the store's own file ``path`` (``what``, for errors), read without
     following a symlink or blocking on a FIFO; FileNotFoundError if there is none,
     StoreCorruptError if it is no regular file or larger than ``limit``."""
+    fd, st = open_regular(path)
+    if fd < 0:
+        raise StoreCorruptError(f"{path}: is {_kind(st.st_mode)}, not a {what}")
     try:
-        fd = os.open(path, O_FILE)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StoreCorruptError(f"{path}: is a symlink, not a {what}") from None
-        if exc.errno == errno.ENXIO:  # a socket
-            raise StoreCorruptError(f"{path}: is a socket, not a {what}") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise StoreCorruptError(f"{path}: is {_kind(st.st_mode)}, not a {what}")
         if st.st_size > limit:
             raise StoreCorruptError(f"{path}: {st.st_size} bytes, too large for a {what}")
         chunks: list[bytes] = []
@@ -219,14 +212,14 @@ def first_parent(layout: Layout, layer_id: str) -> str | None:
     (so a damaged child keeps protecting its parent). None if there is no such file."""
     path = layout.layers(layer_id)
     try:
-        fd = os.open(path, O_FILE)
+        fd, _ = open_regular(path)
     except FileNotFoundError:
         return None
     except OSError:
         return ""
+    if fd < 0:
+        return ""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ""
         head = os.read(fd, 4096)
     finally:
         os.close(fd)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from typing import TYPE_CHECKING, NamedTuple
 
 from aufs._sys import safefs
@@ -79,10 +78,10 @@ class Journal(NamedTuple):
 def read_journal(path: str) -> Journal | None:
     """The journal at ``path``, None if there is none; DriverError if unreadable."""
     try:
-        fd = os.open(path, safefs.O_FILE)  # the store's own file: no symlink, no FIFO wait
+        fd, _ = safefs.open_regular(path)  # no symlink followed, no device opened
+        if fd < 0:
+            raise ValueError("not a regular file")
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a device is not read from
-                raise ValueError("not a regular file")
             raw = f.read(_JOURNAL_MAX + 1)
         if len(raw) > _JOURNAL_MAX:
             raise ValueError("larger than any journal of ours")

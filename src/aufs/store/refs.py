@@ -12,24 +12,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import stat
 
 from aufs._sys import safefs
 from aufs._sys.files import rmtree
 from aufs.errors import StoreCorruptError
 
 
-def _open(path: str, flags: int) -> int:
+def _open(path: str, flags: int, *, create: bool = False) -> int:
+    # never through a symlink (a tampered store would have us write a count into a host
+    # file), never a FIFO, socket or device opened
     try:
-        # never through a symlink (a tampered store would have us write a count into a
-        # host file), never waiting on a FIFO
-        fd = os.open(path, flags | safefs.O_SAFE, 0o644)
+        fd, _ = safefs.open_regular(path, flags, create=create)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
             raise StoreCorruptError(f"{path}: not a reference count file") from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+    if fd < 0:
         raise StoreCorruptError(f"{path}: not a reference count file")
     return fd
 
@@ -79,7 +77,7 @@ class Count:
     """
 
     def __init__(self, path: str) -> None:
-        self._fd = _open(path, os.O_RDWR | os.O_CREAT)
+        self._fd = _open(path, os.O_RDWR, create=True)
         try:
             self._raw = os.pread(self._fd, 32, 0)
         except BaseException:

@@ -211,9 +211,3 @@ def test_open_regular_creates_what_is_missing_only_if_asked(tmp_path: Path) -> N
     finally:
         os.close(fd)
     assert path.read_bytes() == b"1\n" and path.stat().st_mode & 0o777 == 0o644 & ~_umask()
-
-
-def _umask() -> int:
-    old = os.umask(0)
-    os.umask(old)
-    return old

@@ -17,7 +17,6 @@ import json
 import os
 from typing import TYPE_CHECKING, NamedTuple
 
-from aufs._sys import safefs
 from aufs._sys.files import write_atomic
 from aufs.errors import ConversionPendingError, DriverError, StoreCorruptError
 from aufs.store.chain import read_store_file
@@ -78,13 +77,7 @@ class Journal(NamedTuple):
 def read_journal(path: str) -> Journal | None:
     """The journal at ``path``, None if there is none; DriverError if unreadable."""
     try:
-        fd, _ = safefs.open_regular(path)  # no symlink followed, no device opened
-        if fd < 0:
-            raise ValueError("not a regular file")
-        with os.fdopen(fd, "rb") as f:
-            raw = f.read(_JOURNAL_MAX + 1)
-        if len(raw) > _JOURNAL_MAX:
-            raise ValueError("larger than any journal of ours")
+        raw = read_store_file(path, _JOURNAL_MAX, "conversion journal")
         head, _, rest = raw.partition(b"\n")
         top = json.loads(head)
         if not isinstance(top, dict):
@@ -108,7 +101,7 @@ def read_journal(path: str) -> Journal | None:
                              f"(known: aufs, overlay)")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, StoreCorruptError) as exc:
         raise DriverError(f"{path}: unreadable conversion journal: {exc}; "
                           f"run aufs convert --to overlay or --to aufs to redo the "
                           f"conversion") from exc

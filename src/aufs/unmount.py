@@ -17,10 +17,10 @@ def unmount(target: str | os.PathLike[str]) -> None:
     """
     path = os.path.realpath(os.fspath(target))
     # The mount on top: the one umount2 removes (mountinfo lists a stack bottom first).
-    fstype = next((e.fstype for e in reversed(mountinfo.read()) if e.mountpoint == path),
-                  None)
-    if fstype is None:
+    top = mountinfo.top_at(mountinfo.read(), path)
+    if top is None:
         return
+    fstype = top.fstype
     if fstype == "aufs":
         aufs_engine.unmount(path)
     elif fstype.startswith("fuse"):

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from aufs._sys import mountinfo
-from aufs._sys.mountinfo import MountEntry, parse, parse_line, self_bind_at, under, unescape
+from aufs._sys.mountinfo import (
+    MountEntry,
+    parse,
+    parse_line,
+    self_bind_at,
+    top_at,
+    under,
+    unescape,
+)
 
 
 def test_the_proc5_example() -> None:
@@ -96,6 +104,18 @@ def test_under_is_by_path_component() -> None:
 )
 def test_self_bind_at(path: str, mount_id: int | None) -> None:
     found = self_bind_at(ENTRIES, path)
+    assert (found.mount_id if found else None) == mount_id
+
+
+@pytest.mark.parametrize(
+    ("path", "mount_id"),
+    [("/srv/store", 9), ("/tmp/s", 3), ("/tmp/s/mnt/a", 4), ("/", 1), ("/tmp/s/mnt", None),
+     ("/nowhere", None)],
+)
+def test_top_at_is_the_mount_on_top(path: str, mount_id: int | None) -> None:
+    """The last listed at the path: a stack is listed bottom first, and umount2 removes
+    the top one (here /srv/store bound twice: 9 over 8)."""
+    found = top_at(ENTRIES, path)
     assert (found.mount_id if found else None) == mount_id
 
 

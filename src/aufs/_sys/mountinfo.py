@@ -71,6 +71,12 @@ def mounts_under(prefix: str) -> Iterator[MountEntry]:
     return under(read(), prefix)
 
 
+def top_at(entries: list[MountEntry], path: str) -> MountEntry | None:
+    """The mount on top at ``path`` — the one ``umount2`` removes, the one a lookup of
+    ``path`` sees (a stack is listed bottom first) — or None. Pure."""
+    return next((e for e in reversed(entries) if e.mountpoint == path), None)
+
+
 def self_bind_at(entries: list[MountEntry], path: str) -> MountEntry | None:
     """The topmost mount at ``path`` if it is ``path`` bound onto itself, else None. Pure.
 
@@ -80,7 +86,7 @@ def self_bind_at(entries: list[MountEntry], path: str) -> MountEntry | None:
     """
     path = path.rstrip("/") or "/"
     by_id = {e.mount_id: e for e in entries}
-    top = next((e for e in reversed(entries) if e.mountpoint == path), None)
+    top = top_at(entries, path)
     if top is None:
         return None
     under = by_id.get(top.parent_id)

@@ -102,7 +102,8 @@ def read_journal(path: str) -> Journal | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, StoreCorruptError) as exc:
-        raise DriverError(f"{path}: unreadable conversion journal: {exc}; "
+        why = str(exc).removeprefix(f"{path}: ")  # named once
+        raise DriverError(f"{path}: unreadable conversion journal: {why}; "
                           f"run aufs convert --to overlay or --to aufs to redo the "
                           f"conversion") from exc
     return journal

@@ -148,8 +148,7 @@ class AufsEngine:
 
     def matches(self, branches: Branches) -> bool:
         """Are the branches of the union mounted at ``branches.target`` exactly these?"""
-        entry = next((e for e in reversed(mountinfo.read())
-                      if e.mountpoint == branches.target), None)
+        entry = mountinfo.top_at(mountinfo.read(), branches.target)
         if entry is None or entry.fstype != "aufs":
             return False
         si = aufs_kernel.si_of(entry.super_options)

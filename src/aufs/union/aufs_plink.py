@@ -153,9 +153,9 @@ def flush(target: str, auplink: str | None) -> Flush | None:
     """Flush the pseudo-links of the AUFS union at ``target``; None if it is not one or
     keeps none. As Docker does with ``auplink``, a failed flush does not stop the
     unmount that follows: the caller ignores an OSError."""
-    entry = next((e for e in reversed(mountinfo.read())
-                  if e.mountpoint == target and e.fstype == "aufs"), None)
-    if entry is None or not aufs_kernel.has_plinks(entry.super_options):
+    entry = mountinfo.top_at(mountinfo.read(), target)  # what the unmount will remove
+    if (entry is None or entry.fstype != "aufs"
+            or not aufs_kernel.has_plinks(entry.super_options)):
         return None
     if auplink is not None:
         run_auplink(auplink, target)

@@ -420,14 +420,13 @@ def _content(parents: _Parents, path: str, size: int) -> Iterator[bytes]:
 def open_rebuilt(split_path: str, layer_dir: str) -> Iterator[Rebuilt]:
     """The tar recorded in ``split_path``, rebuilt from ``layer_dir``; Unusable if there
     is no record or the layer changed since."""
-    try:  # the store's own file: no symlink followed, no FIFO waited on
-        fd = os.open(split_path, safefs.O_FILE)
+    try:  # the store's own file: no symlink followed, no FIFO or device opened
+        fd, _ = safefs.open_regular(split_path)
     except FileNotFoundError:
         raise Unusable("no tar-split recorded") from None
     except OSError as exc:
         raise Unusable(f"the record cannot be opened: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+    if fd < 0:
         raise Unusable("the record is not a regular file")
     f = os.fdopen(fd, "rb")
     with f:

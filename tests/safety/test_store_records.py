@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import pytest
 
 import aufs
-from aufs.errors import LayerMountedError
+from aufs.errors import LayerInUseError, LayerMountedError
 from aufs.store import images
 
 
@@ -45,3 +46,145 @@ def test_apply_refuses_a_base_layer_held_by_get(store: aufs.Driver) -> None:
     finally:
         store.put("b")
     store.apply_diff("b", "", io.BytesIO(b"\0" * 1024))  # released: fine again
+
+
+# -- the store's other own files: the child index, the lock, import markers ---------------
+
+class _FifoGuard:
+    """While the code under test runs: if it still runs after ``seconds``, open the FIFO
+    ``path`` for writing (again and again: each open ends one blocked read), so that the
+    test fails instead of hanging."""
+
+    def __init__(self, path: str, seconds: float = 5.0) -> None:
+        import threading
+
+        self.path = path
+        self.fired = False
+        self._seconds = seconds
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        wait = self._seconds
+        while not self._done.wait(wait):
+            self.fired = True
+            wait = 0.05
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            os.close(fd)
+
+    def __enter__(self) -> _FifoGuard:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        assert not self.fired, f"hung on the FIFO {self.path}"
+
+
+def test_a_child_index_entry_that_is_a_symlink_is_not_followed(
+        store: aufs.Driver, tmp_path: Path) -> None:
+    """``.aufs/children/<parent>`` planted as a symlink to a host directory: a create
+    makes nothing there, a remove unlinks nothing there, and the parent stays protected."""
+    host = os.path.join(str(tmp_path), "host")
+    os.mkdir(host)
+    with open(os.path.join(host, "c"), "w") as f:  # what a remove of "c" must not unlink
+        f.write("host file\n")
+    store.create("p")
+    store.create("b", "p")  # the index exists and is fresh
+    index = os.path.join(store.layout.private_dir, "children")
+    entry = os.path.join(index, "p")
+    for name in os.listdir(entry):
+        os.unlink(os.path.join(entry, name))
+    os.rmdir(entry)
+    os.symlink(host, entry)
+    with pytest.raises(LayerInUseError):  # b still protects p (the index is damaged)
+        store.remove("p")
+    store.create("c", "p")
+    assert sorted(os.listdir(host)) == ["c"]
+    assert not os.path.islink(entry) and sorted(os.listdir(entry)) == ["c"]
+    os.unlink(entry + "/c")
+    os.rmdir(entry)
+    os.symlink(host, entry)
+    store.remove("c")
+    with open(os.path.join(host, "c")) as f:
+        assert f.read() == "host file\n"
+    assert sorted(os.listdir(host)) == ["c"]
+
+
+def test_a_child_index_stamp_that_is_a_fifo_does_not_hang(store: aufs.Driver) -> None:
+    store.create("p")
+    store.create("b", "p")
+    stamp = os.path.join(store.layout.private_dir, "children", ".seen")
+    os.unlink(stamp)
+    os.mkfifo(stamp)
+    with _FifoGuard(stamp):
+        with pytest.raises(LayerInUseError):  # answered by reading layers/
+            store.remove("p")
+        store.remove("b")
+        store.remove("p")
+    assert not store.exists("p")
+
+
+@pytest.mark.parametrize("shape", ["symlink", "fifo", "device"])
+def test_a_lock_file_that_is_no_regular_file_is_refused(
+        store: aufs.Driver, tmp_path: Path, shape: str) -> None:
+    """``.aufs/lock`` is opened read-write at every call: a symlink there would have it
+    made outside the store, a device would be opened."""
+    import stat
+
+    from aufs.errors import StoreCorruptError
+
+    lock = store.layout.lock_file
+    os.unlink(lock)
+    target = os.path.join(str(tmp_path), "made-outside")
+    if shape == "symlink":
+        os.symlink(target, lock)
+    elif shape == "fifo":
+        os.mkfifo(lock)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("mknod needs root")
+        os.mknod(lock, 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+    with _FifoGuard(lock), pytest.raises(StoreCorruptError, match=r"/lock: is a "):
+        store.create("x")
+    assert not os.path.lexists(target)
+    os.unlink(lock)
+    store.create("x")  # removed, the store works again
+    assert store.exists("x")
+
+
+def test_an_import_marker_that_is_a_fifo_reads_as_unreadable(store: aufs.Driver) -> None:
+    from aufs.store import incomplete
+
+    os.makedirs(store.layout.incomplete_dir, exist_ok=True)
+    marker = store.layout.incomplete("l")
+    os.mkfifo(marker)
+    with _FifoGuard(marker):
+        assert incomplete.owner(store.layout, "l") == 0
+    os.unlink(marker)
+    os.symlink("/proc/self/stat", marker)  # a pid-looking file elsewhere: not followed
+    assert incomplete.owner(store.layout, "l") == 0
+
+
+@pytest.mark.parametrize("swap", ["fifo", "symlink to /dev/zero", "not an id"])
+def test_a_damaged_names_file_is_no_names(store: aufs.Driver, swap: str) -> None:
+    """``.aufs/names.json``: read without following a symlink (``/dev/zero`` would be
+    read without end) or waiting on a FIFO; a name of something that is no layer id is
+    dropped (it would become a path)."""
+    from aufs.image import names
+
+    path = store.layout.names_file
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if swap == "fifo":
+        os.mkfifo(path)
+    elif swap == "not an id":
+        with open(path, "w") as f:
+            f.write('{"ok": "l", "bad": "../../etc"}\n')
+    else:
+        os.symlink("/dev/zero", path)
+    with _FifoGuard(path):
+        assert names.read(store.layout) == ({"ok": "l"} if swap == "not an id" else {})

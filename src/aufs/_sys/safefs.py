@@ -32,6 +32,7 @@ __all__ = [
     "SymlinkInPathError",
     "exchange",
     "has_openat2",
+    "kind",
     "open_beneath",
     "open_dir_at",
     "open_regular",
@@ -64,11 +65,22 @@ _O_PATH: int = getattr(os, "O_PATH", 0)
 _O_REOPEN = O_SAFE & ~os.O_NOFOLLOW  # /proc/self/fd/N is a link to follow
 
 
-def open_regular(path: str, flags: int = os.O_RDONLY, *,
-                 create: bool = False) -> tuple[int, os.stat_result]:
+def kind(mode: int) -> str:
+    """What a file of ``mode`` is, for a message: "a symlink", "a FIFO", …"""
+    for test, name in ((stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+                       (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return name
+    return "of an unknown type"
+
+
+def open_regular(path: str, flags: int = os.O_RDONLY, *, create: bool = False,
+                 mode: int = 0o644) -> tuple[int, os.stat_result]:
     """``(fd, stat)``: ``path`` open with ``flags`` (``O_RDONLY``, ``O_RDWR``) if it is a
     regular file, else ``fd`` is -1 and ``stat`` says what it is (a symlink is one, never
-    followed). Missing: FileNotFoundError, or with ``create`` a new empty file (mode 0644).
+    followed). Missing: FileNotFoundError, or with ``create`` a new empty file of ``mode``.
 
     For the store's own files, which nothing trusts: a device there is never opened (an
     open alone may act, as a watchdog's or a tape's does), nor a FIFO or socket. The path
@@ -77,10 +89,10 @@ def open_regular(path: str, flags: int = os.O_RDONLY, *,
     swapped in between). Without ``/proc``, the file is opened as ``O_SAFE`` does it.
     """
     if _O_PATH:
-        got = _open_by_path_fd(path, flags, create)
+        got = _open_by_path_fd(path, flags, create, mode)
         if got is not None:
             return got
-    fd = os.open(path, flags | (os.O_CREAT if create else 0) | O_SAFE, 0o644)
+    fd = os.open(path, flags | (os.O_CREAT if create else 0) | O_SAFE, mode)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
@@ -88,8 +100,8 @@ def open_regular(path: str, flags: int = os.O_RDONLY, *,
     return fd, st
 
 
-def _open_by_path_fd(path: str, flags: int,
-                     create: bool) -> tuple[int, os.stat_result] | None:
+def _open_by_path_fd(path: str, flags: int, create: bool,
+                     mode: int) -> tuple[int, os.stat_result] | None:
     """:func:`open_regular` by an ``O_PATH`` fd; None if ``/proc`` cannot reopen it."""
     while True:
         try:
@@ -98,7 +110,7 @@ def _open_by_path_fd(path: str, flags: int,
             if not create:
                 raise
             try:  # new: it can be nothing but a regular file
-                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | O_SAFE, 0o644)
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | O_SAFE, mode)
             except FileExistsError:
                 continue  # made meanwhile: look at it
             return fd, os.fstat(fd)

@@ -12,7 +12,12 @@ import re
 
 from aufs._sys.files import write_atomic
 from aufs.errors import InvalidNameError as InvalidNameError  # re-export
-from aufs.store.layout import Layout
+from aufs.errors import StoreCorruptError
+from aufs.store.chain import read_store_file
+from aufs.store.layout import Layout, is_valid_id
+
+#: names.json of 100,000 names is ~10 MB: a larger one is not ours
+NAMES_LIMIT = 64 << 20
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,254}")
 
@@ -26,14 +31,13 @@ def validate_name(name: str) -> str:
 
 def read(layout: Layout) -> dict[str, str]:
     """Every name and the layer it names; a missing or damaged file is no names."""
-    try:
-        with open(layout.names_file, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (FileNotFoundError, ValueError):
+    try:  # the store's own file: no symlink followed, no FIFO waited on, bounded
+        raw = json.loads(read_store_file(layout.names_file, NAMES_LIMIT, "names file"))
+    except (FileNotFoundError, ValueError, StoreCorruptError):
         return {}
     if not isinstance(raw, dict):
         return {}
-    return {str(k): str(v) for k, v in raw.items() if isinstance(v, str)}
+    return {str(k): v for k, v in raw.items() if isinstance(v, str) and is_valid_id(v)}
 
 
 def _write(layout: Layout, names: dict[str, str]) -> None:

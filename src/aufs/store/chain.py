@@ -27,6 +27,7 @@ import functools
 import os
 import stat
 
+from aufs._sys import safefs
 from aufs._sys.safefs import open_regular
 from aufs.errors import StoreCorruptError
 from aufs.store.layout import MAX_ID_LEN, Layout, is_valid_id
@@ -39,20 +40,7 @@ MAX_BYTES = 1 << 20
 
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symlink"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    return "of an unknown type"
+_kind = safefs.kind
 
 
 def read_bytes(path: str) -> bytes:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from aufs._sys import safefs
 from aufs._sys.files import rmtree, write_atomic
 from aufs.store import chain as chains
 from aufs.store import layers
@@ -49,13 +50,19 @@ def _stamp(layout: Layout) -> bytes:
 
 
 def fresh(layout: Layout) -> bool:
-    """Does the index describe ``layers/`` as it is?"""
+    """Does the index describe ``layers/`` as it is? (Its stamp is the store's own file:
+    anything but a regular file there — a FIFO, a symlink — is no stamp.)"""
     try:
-        with open(_stamp_file(layout), "rb") as f:
-            recorded = f.read(128)
-        return recorded == _stamp(layout)
-    except FileNotFoundError:
+        fd, _ = safefs.open_regular(_stamp_file(layout))
+    except OSError:
         return False
+    if fd < 0:
+        return False
+    try:
+        recorded = os.read(fd, 128)
+    finally:
+        os.close(fd)
+    return recorded == _stamp(layout)
 
 
 def seen(layout: Layout) -> None:
@@ -63,22 +70,54 @@ def seen(layout: Layout) -> None:
     write_atomic(_stamp_file(layout), _stamp(layout), fsync=False)  # a cache: no fsync
 
 
+_NOT_A_DIR = (safefs.SymlinkInPathError, safefs.NotADirectoryInPathError)
+
+
 def added(layout: Layout, parent: str, child: str) -> None:
-    """Note ``child`` under ``parent``, before ``layers/<child>`` is published."""
-    path = f"{_dir(layout)}/{parent}"
-    with contextlib.suppress(FileExistsError):
-        os.makedirs(path, 0o755)
-    os.close(os.open(f"{path}/{child}", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    """Note ``child`` under ``parent``, before ``layers/<child>`` is published.
+
+    The index's entries are the store's own files: ``<parent>`` is opened without
+    following a symlink (one planted there would have the file made outside the store)
+    and anything there that is no directory is replaced (the index is a cache).
+    """
+    os.makedirs(_dir(layout), 0o755, exist_ok=True)
+    base = os.open(_dir(layout), safefs.O_ROOT)
+    try:
+        try:
+            pfd = safefs.open_dir_at(base, parent, create=0o755)
+        except _NOT_A_DIR:
+            os.unlink(parent, dir_fd=base)
+            pfd = safefs.open_dir_at(base, parent, create=0o755)
+        try:
+            with contextlib.suppress(FileExistsError):  # whatever it is: only its name counts
+                os.close(os.open(child, safefs.O_NEW, 0o644, dir_fd=pfd))
+        finally:
+            os.close(pfd)
+    finally:
+        os.close(base)
 
 
 def removed(layout: Layout, parent: str, child: str) -> None:
     """Forget ``child`` (removed; ``parent`` empty for a base layer) and its own, now
-    empty, entry."""
-    if parent:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{_dir(layout)}/{parent}/{child}")
-    with contextlib.suppress(OSError):  # not there, or not empty (a stale entry)
-        os.rmdir(f"{_dir(layout)}/{child}")
+    empty, entry. Nothing is followed: a symlink planted as ``<parent>`` must not have
+    a file of its target unlinked."""
+    try:
+        base = os.open(_dir(layout), safefs.O_ROOT)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        if parent:
+            with contextlib.suppress(FileNotFoundError, *_NOT_A_DIR):
+                pfd = safefs.open_dir_at(base, parent)
+                try:
+                    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                        os.unlink(child, dir_fd=pfd)
+                finally:
+                    os.close(pfd)
+        with contextlib.suppress(OSError):  # not there, not empty (a stale entry), no dir
+            os.rmdir(child, dir_fd=base)
+    finally:
+        os.close(base)
 
 
 def rebuild(layout: Layout) -> None:
@@ -118,9 +157,21 @@ def children(layout: Layout, parent: str) -> list[str]:
     if not fresh(layout):
         return sorted(_scan(layout).get(parent, []))
     try:
-        names = os.listdir(f"{_dir(layout)}/{parent}")
+        base = os.open(_dir(layout), safefs.O_ROOT)
     except FileNotFoundError:
         return []
+    try:
+        pfd = safefs.open_dir_at(base, parent)
+    except FileNotFoundError:
+        return []
+    except _NOT_A_DIR:  # damage: its listing would not be the index's
+        return sorted(_scan(layout).get(parent, []))
+    finally:
+        os.close(base)
+    try:
+        names = os.listdir(pfd)
+    finally:
+        os.close(pfd)
     return [name for name in sorted(names)  # names from the disk: checked before use
             if is_valid_id(name) and name != parent
             and chains.first_parent(layout, name) == parent]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from aufs._sys import safefs
 from aufs._sys.files import write_atomic
 from aufs.store.layout import Layout
 from aufs.store.recover import pid_alive
@@ -29,13 +30,20 @@ def clear(layout: Layout, layer_id: str) -> None:
 
 def owner(layout: Layout, layer_id: str) -> int | None:
     """The pid in ``layer_id``'s marker (0 if unreadable), or None if it has none."""
-    try:
-        with open(layout.incomplete(layer_id), "rb") as f:
-            text = f.read(32)
+    try:  # the store's own file: no symlink followed, no FIFO waited on
+        fd, _ = safefs.open_regular(layout.incomplete(layer_id))
     except FileNotFoundError:
         return None
     except OSError:
         return 0
+    if fd < 0:
+        return 0
+    try:
+        text = os.read(fd, 32)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
     try:
         pid = int(text.strip() or b"0")
     except ValueError:

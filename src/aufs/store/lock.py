@@ -20,6 +20,9 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from aufs._sys import safefs
+from aufs.errors import StoreCorruptError
+
 WAIT_NOTICE = 1.0  # seconds of waiting for the lock before on_wait is called
 # Called (from a timer thread) with one line when a wait for the lock passes WAIT_NOTICE.
 on_wait: Callable[[str], object] | None = None
@@ -90,13 +93,16 @@ class StoreLock:
     def _lock(self) -> int:
         """An fd holding the flock of the file the path names now."""
         while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:  # the store's own file: no symlink followed, no device opened
+                fd, st = safefs.open_regular(self.path, os.O_RDWR, create=True, mode=0o600)
             except FileNotFoundError:  # the directory was removed: make it again
                 os.makedirs(os.path.dirname(self.path), 0o755, exist_ok=True)
                 for d in self.dirs:
                     os.makedirs(d, 0o755, exist_ok=True)
                 continue
+            if fd < 0:
+                raise StoreCorruptError(f"{self.path}: is {safefs.kind(st.st_mode)}, not the "
+                                        f"store's lock file (remove it)")
             try:
                 self._flock(fd)
                 held = os.fstat(fd)

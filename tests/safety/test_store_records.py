@@ -52,8 +52,8 @@ def test_apply_refuses_a_base_layer_held_by_get(store: aufs.Driver) -> None:
 
 class _FifoGuard:
     """While the code under test runs: if it still runs after ``seconds``, open the FIFO
-    ``path`` for writing (again and again: each open ends one blocked read), so that the
-    test fails instead of hanging."""
+    ``path`` for writing and for reading (again and again: each open ends one blocked
+    open or read), so that the test fails instead of hanging."""
 
     def __init__(self, path: str, seconds: float = 5.0) -> None:
         import threading
@@ -69,11 +69,12 @@ class _FifoGuard:
         while not self._done.wait(wait):
             self.fired = True
             wait = 0.05
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:
-                continue
-            os.close(fd)
+            for mode in (os.O_WRONLY, os.O_RDONLY):  # ends a blocked reader, or writer
+                try:
+                    fd = os.open(self.path, mode | os.O_NONBLOCK)
+                except OSError:
+                    continue
+                os.close(fd)
 
     def __enter__(self) -> _FifoGuard:
         self._thread.start()
@@ -188,3 +189,17 @@ def test_a_damaged_names_file_is_no_names(store: aufs.Driver, swap: str) -> None
         os.symlink("/dev/zero", path)
     with _FifoGuard(path):
         assert names.read(store.layout) == ({"ok": "l"} if swap == "not an id" else {})
+
+
+def test_a_fifo_planted_at_an_atomic_write_s_temporary_name_is_replaced(
+        store: aufs.Driver) -> None:
+    """``write_atomic`` writes ``<path>~<pid>`` and renames it: a predictable name. A
+    FIFO planted there would block the open for writing; it is removed and the file made
+    anew (``O_EXCL``)."""
+    tmp = f"{store.layout.layers('x')}~{os.getpid()}"
+    os.mkfifo(tmp)
+    with _FifoGuard(tmp):
+        store.create("x")
+    assert store.exists("x") and not os.path.lexists(tmp)
+    with open(store.layout.layers("x"), "rb") as f:
+        assert f.read() == b""

@@ -33,7 +33,12 @@ def raise_fd_limit() -> None:
 def write_atomic(path: str, data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     tmp = f"{path}~{os.getpid()}"  # "~" is never part of a layer id
-    fd = os.open(tmp, safefs.O_WRITE | os.O_TRUNC, 0o644)
+    # A leftover of ours (a crash), or something planted at this predictable name: it
+    # goes, and the file is made anew (O_EXCL): a FIFO there would block the open, a
+    # device be written into.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, safefs.O_NEW, 0o644)
     try:
         os.write(fd, data)
         if fsync:

@@ -51,6 +51,27 @@ def test_a_clean_store_checks_clean(cli: Aufs) -> None:
     assert path and "2 layers, no problems" in cli.run("check").out
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts")
+def test_a_store_on_a_read_only_mount_checks_and_refuses_changes_in_one_line(
+        cli: Aufs) -> None:
+    """A store on a read-only filesystem can be looked at: check takes its lock with a
+    read-only open (flock needs no more); what would change it says why in one line."""
+    from aufs._sys import libc
+
+    cli.ok("--engine", "overlay", "create", "a")
+    cli.ok("create", "b", "--parent", "a")
+    root = str(cli.root)
+    libc.mount(root, root, None, 0x1000, None)  # MS_BIND
+    try:
+        libc.mount("none", root, None, 0x1000 | 0x20 | 0x1, None)  # remount, bind, ro
+        assert "2 layers, no problems" in cli.ok("check").out
+        assert {row["id"] for row in cli.ok("--json", "ls").json()} == {"a", "b"}
+        assert "read-only" in cli.fails(1, "create", "c")
+    finally:
+        libc.umount2(root, 0)
+    assert root not in Path("/proc/self/mountinfo").read_text()
+
+
 def test_check_reports_repairs_and_says_what_it_left(cli: Aufs, tmp_path: Path) -> None:
     _damage(cli, tmp_path / "outside")
     r = cli.run("check")

@@ -122,6 +122,8 @@ def _open_by_path_fd(path: str, flags: int, create: bool,
                 return os.open(f"/proc/self/fd/{pfd}", flags | _O_REOPEN), st
             except FileNotFoundError:  # no /proc
                 return None
+            except OSError as exc:  # named by the caller's path, not /proc's
+                raise OSError(exc.errno, exc.strerror, path) from None
         finally:
             os.close(pfd)
 

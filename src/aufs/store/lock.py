@@ -94,7 +94,9 @@ class StoreLock:
         """An fd holding the flock of the file the path names now."""
         while True:
             try:  # the store's own file: no symlink followed, no device opened
-                fd, st = safefs.open_regular(self.path, os.O_RDWR, create=True, mode=0o600)
+                # read-only: flock needs no more, and a store on a read-only
+                # filesystem (aufs check of a read-only mount) can still be locked
+                fd, st = safefs.open_regular(self.path, os.O_RDONLY, create=True, mode=0o600)
             except FileNotFoundError:  # the directory was removed: make it again
                 os.makedirs(os.path.dirname(self.path), 0o755, exist_ok=True)
                 for d in self.dirs:

@@ -62,6 +62,7 @@ def _init(root: str | os.PathLike[str], options: Sequence[str],
         raise DriverError(f"the store root {layout.root} is read-only")
     for d in (*layout.top_dirs(), *layout.private_dirs()):
         ensure_dir(d)
+    private.check_own_dirs(layout)
     magic = fsinfo.fs_magic(layout.root)
     lock = lock or StoreLock(layout.lock_file, layout.private_dirs()[1:])
     with lock.hold():
@@ -107,6 +108,7 @@ def open_for_reading(root: str | os.PathLike[str], options: Sequence[str] = ()) 
     if (stored is None or not os.path.isdir(layout.layers_dir)
             or os.path.lexists(layout.convert_journal)):
         return init(layout.root, options)
+    private.check_own_dirs(layout)
     engine_options = [f"aufs.engine={opts.engine}"]
     lock = StoreLock(layout.lock_file, layout.private_dirs()[1:])
 

@@ -28,8 +28,9 @@ kind                what                                        ``--repair``
 ``orphan-diff``     ``diff/<id>`` of no layer                   left (layer data)
 ``orphan-mnt``      ``mnt/<id>`` of no layer                    removed if an empty,
                                                                 unmounted directory
-``not-a-dir``       ``mnt/<id>`` or ``.aufs/work/<id>`` a       replaced by a directory
-                    symlink or a file                           (work: removed)
+``not-a-dir``       ``mnt/<id>``, ``.aufs/work/<id>`` or a      replaced by a directory
+                    directory in ``.aufs/`` a symlink or a      (work, ``.aufs/``:
+                    file                                        removed)
 ``refs``            ``refs/<id>`` disagrees with the mount      count set to what the
                     table (held but not mounted, mounted but    mount table says; a
                     not held, a count of no layer)              count of no layer removed
@@ -88,6 +89,12 @@ class Report:
                 "repaired": self.repaired, "left": [asdict(p) for p in self.left]}
 
 
+def _own_names(path: str) -> list[str]:
+    """:func:`_names` of a directory in ``.aufs/``; [] if it is a symlink or no
+    directory (reported by :func:`_check_own_dirs`, never looked into)."""
+    return [] if chains.not_a_dir(path) else _names(path)
+
+
 def _names(path: str) -> list[str]:
     try:
         return sorted(os.listdir(path))
@@ -102,6 +109,7 @@ def _rel(layout: Layout, path: str) -> str:
 def check(layout: Layout) -> Report:
     """Every problem of the store at ``layout`` (the caller holds the store lock)."""
     report = Report(root=layout.root)
+    _check_own_dirs(layout, report)
     layer_ids = _check_layers(layout, report)
     report.layers = len(layer_ids)
     mounted = {e.mountpoint for e in mountinfo.mounts_under(layout.mnt_dir)}
@@ -119,7 +127,7 @@ def check(layout: Layout) -> Report:
             elif top == layout.mnt_dir and (what := chains.not_a_dir(path)):
                 report.add("not-a-dir", path, f"{_rel(layout, path)}: is {what}, not a "
                            f"directory (a mount there would follow it)", name)
-    for name in _names(layout.work_dir):
+    for name in _own_names(layout.work_dir):
         path = os.path.join(layout.work_dir, name)
         if name.endswith(REMOVING_SUFFIX):
             report.add("removing", path, f"{_rel(layout, path)}: left by an unfinished "
@@ -128,7 +136,7 @@ def check(layout: Layout) -> Report:
             report.add("not-a-dir", path, f"{_rel(layout, path)}: is {what}, not a "
                        f"directory (overlayfs would write where it leads)", name)
     _check_refs(layout, report, layer_ids, mounted)
-    for name in _names(layout.staging_dir):
+    for name in _own_names(layout.staging_dir):
         if not recover.owner_alive(name):
             path = layout.staging(name)
             report.add("staging", path, f"{_rel(layout, path)}: left by a process that "
@@ -138,7 +146,16 @@ def check(layout: Layout) -> Report:
     return report
 
 
+def _check_own_dirs(layout: Layout, report: Report) -> None:
+    for path in layout.own_dirs():
+        if what := chains.not_a_dir(path):
+            report.add("not-a-dir", path, f"{_rel(layout, path)}: is {what}, not a "
+                       f"directory of the store's own (aufs would write where it leads)")
+
+
 def _check_incomplete(layout: Layout, report: Report) -> None:
+    if chains.not_a_dir(layout.incomplete_dir):
+        return
     for name in incomplete.listed(layout):
         path = os.path.join(layout.incomplete_dir, name)
         if not is_valid_id(name):
@@ -208,7 +225,7 @@ def _check_layers(layout: Layout, report: Report) -> set[str]:
 
 
 def _check_refs(layout: Layout, report: Report, ids: set[str], mounted: set[str]) -> None:
-    for name in _names(layout.refs_dir):
+    for name in _own_names(layout.refs_dir):
         path = os.path.join(layout.refs_dir, name)
         if not is_valid_id(name):
             report.add("bad-name", path, f"{_rel(layout, path)}: not a layer id")

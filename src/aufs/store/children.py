@@ -37,7 +37,7 @@ __all__ = ["added", "children", "fresh", "rebuild", "removed", "seen"]
 
 
 def _dir(layout: Layout) -> str:
-    return f"{layout.private_dir}/children"
+    return layout.children_dir
 
 
 def _stamp_file(layout: Layout) -> str:

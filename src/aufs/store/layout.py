@@ -195,6 +195,18 @@ class Layout(NamedTuple):
     def attic(self, layer_id: str) -> str:
         return f"{self.root}/.aufs/attic/{layer_id}"
 
+    @property
+    def children_dir(self) -> str:
+        """The child index (:mod:`aufs.store.children`)."""
+        return f"{self.root}/.aufs/children"
+
+    def own_dirs(self) -> tuple[str, ...]:
+        """Every directory inside ``.aufs/``: never a symlink (``.aufs/`` itself may be,
+        as ``layers/``, ``diff/`` and ``mnt/`` may: an admin's choice)."""
+        return (*self.private_dirs()[1:], self.incomplete_dir, self.empty_dir,
+                self.images_dir, self.tar_split_dir, self.convert_dir, self.attic_dir,
+                self.children_dir)
+
     def top_dirs(self) -> tuple[str, ...]:
         return (self.mnt_dir, self.diff_dir, self.layers_dir)
 

@@ -291,7 +291,10 @@ class Driver:
             except FileNotFoundError:
                 raise LayerNotFoundError(f"no such layer: {id}") from None
             with refs.Count(lay.refs(id)) as ref:
-                if not chain:
+                if not chain:  # diff/<id> itself is handed out: a directory of the store
+                    problem = chains.dir_problem(lay, [id])
+                    if problem:
+                        raise StoreCorruptError(problem)
                     ref.set(ref.value + 1)
                     return lay.diff(id)
                 target = lay.mnt(id)

@@ -269,3 +269,24 @@ def test_get_checks_every_ancestor_s_data_directory(store: aufs.Driver,
     os.rename(store.layout.diff("a") + ".gone", store.layout.diff("a"))
     assert store.get("c") == store.layout.mnt("c")
     store.put("c")
+
+
+@pytest.mark.parametrize("shape", ["symlink", "fifo", "file"])
+def test_get_of_a_base_layer_hands_out_no_symlink_out(store: aufs.Driver, outside: Path,
+                                                      shape: str) -> None:
+    """A layer without parents is not mounted: get hands out diff/<id> itself, so it
+    must be the layer's directory — a symlink planted there would have the caller (Docker
+    writing a container's files) write into the host directory it leads to."""
+    store.create("a")
+    diff = store.layout.diff("a")
+    os.rmdir(diff)
+    if shape == "symlink":
+        os.symlink(outside, diff)
+    elif shape == "fifo":
+        os.mkfifo(diff)
+    else:
+        Path(diff).write_bytes(b"")
+    with pytest.raises(StoreCorruptError, match=r"diff/a"):
+        store.get("a")
+    assert store.refcount("a") == 0
+    assert sorted(os.listdir(outside)) == ["hostfile"]

@@ -44,6 +44,8 @@ CASES = [
     ("images", ("base.json",), ("rm", "base")),                # unlinked host/base.json
     ("tar-split", ("base",), ("rm", "base")),                  # unlinked host/base
     ("staging", (), ("apply", "y")),                           # extracted into host/
+    ("attic", ("gone/keep",), ("convert", "--to", "aufs")),    # rmtree'd host/gone
+    ("convert", ("gone.json",), ("convert", "--to", "aufs")),  # unlinked host/gone.json
 ]
 
 

@@ -337,7 +337,15 @@ class AufsWhiteouts(WhiteoutFormat):
         os.close(fd)
 
     def make_opaque(self, dir_fd: int) -> None:
-        fd = os.open(WH_OPAQUE, safefs.O_WRITE, 0o600, dir_fd=dir_fd)
+        """The opaque marker, an empty file: one there is kept if it is a regular file,
+        else replaced, never opened (a FIFO would block the open)."""
+        try:
+            fd = os.open(WH_OPAQUE, safefs.O_NEW, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            if stat.S_ISREG(os.lstat(WH_OPAQUE, dir_fd=dir_fd).st_mode):
+                return
+            os.unlink(WH_OPAQUE, dir_fd=dir_fd)
+            fd = os.open(WH_OPAQUE, safefs.O_NEW, 0o600, dir_fd=dir_fd)
         os.close(fd)
 
     def _enters(self, entry: os.DirEntry[str]) -> bool:

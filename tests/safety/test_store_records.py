@@ -191,15 +191,42 @@ def test_a_damaged_names_file_is_no_names(store: aufs.Driver, swap: str) -> None
         assert names.read(store.layout) == ({"ok": "l"} if swap == "not an id" else {})
 
 
-def test_a_fifo_planted_at_an_atomic_write_s_temporary_name_is_replaced(
-        store: aufs.Driver) -> None:
-    """``write_atomic`` writes ``<path>~<pid>`` and renames it: a predictable name. A
-    FIFO planted there would block the open for writing; it is removed and the file made
-    anew (``O_EXCL``)."""
+# -- write_atomic's temporary file ---------------------------------------------------------
+
+@pytest.mark.parametrize("planted", ["fifo", "hard link"])
+def test_a_file_planted_at_a_temporary_name_is_not_written_into(
+        store: aufs.Driver, planted: str) -> None:
+    """``layers/<id>~<pid>`` planted before a create: a FIFO there made the write of the
+    layer file wait for a reader; a hard link to another file had that file truncated and
+    the chain written into it (here ``layers/p``; elsewhere on the store's filesystem, a
+    host file). The temporary file is a new inode."""
+    store.create("p")
+    store.create("q", "p")
     tmp = f"{store.layout.layers('x')}~{os.getpid()}"
-    os.mkfifo(tmp)
+    if planted == "fifo":
+        os.mkfifo(tmp)
+    else:
+        os.link(store.layout.layers("q"), tmp)
     with _FifoGuard(tmp):
-        store.create("x")
-    assert store.exists("x") and not os.path.lexists(tmp)
-    with open(store.layout.layers("x"), "rb") as f:
-        assert f.read() == b""
+        store.create("x", "q")
+    assert store.parents("x") == ["q", "p"]
+    assert store.parents("q") == ["p"]
+    assert not os.path.lexists(tmp)
+
+
+def test_convert_does_not_wait_on_a_fifo_at_the_opaque_marker(store: aufs.Driver) -> None:
+    """An overlay-format layer's opaque directory holding a FIFO named ``.wh..wh..opq``
+    (a container may make one): converting to AUFS whiteouts replaced the marker by
+    opening it for writing, which waited for a reader."""
+    from aufs.convert import convert
+    from aufs.whiteout import WH_OPAQUE
+
+    store.create("a")
+    d = os.path.join(store.layout.diff("a"), "d")
+    os.mkdir(d)
+    os.setxattr(d, "trusted.overlay.opaque", b"y")
+    marker = os.path.join(d, WH_OPAQUE)
+    os.mkfifo(marker)
+    with _FifoGuard(marker):
+        convert(store.layout.root, "aufs")
+    assert os.path.isfile(marker) and not os.path.islink(marker)

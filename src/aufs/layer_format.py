@@ -35,6 +35,7 @@ from aufs._sys import safefs
 from aufs._sys.deep import DirStep, Enter, walk_dirs
 from aufs._sys.files import ensure_dir, list_xattrs, write_atomic
 from aufs.errors import DriverError
+from aufs.store.chain import read_store_file
 from aufs.store.layout import Layout
 from aufs.whiteout import (
     AUFS,
@@ -125,15 +126,32 @@ def _drop_xattrs(target: int | str, prefix: str) -> None:
                 os.removexattr(target, name, follow_symlinks=False)
 
 
+_TIMES_MAX = 256 << 20  # a time a directory: 200,000 directories are ~20 MB
+
+
 def _read_times(manifest: str) -> dict[str, list[int]]:
+    """The directory times a conversion saved (:func:`normalize_layer`): {path relative
+    to the layer: [atime, mtime]}; read as the store's own files are (no symlink, no
+    FIFO, bounded); DriverError naming it if it is anything else."""
     try:
-        with open(manifest, encoding="utf-8") as f:
-            raw = json.load(f)
+        raw = json.loads(read_store_file(manifest, _TIMES_MAX, "conversion time file"))
+        if not isinstance(raw, dict):
+            raise ValueError("no JSON object")
+        times: dict[str, list[int]] = {}
+        for rel, pair in raw.items():
+            if rel and (os.path.isabs(rel) or os.path.normpath(rel) != rel
+                        or rel.split("/")[0] == ".."):
+                raise ValueError(f"{rel!r} is no path inside a layer")
+            if not (isinstance(pair, list) and len(pair) == 2
+                    and all(type(t) is int for t in pair)):
+                raise ValueError(f"{rel!r}: no [atime, mtime]")
+            times[rel] = [pair[0], pair[1]]
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as exc:
-        raise DriverError(f"{manifest}: unreadable: {exc}") from exc
-    return {str(k): [int(v[0]), int(v[1])] for k, v in raw.items()}
+    except (OSError, ValueError, DriverError) as exc:
+        why = str(exc).removeprefix(f"{manifest}: ")  # named once
+        raise DriverError(f"{manifest}: unreadable: {why}") from exc
+    return times
 
 
 def _dirs_to_touch(path: str, attic: str | None) -> dict[str, list[int]]:

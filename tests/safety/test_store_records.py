@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import aufs
-from aufs.errors import LayerInUseError, LayerMountedError
+from aufs.errors import DriverError, LayerInUseError, LayerMountedError
 from aufs.store import images
 
 
@@ -230,3 +230,38 @@ def test_convert_does_not_wait_on_a_fifo_at_the_opaque_marker(store: aufs.Driver
     with _FifoGuard(marker):
         convert(store.layout.root, "aufs")
     assert os.path.isfile(marker) and not os.path.islink(marker)
+
+
+def test_convert_does_not_wait_on_a_fifo_as_a_time_file(store: aufs.Driver) -> None:
+    """``.aufs/convert/<id>.json`` (directory times saved by an interrupted conversion)
+    planted as a FIFO: convert waited on it for ever."""
+    from aufs.convert import convert
+
+    store.create("a")
+    times = store.layout.convert_manifest("a")
+    os.makedirs(os.path.dirname(times))
+    os.mkfifo(times)
+    with _FifoGuard(times), pytest.raises(DriverError, match=r"convert/a\.json: "):
+        convert(store.layout.root, "aufs")
+
+
+@pytest.mark.parametrize("body", [b"[1]\n", b'{"d": 1}\n', b'{"../..": [0, 0]}\n',
+                                  b'{"/etc": [0, 0]}\n'])
+def test_a_damaged_time_file_is_one_line(tmp_path: Path, body: bytes) -> None:
+    """A time file that is no object of relative paths to two numbers: one line naming
+    it (a list or a number had convert end in a traceback), and no path climbing out of
+    the layer is touched."""
+    from tests.cli.kit import Aufs
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    cli = Aufs(tmp_path / "store")
+    try:
+        cli.ok("create", "a")
+        times = cli.root / ".aufs" / "convert" / "a.json"
+        times.parent.mkdir()
+        times.write_bytes(body)
+        line = cli.fails(1, "convert", "--to", "aufs")
+        assert "convert/a.json: " in line
+    finally:
+        cli.run("cleanup")

@@ -45,7 +45,7 @@ from aufs._sys import mountinfo
 from aufs._sys.files import ensure_dir, rmtree
 from aufs.errors import ConversionPendingError, DriverError, LayerInUseError
 from aufs.layer_format import LayerRewrite, normalize_layer
-from aufs.store import layers, meta, private, refs, staging
+from aufs.store import dirs, layers, meta, refs, staging
 from aufs.store.layout import Layout, is_valid_id
 from aufs.store.lock import StoreLock
 from aufs.store.meta import check_not_pending, pending
@@ -95,7 +95,7 @@ def convert(root: str | os.PathLike[str], to: str) -> ConvertReport:
         raise DriverError(f"{layout.root} is not a layer store (it has no layers/ directory)")
     ensure_dir(layout.private_dir)  # a Docker aufs store has none yet
     with StoreLock(layout.lock_file).hold():
-        private.check_own_dirs(layout)  # attic/, convert/: removed from, written into
+        dirs.require_sound(layout)  # attic/, convert/: removed from, written into
         _check_idle(layout)
         stored = meta.read(layout.meta_file)
         source = stored.whiteouts if stored is not None else AUFS.name

@@ -25,7 +25,7 @@ from aufs.errors import (
 )
 from aufs.graphdriver.protocol import Status
 from aufs.store import chain as chains
-from aufs.store import layers, meta, private, refs
+from aufs.store import dirs, layers, meta, private, refs
 from aufs.store.layout import Layout, is_valid_id, validate_id
 from aufs.store.lock import StoreLock
 from aufs.store.store import Store
@@ -60,9 +60,9 @@ def _init(root: str | os.PathLike[str], options: Sequence[str],
         raise DriverError(f"cannot create the store root {layout.root}: {exc.strerror}") from exc
     if not os.access(layout.root, os.W_OK) or _read_only(layout.root):
         raise DriverError(f"the store root {layout.root} is read-only")
+    dirs.require_sound(layout)
     for d in (*layout.top_dirs(), *layout.private_dirs()):
         ensure_dir(d)
-    private.check_own_dirs(layout)
     magic = fsinfo.fs_magic(layout.root)
     lock = lock or StoreLock(layout.lock_file, layout.private_dirs()[1:])
     with lock.hold():
@@ -101,6 +101,7 @@ def open_for_reading(root: str | os.PathLike[str], options: Sequence[str] = ()) 
     """
     opts = options_mod.parse(options)
     layout = Layout.at(os.path.realpath(os.fspath(root)))
+    dirs.require_sound(layout)
     try:
         stored = meta.read(layout.meta_file)
     except ValueError:
@@ -108,7 +109,6 @@ def open_for_reading(root: str | os.PathLike[str], options: Sequence[str] = ()) 
     if (stored is None or not os.path.isdir(layout.layers_dir)
             or os.path.lexists(layout.convert_journal)):
         return init(layout.root, options)
-    private.check_own_dirs(layout)
     engine_options = [f"aufs.engine={opts.engine}"]
     lock = StoreLock(layout.lock_file, layout.private_dirs()[1:])
 

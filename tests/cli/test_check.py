@@ -173,3 +173,42 @@ def test_a_diff_symlink_out_of_the_store_is_refused_and_removable(cli: Aufs,
     cli.ok("rm", "b")
     assert sorted(os.listdir(outside)) == ["passwd"]
     assert cli.run("check").code == 0
+
+
+def _tree(path: Path) -> list[tuple[str, int, int]]:
+    return sorted((str(p.relative_to(path)), p.lstat().st_mode, p.lstat().st_size)
+                  for p in path.rglob("*"))
+
+
+@pytest.mark.parametrize("store_dir", ["mnt", "diff", "layers", ".aufs"])
+def test_a_store_directory_that_is_a_symlink_is_refused(cli: Aufs, tmp_path: Path,
+                                                        store_dir: str) -> None:
+    """``mnt/`` (or ``diff/``, ``layers/``, ``.aufs/``) swapped for a symlink to a host
+    directory: every command refuses the store with one line naming it, nothing is made,
+    mounted or removed there, and check reports it (its repair touches nothing). Those
+    inside ``.aufs/``: tests/safety/test_store_own_dirs.py."""
+    cli.ok("--engine", "overlay", "create", "a")
+    cli.ok("create", "b", "--parent", "a")
+    cli.ok("cleanup")
+    outside = tmp_path / "host"
+    os.rename(cli.root / store_dir, outside)
+    (outside / "hostfile").write_text("secret\n")
+    os.symlink(outside, cli.root / store_dir)
+    before = _tree(outside)
+    mounts = Path("/proc/self/mountinfo").read_text().count(str(tmp_path))
+    try:
+        for args in (["mount", "b"], ["create", "c", "--parent", "b"], ["rm", "b"],
+                     ["ls"], ["changes", "b"], ["size", "b"], ["status"], ["cleanup"]):
+            line = cli.fails(1, *args)
+            assert f"{store_dir}: is a symlink, not a directory of the store" in line, args
+        for args in (["check", "--json"], ["check", "--repair", "--json"]):
+            r = cli.run(*args)
+            assert r.code == 1 and not r.err, (args, r.err)
+            assert [p["kind"] for p in r.json()["problems"]] == ["store-dir"], args
+        assert _tree(outside) == before
+        assert Path("/proc/self/mountinfo").read_text().count(str(tmp_path)) == mounts
+    finally:
+        os.unlink(cli.root / store_dir)
+        os.rename(outside, cli.root / store_dir)
+    cli.ok("mount", "b")
+    cli.ok("umount", "b")

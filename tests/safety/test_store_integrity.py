@@ -135,7 +135,9 @@ def test_a_mount_point_that_is_a_symlink_is_not_followed(store: aufs.Driver,
 
 def test_a_removal_marker_named_dot_dot_destroys_nothing(tmp_path: Path) -> None:
     """``layers/..-removing`` used to make the next command remove ``diff/..`` — the
-    store root — and, with ``diff/`` a symlink to another disk, what lies beside it."""
+    store root — and, with ``diff/`` a symlink to another disk, what lies beside it.
+    A ``diff/`` that is a symlink is now refused whole (nothing is read or written
+    through it); moved back, the markers are reported and left."""
     require_engine("overlay")
     root = tmp_path / "store"
     d = aufs.init(root, ["aufs.engine=overlay"])
@@ -150,10 +152,16 @@ def test_a_removal_marker_named_dot_dot_destroys_nothing(tmp_path: Path) -> None
     (root / "diff").symlink_to(elsewhere / "diff")
     for marker in ("..-removing", ".-removing", "-removing"):
         (root / "layers" / marker).write_text("")
+    with pytest.raises(StoreCorruptError, match="diff: is a symlink"):
+        aufs.init(root, ["aufs.engine=overlay"])
+    assert (elsewhere / "diff" / "a" / "data").read_text() == "keep"
+    assert (elsewhere / "precious").read_text() == "keep"
+    (root / "diff").unlink()
+    os.rename(elsewhere / "diff", root / "diff")
     d = aufs.init(root, ["aufs.engine=overlay"])
     try:
         assert d.ids() == ["a"]
-        assert (elsewhere / "diff" / "a" / "data").read_text() == "keep"
+        assert (root / "diff" / "a" / "data").read_text() == "keep"
         assert (elsewhere / "precious").read_text() == "keep"
         assert (root / "layers" / "..-removing").exists()  # reported, left alone
     finally:

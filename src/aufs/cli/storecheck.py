@@ -14,6 +14,7 @@ from aufs._sys.files import ensure_dir
 from aufs.cli.context import EXIT_FAILED, Context
 from aufs.errors import DriverError
 from aufs.store import check as checker
+from aufs.store.chain import not_a_dir
 from aufs.store.layout import Layout
 from aufs.store.lock import StoreLock
 
@@ -25,13 +26,15 @@ def check(ctx: Context) -> None:
     repair = bool(ctx.args.repair)
     if repair:
         ensure_dir(layout.private_dir)
-    if os.path.isdir(layout.private_dir):
+    if os.path.isdir(layout.private_dir) and not not_a_dir(layout.private_dir):
         with StoreLock(layout.lock_file).hold():
             report = checker.check(layout)
             if repair:
                 checker.repair(layout, report)
-    else:
+    else:  # no .aufs/ (a Docker store, read only), or one that is no directory
         report = checker.check(layout)
+        if repair:
+            checker.repair(layout, report)  # .aufs/ no directory: a store-dir, nothing done
     if ctx.args.json:
         ctx.out(report.as_json())
     else:

@@ -34,6 +34,8 @@ kind                what                                        ``--repair``
 ``refs``            ``refs/<id>`` disagrees with the mount      count set to what the
                     table (held but not mounted, mounted but    mount table says; a
                     not held, a count of no layer)              count of no layer removed
+``store-dir``       ``mnt/``, ``diff/``, ``layers/``, ``.aufs/``  left
+                    or a directory in it a symlink or a file
 ``meta``            ``.aufs/store.json`` unreadable, or a       left
                     conversion unfinished
 ==================  ==========================================  ========================
@@ -53,7 +55,7 @@ from aufs._sys import mountinfo
 from aufs._sys.files import rmtree, write_atomic
 from aufs.errors import DriverError, StoreCorruptError
 from aufs.store import chain as chains
-from aufs.store import incomplete, meta, recover, refs
+from aufs.store import dirs, incomplete, meta, recover, refs
 from aufs.store.layers import format_chain
 from aufs.store.layout import REMOVING_SUFFIX, Layout, is_valid_id
 from aufs.store.store import Store
@@ -109,6 +111,11 @@ def _rel(layout: Layout, path: str) -> str:
 def check(layout: Layout) -> Report:
     """Every problem of the store at ``layout`` (the caller holds the store lock)."""
     report = Report(root=layout.root)
+    for path, what in dirs.damaged(layout):
+        report.add("store-dir", path, f"{_rel(layout, path)}: is {what}, not a directory "
+                   f"of the store (the store is refused until it is one)")
+    if report.problems:
+        return report  # the rest would be read through it: what lies there is not ours
     _check_own_dirs(layout, report)
     layer_ids = _check_layers(layout, report)
     report.layers = len(layer_ids)
@@ -270,6 +277,10 @@ def _check_meta(layout: Layout, report: Report) -> None:
 def repair(layout: Layout, report: Report) -> Report:
     """Fix what :func:`check` found where that loses no layer data; fills
     ``report.repaired`` and ``report.left``. The caller holds the store lock."""
+    if any(p.kind == "store-dir" for p in report.problems):
+        # Every other path runs through the store's directories: none is touched.
+        report.left = list(report.problems)
+        return report
     fixed: set[Problem] = set()
     chain_fixes = [p for p in report.problems if p.kind == "layer-file"]
     progress = True

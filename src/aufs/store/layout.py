@@ -210,6 +210,12 @@ class Layout(NamedTuple):
     def top_dirs(self) -> tuple[str, ...]:
         return (self.mnt_dir, self.diff_dir, self.layers_dir)
 
+    def store_dirs(self) -> tuple[str, ...]:
+        """The store's top directories: none may be a symlink or anything but a
+        directory (the store is refused whole); those inside ``.aufs/`` are
+        :meth:`own_dirs`."""
+        return (*self.top_dirs(), self.private_dir)
+
     def private_dirs(self) -> tuple[str, ...]:
         return (self.private_dir, self.refs_dir, self.work_dir, self.links_dir,
                 self.staging_dir)

@@ -14,25 +14,10 @@ import contextlib
 import os
 
 from aufs._sys.files import rmtree
-from aufs.errors import StoreCorruptError
 from aufs.store import refs
-from aufs.store.chain import not_a_dir
 from aufs.store.layout import Layout
 
-__all__ = ["check_own_dirs", "is_transient", "remove_if_transient"]
-
-
-def check_own_dirs(layout: Layout) -> None:
-    """Raise StoreCorruptError if a directory inside ``.aufs/`` (:meth:`Layout.own_dirs`)
-    is there as something else: a symlink planted there would have a count, a work dir,
-    an extraction or an unlink land where it leads (``.aufs/work`` -> ``/etc``: a create
-    would remove ``/etc/<id>``). A missing one is made when needed."""
-    for path in layout.own_dirs():
-        what = not_a_dir(path)
-        if what:
-            raise StoreCorruptError(
-                f"{path}: is {what}, not a directory of the store's own "
-                f"(aufs check --repair removes it)")
+__all__ = ["is_transient", "remove_if_transient"]
 
 
 def is_transient(names: set[str], counts: dict[str, int], busy: set[str]) -> bool:

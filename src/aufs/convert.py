@@ -106,18 +106,18 @@ def convert(root: str | os.PathLike[str], to: str) -> ConvertReport:
         resumed = journal is not None and journal.target == fmt.name
         if journal is None or journal.target != fmt.name:
             journal = meta.Journal(target=fmt.name, source=source)
+        ids = layers.list_ids(layout.layers_dir)
+        done = set(journal.done)
+        # Every layer's directory first: a damaged one (diff/<id> a symlink to elsewhere)
+        # refuses the conversion here, before the journal makes init refuse the store.
+        todo = {i: _layer_dir(layout, i) for i in ids if i not in done}
         # Written anew by every run, a resumed one too: from here on init refuses the store,
         # and the appends below go after whole lines of this version (a journal of version
         # 1, or one whose last append was torn, would otherwise glue the next id onto it).
         meta.write_journal(layout.convert_journal, journal)
-        ids = layers.list_ids(layout.layers_dir)
-        done = set(journal.done)
         counts = LayerRewrite()
         converted = 0
-        for layer_id in ids:
-            if layer_id in done:
-                continue
-            path = _layer_dir(layout, layer_id)
+        for layer_id, path in todo.items():
             if path is not None:
                 counts.add(normalize_layer(layout, layer_id, path, fmt))
             meta.journal_done(layout.convert_journal, layer_id)

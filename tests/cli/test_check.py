@@ -212,3 +212,26 @@ def test_a_store_directory_that_is_a_symlink_is_refused(cli: Aufs, tmp_path: Pat
         os.rename(outside, cli.root / store_dir)
     cli.ok("mount", "b")
     cli.ok("umount", "b")
+
+
+def test_convert_refuses_a_damaged_layer_before_touching_the_store(cli: Aufs,
+                                                                  tmp_path: Path) -> None:
+    """``diff/<id>`` a symlink out of the store stopped ``convert`` half-way, its journal
+    written: every command then refused the store and ``convert`` failed again on the
+    same layer. Now it refuses first; the other layers keep working, and once the damaged
+    layer is removed the conversion goes through."""
+    outside = tmp_path / "host"
+    outside.mkdir()
+    cli.ok("--engine", "overlay", "create", "a")
+    cli.ok("create", "b", "--parent", "a")
+    cli.ok("create", "z")
+    os.rmdir(cli.root / "diff" / "z")
+    os.symlink(outside, cli.root / "diff" / "z")
+    line = cli.fails(1, "convert", "--to", "aufs")
+    assert "diff/z: a symlink to" in line
+    assert not (cli.root / ".aufs" / "convert.json").exists()
+    cli.ok("mount", "b")
+    cli.ok("umount", "b")
+    cli.ok("rm", "z")
+    cli.ok("convert", "--to", "aufs")
+    assert os.listdir(outside) == []

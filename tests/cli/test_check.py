@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -235,3 +237,55 @@ def test_convert_refuses_a_damaged_layer_before_touching_the_store(cli: Aufs,
     cli.ok("rm", "z")
     cli.ok("convert", "--to", "aufs")
     assert os.listdir(outside) == []
+
+
+@pytest.mark.parametrize("planted", ["symlink", "directory", "fifo"])
+def test_a_count_file_that_is_no_regular_file_is_reported_and_repaired(
+        cli: Aufs, tmp_path: Path, planted: str) -> None:
+    """``.aufs/refs/<id>`` a symlink to a host file, a directory or a FIFO: ``check``
+    stopped at it with an error instead of reporting it, and ``--repair`` could not get
+    past it. Now it is a ``refs`` problem; the repair drops it (never its target) and
+    the layer mounts again."""
+    host = tmp_path / "hostfile"
+    host.write_text("secret\n")
+    cli.ok("--engine", "overlay", "create", "a")
+    cli.ok("create", "b", "--parent", "a")
+    count = cli.root / ".aufs" / "refs" / "b"
+    with contextlib.suppress(FileNotFoundError):
+        count.unlink()
+    if planted == "symlink":
+        count.symlink_to(host)
+    elif planted == "directory":
+        count.mkdir()
+    else:
+        os.mkfifo(count)
+    r = cli.run("check", "--json")
+    assert r.code == 1 and not r.err, r.err
+    assert [(p["kind"], p["layer"]) for p in r.json()["problems"]] == [("refs", "b")]
+    r = cli.run("check", "--repair")
+    assert r.code == 0 and not r.err, (r.out, r.err)
+    assert host.read_text() == "secret\n"
+    assert cli.run("check").code == 0
+    cli.ok("mount", "b")
+    cli.ok("umount", "b")
+
+
+def test_a_read_only_store_is_checked(cli: Aufs) -> None:
+    """A store on a read-only mount: ``check`` failed on the lock file
+    (``/proc/self/fd/3: Read-only file system``); now it checks the store as it is,
+    ``--repair`` says why it cannot, and no error names a /proc path."""
+    cli.ok("--engine", "overlay", "create", "a")
+    cli.ok("create", "b", "--parent", "a")
+    cli.ok("cleanup")
+    root = str(cli.root)
+    subprocess.run(["mount", "--bind", root, root], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", root, root], check=True)
+        r = cli.run("check")
+        assert r.code == 0 and not r.err and "no problems" in r.out, (r.out, r.err)
+        assert "read-only" in cli.fails(1, "check", "--repair")
+        line = cli.fails(1, "convert", "--to", "aufs")
+        assert "/proc/" not in line and ".aufs/lock" in line, line
+        cli.ok("ls")
+    finally:
+        subprocess.run(["umount", root], check=True)

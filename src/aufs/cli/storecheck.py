@@ -24,14 +24,21 @@ def check(ctx: Context) -> None:
     if not os.path.isdir(layout.layers_dir):
         raise DriverError(f"{layout.root} is not a layer store (it has no layers/ directory)")
     repair = bool(ctx.args.repair)
+    read_only = bool(os.statvfs(layout.root).f_flag & os.ST_RDONLY)
+    if repair and read_only:
+        raise DriverError(f"the store root {layout.root} is read-only (nothing can be "
+                          f"repaired)")
     if repair:
         ensure_dir(layout.private_dir)
-    if os.path.isdir(layout.private_dir) and not not_a_dir(layout.private_dir):
+    # A read-only store is checked without the lock: its file cannot be opened for
+    # writing there, and nothing changes the store meanwhile.
+    if (os.path.isdir(layout.private_dir) and not not_a_dir(layout.private_dir)
+            and not read_only):
         with StoreLock(layout.lock_file).hold():
             report = checker.check(layout)
             if repair:
                 checker.repair(layout, report)
-    else:  # no .aufs/ (a Docker store, read only), or one that is no directory
+    else:  # no .aufs/ (a Docker store, read only), one that is no directory, read-only
         report = checker.check(layout)
         if repair:
             checker.repair(layout, report)  # .aufs/ no directory: a store-dir, nothing done

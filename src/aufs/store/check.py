@@ -239,6 +239,10 @@ def _check_refs(layout: Layout, report: Report, ids: set[str], mounted: set[str]
             continue
         try:
             count = refs.read(path)
+        except StoreCorruptError:  # a symlink, directory, FIFO, device: no count of ours
+            report.add("refs", path, f"{_rel(layout, path)}: not a reference count file",
+                       name)
+            continue
         except OSError as exc:
             report.add("refs", path, f"{_rel(layout, path)}: unreadable ({exc.strerror})",
                        name)
@@ -366,6 +370,8 @@ def _fix(layout: Layout, p: Problem) -> str | None:
             return f"{rel}: replaced by an empty directory"
         return f"{rel}: removed (made again when needed)"
     if p.kind == "refs":
+        if not _is_file(p.path):
+            refs.clear(p.path)  # not ours to read or write through: the link, not its target
         if not p.layer or not os.path.lexists(layout.layers(p.layer)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p.path)

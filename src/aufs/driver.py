@@ -54,6 +54,7 @@ def _init(root: str | os.PathLike[str], options: Sequence[str],
 
     opts = options_mod.parse(options)
     layout = Layout.at(os.path.realpath(os.fspath(root)))
+    _require_dir_root(layout.root)
     try:
         os.makedirs(layout.root, 0o755, exist_ok=True)
     except OSError as exc:
@@ -101,6 +102,7 @@ def open_for_reading(root: str | os.PathLike[str], options: Sequence[str] = ()) 
     """
     opts = options_mod.parse(options)
     layout = Layout.at(os.path.realpath(os.fspath(root)))
+    _require_dir_root(layout.root)
     dirs.require_sound(layout)
     try:
         stored = meta.read(layout.meta_file)
@@ -136,6 +138,12 @@ def _release_bind(root: str) -> None:
         # detach releases only the bind itself; open fds (our lock's) stay valid.
         with contextlib.suppress(OSError):
             sysmount.detach(root)
+
+
+def _require_dir_root(root: str) -> None:
+    """A store root that exists must be a directory (a file there is one clear line)."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DriverError(f"the store root {root} is not a directory")
 
 
 def _read_only(path: str) -> bool:

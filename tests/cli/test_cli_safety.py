@@ -153,6 +153,21 @@ def test_empty_root_is_an_error(cli: Aufs, tmp_path: Path) -> None:
     assert not (tmp_path / "env-root").exists()
 
 
+def test_a_root_that_is_a_file_is_one_clear_line(cli: Aufs) -> None:
+    """``--root`` naming a file: the readers said ``…/mnt: Not a directory``, the
+    writers ``cannot create the store root …: File exists``; now both say what it is."""
+    cli.root.write_text("not a store\n")
+    try:
+        for args in (["ls"], ["status"], ["mount", "a"], ["create", "a"], ["diff", "a"],
+                     ["changes", "a"], ["rm", "a"], ["cleanup"]):
+            line = cli.fails(1, *args)
+            assert line.endswith(f"the store root {cli.root} is not a directory"), (args, line)
+        assert "not a layer store" in cli.fails(1, "check")
+        assert cli.root.read_text() == "not a store\n"
+    finally:
+        cli.root.unlink()
+
+
 def _archive_with(tmp_path: Path, files: dict[str, bytes],
                   links: dict[str, str] | None = None) -> Path:
     path = write_tar(files, tmp_path / "image.tar")

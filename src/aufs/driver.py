@@ -281,7 +281,7 @@ class Driver:
         with self._lock.hold():
             if not self.store.exists(id):
                 raise LayerNotFoundError(f"no such layer: {id}")
-            children = self.store.children(id)
+            children = self.store.protecting_children(id)
             if children:
                 names = ", ".join(children[:3])
                 raise LayerInUseError(f"layer {id} is the parent of: {names}")

@@ -289,3 +289,26 @@ def test_a_read_only_store_is_checked(cli: Aufs) -> None:
         cli.ok("ls")
     finally:
         subprocess.run(["umount", root], check=True)
+
+
+@pytest.mark.parametrize("cycle", [{"a": "c\nb\n"}, {"b": "c\n", "c": "b\n"}])
+def test_layers_of_a_cycle_can_be_removed(cli: Aufs, cycle: dict[str, str]) -> None:
+    """A chain turned into a cycle (``a`` lists ``c``, which stands on ``b`` and ``a``):
+    every layer of it was the parent of another, so ``rm`` refused each one and
+    ``--repair`` could not say which chain was right — nothing could ever be removed.
+    A child that the layer's own file names as its ancestor no longer protects it; a
+    layer outside the cycle still does."""
+    cli.ok("--engine", "overlay", "create", "a")
+    cli.ok("create", "b", "--parent", "a")
+    cli.ok("create", "c", "--parent", "b")
+    cli.ok("create", "other", "--parent", "c")
+    for name, body in cycle.items():  # by rename, as an editor saves
+        (cli.root / "layers" / f"{name}.new").write_text(body)
+        os.replace(cli.root / "layers" / f"{name}.new", cli.root / "layers" / name)
+    assert cli.run("check").code == 1
+    assert "is the parent of: other" in cli.fails(1, "rm", "c")
+    cli.ok("rm", "other")
+    for name in ("c", "b", "a"):
+        cli.ok("rm", name)
+    assert cli.ok("ls").out == ""
+    assert cli.run("check").code == 0

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 
 from aufs._sys.files import rmtree
-from aufs.errors import DriverError, LayerNotFoundError
+from aufs.errors import DriverError, LayerNotFoundError, StoreCorruptError
 from aufs.store import chain as chains
 from aufs.store import children as child_index
 from aufs.store import images, layers, refs
@@ -80,6 +80,20 @@ class Store:
         :mod:`aufs.store.children`, without reading every ``layers/<id>`` while the
         index is fresh."""
         return child_index.children(self.layout, id)
+
+    def protecting_children(self, id: str) -> list[str]:
+        """The children that keep ``id`` from being removed: all but those that ``id``'s
+        own file names as its ancestors. Such a child is a cycle (``a`` lists ``b``, ``b``
+        lists ``a``; a sound store has none), where every layer would protect another and
+        none could ever be removed."""
+        children = self.children(id)
+        if not children:
+            return children
+        try:
+            own = set(chains.read_chain(self.layout, id))
+        except (StoreCorruptError, OSError):
+            return children  # damaged otherwise: every child protects it
+        return [c for c in children if c not in own]
 
     # -- the migrated-layer rule --------------------------------------------------------
     def relocated(self, id: str) -> bool:

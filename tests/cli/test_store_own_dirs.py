@@ -6,23 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cli.kit import Aufs, write_tar
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Aufs]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    a = Aufs(tmp_path / "store")
-    try:
-        yield a
-    finally:
-        a.run("cleanup")
 
 
 def _plant(cli: Aufs, name: str, host: Path) -> None:

@@ -59,7 +59,7 @@ def _init(root: str | os.PathLike[str], options: Sequence[str],
         os.makedirs(layout.root, 0o755, exist_ok=True)
     except OSError as exc:
         raise DriverError(f"cannot create the store root {layout.root}: {exc.strerror}") from exc
-    if not os.access(layout.root, os.W_OK) or _read_only(layout.root):
+    if not os.access(layout.root, os.W_OK) or fsinfo.read_only(layout.root):
         raise DriverError(f"the store root {layout.root} is read-only")
     dirs.require_sound(layout)
     for d in (*layout.top_dirs(), *layout.private_dirs()):
@@ -144,10 +144,6 @@ def _require_dir_root(root: str) -> None:
     """A store root that exists must be a directory (a file there is one clear line)."""
     if os.path.exists(root) and not os.path.isdir(root):
         raise DriverError(f"the store root {root} is not a directory")
-
-
-def _read_only(path: str) -> bool:
-    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
 
 
 class Driver:

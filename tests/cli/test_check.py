@@ -312,3 +312,19 @@ def test_layers_of_a_cycle_can_be_removed(cli: Aufs, cycle: dict[str, str]) -> N
         cli.ok("rm", name)
     assert cli.ok("ls").out == ""
     assert cli.run("check").code == 0
+
+
+def test_a_store_root_reached_through_a_symlink_works(cli: Aufs, tmp_path: Path) -> None:
+    """The README's promise beside the store-dir refusal: the root itself may be a
+    symlink (resolved once); only the directories inside it may not."""
+    cli.ok("--engine", "overlay", "create", "a")
+    cli.ok("create", "b", "--parent", "a")
+    cli.ok("cleanup")
+    link = tmp_path / "via-link"
+    link.symlink_to(cli.root)
+    through = Aufs(link)
+    path = through.ok("mount", "b").out.strip()
+    assert path == str(cli.root / "mnt" / "b")
+    through.ok("umount", "b")
+    assert "2 layers, no problems" in through.ok("check").out
+    through.ok("cleanup")

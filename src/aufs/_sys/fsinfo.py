@@ -62,3 +62,8 @@ def in_proc_filesystems(name: str) -> bool:
             return any(line.split()[-1] == name for line in f if line.strip())
     except OSError:
         return False
+
+
+def read_only(path: str) -> bool:
+    """Is the filesystem holding ``path`` mounted read-only?"""
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)

@@ -61,7 +61,6 @@ RESOLVE_BENEATH = 0x08
 _AT_FDCWD = -100
 
 
-_O_PATH: int = getattr(os, "O_PATH", 0)
 _O_REOPEN = O_SAFE & ~os.O_NOFOLLOW  # /proc/self/fd/N is a link to follow
 
 
@@ -86,26 +85,11 @@ def open_regular(path: str, flags: int = os.O_RDONLY, *, create: bool = False,
     open alone may act, as a watchdog's or a tape's does), nor a FIFO or socket. The path
     is opened with ``O_PATH``, which opens nothing of the file itself, checked with
     ``fstat``, and reopened through ``/proc/self/fd`` (the same inode: nothing can be
-    swapped in between). Without ``/proc``, the file is opened as ``O_SAFE`` does it.
+    swapped in between; aufs needs ``/proc`` anyway, for the mount table).
     """
-    if _O_PATH:
-        got = _open_by_path_fd(path, flags, create, mode)
-        if got is not None:
-            return got
-    fd = os.open(path, flags | (os.O_CREAT if create else 0) | O_SAFE, mode)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        return -1, st
-    return fd, st
-
-
-def _open_by_path_fd(path: str, flags: int, create: bool,
-                     mode: int) -> tuple[int, os.stat_result] | None:
-    """:func:`open_regular` by an ``O_PATH`` fd; None if ``/proc`` cannot reopen it."""
     while True:
         try:
-            pfd = os.open(path, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            pfd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             if not create:
                 raise
@@ -120,8 +104,6 @@ def _open_by_path_fd(path: str, flags: int, create: bool,
                 return -1, st
             try:
                 return os.open(f"/proc/self/fd/{pfd}", flags | _O_REOPEN), st
-            except FileNotFoundError:  # no /proc
-                return None
             except OSError as exc:  # named by the caller's path, not /proc's
                 raise OSError(exc.errno, exc.strerror, path) from None
         finally:

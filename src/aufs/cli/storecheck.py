@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from aufs._sys import fsinfo
 from aufs._sys.files import ensure_dir
 from aufs.cli.context import EXIT_FAILED, Context
 from aufs.errors import DriverError
@@ -24,7 +25,7 @@ def check(ctx: Context) -> None:
     if not os.path.isdir(layout.layers_dir):
         raise DriverError(f"{layout.root} is not a layer store (it has no layers/ directory)")
     repair = bool(ctx.args.repair)
-    read_only = bool(os.statvfs(layout.root).f_flag & os.ST_RDONLY)
+    read_only = fsinfo.read_only(layout.root)
     if repair and read_only:
         raise DriverError(f"the store root {layout.root} is read-only (nothing can be "
                           f"repaired)")

@@ -28,7 +28,6 @@ import os
 import stat
 
 from aufs._sys import safefs
-from aufs._sys.safefs import open_regular
 from aufs.errors import StoreCorruptError
 from aufs.store.layout import MAX_ID_LEN, Layout, is_valid_id
 
@@ -38,9 +37,6 @@ __all__ = ["MAX_BYTES", "check_dirs", "dir_problem", "first_parent", "may_link_t
 #: Docker's aufs stacks at most 127 layers (a 65-byte line each); 1 MiB is far beyond.
 MAX_BYTES = 1 << 20
 
-
-
-_kind = safefs.kind
 
 
 def read_bytes(path: str) -> bytes:
@@ -53,9 +49,9 @@ def read_store_file(path: str, limit: int = MAX_BYTES, what: str = "layer file")
     """The content of the store's own file ``path`` (``what``, for errors), read without
     following a symlink or blocking on a FIFO; FileNotFoundError if there is none,
     StoreCorruptError if it is no regular file or larger than ``limit``."""
-    fd, st = open_regular(path)
+    fd, st = safefs.open_regular(path)
     if fd < 0:
-        raise StoreCorruptError(f"{path}: is {_kind(st.st_mode)}, not a {what}")
+        raise StoreCorruptError(f"{path}: is {safefs.kind(st.st_mode)}, not a {what}")
     try:
         if st.st_size > limit:
             raise StoreCorruptError(f"{path}: {st.st_size} bytes, too large for a {what}")
@@ -200,7 +196,7 @@ def first_parent(layout: Layout, layer_id: str) -> str | None:
     (so a damaged child keeps protecting its parent). None if there is no such file."""
     path = layout.layers(layer_id)
     try:
-        fd, _ = open_regular(path)
+        fd, _ = safefs.open_regular(path)
     except FileNotFoundError:
         return None
     except OSError:
@@ -285,11 +281,11 @@ def _data_dir_stat(layout: Layout, layer_id: str) -> os.stat_result | str:
     except OSError as exc:
         return f"{path}: {exc.strerror}"
     if not stat.S_ISDIR(st.st_mode):
-        return f"{path}: is {_kind(st.st_mode)}, not a layer directory"
+        return f"{path}: is {safefs.kind(st.st_mode)}, not a layer directory"
     return st
 
 
-_O_LOOKUP = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+_O_LOOKUP = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def _plain_dir_stat(diff_fd: int, layer_id: str) -> os.stat_result | None:
@@ -342,4 +338,4 @@ def not_a_dir(path: str) -> str:
         return ""  # made by the caller
     if stat.S_ISLNK(st.st_mode):
         return "a symlink"
-    return "" if stat.S_ISDIR(st.st_mode) else _kind(st.st_mode)
+    return "" if stat.S_ISDIR(st.st_mode) else safefs.kind(st.st_mode)

@@ -91,10 +91,10 @@ class Report:
                 "repaired": self.repaired, "left": [asdict(p) for p in self.left]}
 
 
-def _own_names(path: str) -> list[str]:
-    """:func:`_names` of a directory in ``.aufs/``; [] if it is a symlink or no
-    directory (reported by :func:`_check_own_dirs`, never looked into)."""
-    return [] if chains.not_a_dir(path) else _names(path)
+def _own_names(path: str, damaged: set[str]) -> list[str]:
+    """:func:`_names` of a directory in ``.aufs/``; [] if it is one of the ``damaged``
+    (a symlink or no directory: reported by :func:`_check_own_dirs`, never looked into)."""
+    return [] if path in damaged else _names(path)
 
 
 def _names(path: str) -> list[str]:
@@ -116,7 +116,7 @@ def check(layout: Layout) -> Report:
                    f"of the store (the store is refused until it is one)")
     if report.problems:
         return report  # the rest would be read through it: what lies there is not ours
-    _check_own_dirs(layout, report)
+    damaged = _check_own_dirs(layout, report)
     layer_ids = _check_layers(layout, report)
     report.layers = len(layer_ids)
     mounted = {e.mountpoint for e in mountinfo.mounts_under(layout.mnt_dir)}
@@ -134,7 +134,7 @@ def check(layout: Layout) -> Report:
             elif top == layout.mnt_dir and (what := chains.not_a_dir(path)):
                 report.add("not-a-dir", path, f"{_rel(layout, path)}: is {what}, not a "
                            f"directory (a mount there would follow it)", name)
-    for name in _own_names(layout.work_dir):
+    for name in _own_names(layout.work_dir, damaged):
         path = os.path.join(layout.work_dir, name)
         if name.endswith(REMOVING_SUFFIX):
             report.add("removing", path, f"{_rel(layout, path)}: left by an unfinished "
@@ -142,26 +142,28 @@ def check(layout: Layout) -> Report:
         elif what := chains.not_a_dir(path):
             report.add("not-a-dir", path, f"{_rel(layout, path)}: is {what}, not a "
                        f"directory (overlayfs would write where it leads)", name)
-    _check_refs(layout, report, layer_ids, mounted)
-    for name in _own_names(layout.staging_dir):
+    _check_refs(layout, report, layer_ids, mounted, damaged)
+    for name in _own_names(layout.staging_dir, damaged):
         if not recover.owner_alive(name):
             path = layout.staging(name)
             report.add("staging", path, f"{_rel(layout, path)}: left by a process that "
                        f"is gone")
-    _check_incomplete(layout, report)
+    _check_incomplete(layout, report, damaged)
     _check_meta(layout, report)
     return report
 
 
-def _check_own_dirs(layout: Layout, report: Report) -> None:
-    for path in layout.own_dirs():
-        if what := chains.not_a_dir(path):
-            report.add("not-a-dir", path, f"{_rel(layout, path)}: is {what}, not a "
-                       f"directory of the store's own (aufs would write where it leads)")
+def _check_own_dirs(layout: Layout, report: Report) -> set[str]:
+    """Report the directories inside ``.aufs/`` that are none; return them."""
+    damaged = dirs.damaged_own(layout)
+    for path, what in damaged:
+        report.add("not-a-dir", path, f"{_rel(layout, path)}: is {what}, not a "
+                   f"directory of the store's own (aufs would write where it leads)")
+    return {path for path, _ in damaged}
 
 
-def _check_incomplete(layout: Layout, report: Report) -> None:
-    if chains.not_a_dir(layout.incomplete_dir):
+def _check_incomplete(layout: Layout, report: Report, damaged: set[str]) -> None:
+    if layout.incomplete_dir in damaged:
         return
     for name in incomplete.listed(layout):
         path = os.path.join(layout.incomplete_dir, name)
@@ -231,8 +233,9 @@ def _check_layers(layout: Layout, report: Report) -> set[str]:
     return ids
 
 
-def _check_refs(layout: Layout, report: Report, ids: set[str], mounted: set[str]) -> None:
-    for name in _own_names(layout.refs_dir):
+def _check_refs(layout: Layout, report: Report, ids: set[str], mounted: set[str],
+                damaged: set[str]) -> None:
+    for name in _own_names(layout.refs_dir, damaged):
         path = os.path.join(layout.refs_dir, name)
         if not is_valid_id(name):
             report.add("bad-name", path, f"{_rel(layout, path)}: not a layer id")

@@ -201,8 +201,8 @@ class Layout(NamedTuple):
         return f"{self.root}/.aufs/children"
 
     def own_dirs(self) -> tuple[str, ...]:
-        """Every directory inside ``.aufs/``: never a symlink (``.aufs/`` itself may be,
-        as ``layers/``, ``diff/`` and ``mnt/`` may: an admin's choice)."""
+        """Every directory inside ``.aufs/``: never a symlink nor anything but a
+        directory (:mod:`aufs.store.dirs`); the top ones are :meth:`store_dirs`."""
         return (*self.private_dirs()[1:], self.incomplete_dir, self.empty_dir,
                 self.images_dir, self.tar_split_dir, self.convert_dir, self.attic_dir,
                 self.children_dir)

@@ -10,7 +10,6 @@ reconciles counts with the mount table.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 
 from aufs._sys import safefs
@@ -21,12 +20,7 @@ from aufs.errors import StoreCorruptError
 def _open(path: str, flags: int, *, create: bool = False) -> int:
     # never through a symlink (a tampered store would have us write a count into a host
     # file), never a FIFO, socket or device opened
-    try:
-        fd, _ = safefs.open_regular(path, flags, create=create)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-            raise StoreCorruptError(f"{path}: not a reference count file") from None
-        raise
+    fd, _ = safefs.open_regular(path, flags, create=create)
     if fd < 0:
         raise StoreCorruptError(f"{path}: not a reference count file")
     return fd
